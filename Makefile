@@ -1,0 +1,37 @@
+# make demo: set up .venv and run the demo.  make test: set up .venv with dev extras and run the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test test-slow lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-run the install when the package metadata or the pins change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/normlab norms
+
+# pytest exits 5 when it collects no test: say so and succeed.
+test: $(VENV)/.installed-dev
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" -q; \
+	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$status
+
+test-slow: $(VENV)/.installed-dev
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m slow -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info

@@ -1,0 +1,36 @@
+"""normlab: neural-network normalization layers, inference tooling and a lab to compare them."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from torch.nn.utils.parametrizations import spectral_norm
+
+from normlab import functional
+from normlab.layers import (
+    BatchNorm,
+    BatchRenorm,
+    FrozenBatchNorm,
+    SwitchableNorm,
+    SyncBatchNorm,
+    WSConv2d,
+    WSLinear,
+)
+from normlab.registry import make_norm, norm_kinds
+
+try:
+    __version__ = version("normlab")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BatchNorm",
+    "BatchRenorm",
+    "FrozenBatchNorm",
+    "SwitchableNorm",
+    "SyncBatchNorm",
+    "WSConv2d",
+    "WSLinear",
+    "functional",
+    "make_norm",
+    "norm_kinds",
+    "spectral_norm",
+]

@@ -1,0 +1,89 @@
+"""Input validation shared by every normlab layer.
+
+Each check raises an error that names what was wrong and what to do instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_input(
+    x: torch.Tensor,
+    num_features: int,
+    layer: str,
+    *,
+    channel_dim: int = 1,
+    min_ndim: int = 2,
+) -> None:
+    """Check that ``x`` is a floating tensor of shape (N, C, *) with C == num_features.
+
+    ``channel_dim`` is 1 for torch's (N, C, *) layout and -1 for channels-last
+    (N, *, C) input.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor; got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{layer} expects a floating-point input; got dtype {x.dtype}. "
+            "Convert it first, e.g. x.float()."
+        )
+    layout = "(N, C, *)" if channel_dim == 1 else "(N, *, C)"
+    if x.ndim < min_ndim:
+        if min_ndim > 2:
+            raise ValueError(
+                f"{layer} normalizes each channel over its positions, so it needs input "
+                f"of shape (N, C, L), (N, C, H, W) or more; got shape {tuple(x.shape)}, "
+                "where each channel holds a single value per sample. "
+                "For (N, C) features use 'ln' or 'bn'."
+            )
+        hint = (
+            "add a batch dimension for a single sample: x.unsqueeze(0)"
+            if x.ndim == 1
+            else "pass a tensor with a batch dimension"
+        )
+        raise ValueError(
+            f"{layer} expects input of shape {layout} with C={num_features}; "
+            f"got shape {tuple(x.shape)} ({x.ndim}-D). To fix it, {hint}."
+        )
+    channels = x.shape[channel_dim]
+    if channels != num_features:
+        if channel_dim == 1:
+            fix = (
+                f"build the layer with num_features={channels}, or, for channels-last "
+                "data, move the channels to dim 1 with x.movedim(-1, 1)"
+            )
+        else:
+            fix = f"build the layer with num_features={channels}"
+        raise ValueError(
+            f"{layer} was built for {num_features} channels but the input has "
+            f"{channels} on dim {channel_dim} (shape {tuple(x.shape)}, layout {layout}). "
+            f"To fix it, {fix}."
+        )
+
+
+def check_batch_statistics(x: torch.Tensor, layer: str) -> None:
+    """Refuse a training-mode batch that has one value per channel.
+
+    With one value per channel the batch variance is zero and the output is
+    the bias alone, whatever the input; torch raises for the same case.
+    """
+    values_per_channel = x.shape[0] * math.prod(x.shape[2:])
+    if values_per_channel == 1:
+        raise ValueError(
+            f"{layer} in training mode needs more than one value per channel; "
+            f"got input of shape {tuple(x.shape)}. Use eval mode, "
+            "LayerNorm/GroupNorm, or a larger batch."
+        )
+
+
+def check_num_features(num_features: int) -> None:
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"num_features must be a positive int; got {num_features!r}.")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")

@@ -1,0 +1,199 @@
+"""Batch norm with per-channel or scalar statistics, in torch's or Keras' convention."""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from normlab import functional as NF
+from normlab._checks import check_choice, check_input, check_num_features
+from normlab.layers._running_stats import step_momentum
+
+
+class _Default(enum.Enum):
+    """Marks an argument whose default depends on ``convention``."""
+
+    CONVENTION = enum.auto()
+
+
+DEFAULT = _Default.CONVENTION
+
+#: (momentum, eps) defaults of each convention.
+CONVENTION_DEFAULTS: dict[str, tuple[float, float]] = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization over (N, C, *) input with per-channel or scalar statistics.
+
+    ``stats="channel"`` (the standard, "2s") keeps one mean and variance per
+    channel, reduced over the batch and spatial dims; it is numerically
+    ``torch.nn.BatchNorm1d/2d/3d`` and shares their state_dict.
+    ``stats="scalar"`` ("1s") keeps one mean and one variance for every
+    element of the batch; the affine stays per channel and the running
+    statistics have shape (1,).
+
+    ``convention`` fixes what ``momentum`` means and what ``running_var``
+    stores:
+
+    ========================  ============================  ==============================
+    convention                ``"torch"`` (default)         ``"keras"``
+    ========================  ============================  ==============================
+    running update            ``(1 - m) * old + m * batch``  ``m * old + (1 - m) * batch``
+    default momentum, eps     0.1, 1e-5                      0.99, 1e-3
+    stored variance           unbiased (n - 1)               biased (n), as Keras
+    ``momentum=None``         cumulative moving average      not allowed
+    ========================  ============================  ==============================
+
+    Both normalize with the biased batch variance.
+
+    Shape:
+        - Input: (N, C, *), channels on dim 1, any memory format.
+        - Output: same shape, dtype and memory format as the input.
+
+    Training vs eval: in training mode the batch's statistics normalize the
+    input and update the running ones; a batch with one value per channel is
+    refused. In eval mode the running statistics normalize, so a sample's
+    output does not depend on the rest of the batch. With
+    ``track_running_stats=False`` there are no running statistics and the
+    batch's statistics are used in both modes.
+
+    Args:
+        num_features: C, the number of channels.
+        stats: ``"channel"`` or ``"scalar"``.
+        momentum: running-statistics momentum, in the convention's sense;
+            None for a cumulative average (torch convention only).
+        eps: added to the variance for numerical stability.
+        affine: learn a per-channel ``weight`` and ``bias``.
+        track_running_stats: keep ``running_mean``, ``running_var`` and
+            ``num_batches_tracked`` buffers.
+        convention: ``"torch"`` or ``"keras"``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        stats: NF.Stats = "channel",
+        momentum: float | _Default | None = DEFAULT,
+        eps: float | _Default = DEFAULT,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        convention: NF.Convention = "torch",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice("stats", stats, NF.STATS)
+        check_choice("convention", convention, NF.CONVENTIONS)
+        check_num_features(num_features)
+        default_momentum, default_eps = CONVENTION_DEFAULTS[convention]
+        momentum = default_momentum if momentum is DEFAULT else momentum
+        eps = default_eps if eps is DEFAULT else eps
+        if momentum is None and convention == "keras":
+            raise ValueError(
+                "momentum=None (cumulative average) exists only in the torch convention; "
+                "with convention='keras' pass a momentum in [0, 1], e.g. 0.99."
+            )
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None; got {momentum}.")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive; got {eps}.")
+        self.num_features = num_features
+        self.stats = stats
+        self.convention = convention
+        self.momentum = momentum
+        self.eps = eps
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        factory = {"device": device, "dtype": dtype}
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            stat_shape = (num_features,) if stats == "channel" else (1,)
+            self.register_buffer("running_mean", torch.zeros(stat_shape, **factory))
+            self.register_buffer("running_var", torch.ones(stat_shape, **factory))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        """Set running_mean to 0, running_var to 1 and num_batches_tracked to 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and set weight to 1 and bias to 0."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        check_input(input, self.num_features, type(self).__name__)
+        momentum = step_momentum(
+            self.momentum,
+            self.num_batches_tracked if self.track_running_stats else None,
+            self.training,
+        )
+        # As torch's _BatchNorm: batch statistics in training, and in eval
+        # too when there are no running statistics.
+        use_batch_stats = self.training or self.running_mean is None
+        keep = not self.training or self.track_running_stats
+        return NF.batch_norm(
+            input,
+            self.running_mean if keep else None,
+            self.running_var if keep else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+            stats=self.stats,
+            convention=self.convention,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, stats={self.stats!r}, convention={self.convention!r}, "
+            f"eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class SyncBatchNorm(BatchNorm):
+    """Batch norm meant to share statistics across processes (``sync-bn``).
+
+    Synchronization is not implemented yet. Without an initialized process
+    group of more than one process it is exactly :class:`BatchNorm`; in
+    training mode inside such a group it raises instead of silently
+    normalizing with per-process statistics. Shapes and eval behaviour as
+    :class:`BatchNorm`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and _world_size() > 1:
+            raise NotImplementedError(
+                "normlab's SyncBatchNorm does not synchronize statistics across processes "
+                f"yet (this process group has {_world_size()} processes). Use 'bn' for "
+                "per-process statistics, or torch.nn.SyncBatchNorm on CUDA."
+            )
+        return super().forward(input)
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
