@@ -8,6 +8,7 @@ from torch import nn
 
 from normlab import functional as NF
 from normlab._checks import check_choice, check_input, check_num_features
+from normlab.layers.batch_norm import BatchNorm
 
 
 class FrozenBatchNorm(nn.Module):
@@ -58,16 +59,24 @@ class FrozenBatchNorm(nn.Module):
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:
         """Freeze a batch-norm layer with running statistics.
 
-        Accepts :class:`normlab.BatchNorm` (either convention, either stats)
-        and ``torch.nn.BatchNorm*d``; a layer without affine gets weight 1
-        and bias 0. The frozen layer's output equals ``bn``'s in eval mode.
+        Accepts :class:`normlab.BatchNorm` (either convention, either stats,
+        and its subclasses BatchRenorm and SyncBatchNorm) and
+        ``torch.nn.BatchNorm*d`` / ``SyncBatchNorm``; a layer without affine
+        gets weight 1 and bias 0. The frozen layer's output equals ``bn``'s
+        in eval mode.
         """
-        if getattr(bn, "running_mean", None) is None:
+        if not isinstance(bn, (BatchNorm, nn.modules.batchnorm._BatchNorm)):
+            raise TypeError(
+                f"from_batchnorm takes a batch-norm layer (normlab.BatchNorm, BatchRenorm or "
+                f"torch.nn.BatchNorm*d); got {type(bn).__name__}, whose eval output is not "
+                "batch norm's formula."
+            )
+        if bn.running_mean is None:
             raise ValueError(
                 f"cannot freeze {type(bn).__name__} without running statistics "
                 "(track_running_stats=False): there are no statistics to fix."
             )
-        stats = "scalar" if getattr(bn, "stats", "channel") == "scalar" else "channel"
+        stats = bn.stats if isinstance(bn, BatchNorm) else "channel"
         frozen = cls(
             bn.num_features,
             stats=stats,
