@@ -79,6 +79,21 @@ def check_batch_statistics(x: torch.Tensor, layer: str) -> None:
         )
 
 
+def check_values_per_group(x: torch.Tensor, values_per_group: int, layer: str, fix: str) -> None:
+    """Refuse input where each normalized group of one sample holds a single value.
+
+    Such a group normalizes to 0 whatever the input, so the output is the
+    bias alone. torch refuses this only when the batch also has one sample;
+    normlab refuses it for every batch size, since the statistics are per
+    sample.
+    """
+    if values_per_group == 1:
+        raise ValueError(
+            f"{layer} on input of shape {tuple(x.shape)} normalizes groups of a single "
+            f"value, so every output would be the bias alone. {fix}"
+        )
+
+
 def check_num_features(num_features: int) -> None:
     if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"num_features must be a positive int; got {num_features!r}.")

@@ -102,7 +102,7 @@ KINDS: tuple[NormKind, ...] = (
         "bn",
         BatchNorm,
         "batch norm, per-channel statistics ('2s'); torch or Keras convention",
-        ("batch", "bn-2s"),
+        ("batch", "bn-2s", "batchnorm"),
         {"stats": "channel"},
     ),
     NormKind(
@@ -112,16 +112,21 @@ KINDS: tuple[NormKind, ...] = (
         ("bn-1s",),
         {"stats": "scalar"},
     ),
-    NormKind("ln", LayerNorm, "layer norm (torch.nn.LayerNorm) over the channels", ("layer",)),
+    NormKind(
+        "ln", LayerNorm, "layer norm (torch.nn.LayerNorm) over the channels", ("layer", "layernorm")
+    ),
     NormKind("rms", RMSNorm, "RMSNorm (torch.nn.RMSNorm) over the channels", ("rmsnorm",)),
     NormKind(
-        "gn", _group_norm, "group norm (torch.nn.GroupNorm), groups=32 or a divisor", ("group",)
+        "gn",
+        _group_norm,
+        "group norm (torch.nn.GroupNorm), groups=32 or a divisor",
+        ("group", "groupnorm"),
     ),
     NormKind(
         "in",
         _instance_norm,
         "instance norm (torch.nn.InstanceNorm*d), affine=True; needs (N, C, L...) input",
-        ("instance",),
+        ("instance", "instancenorm"),
     ),
     NormKind(
         "brn", BatchRenorm, "batch renormalization (Ioffe 2017), r/d clipping", ("batch-renorm",)
@@ -140,8 +145,15 @@ KINDS: tuple[NormKind, ...] = (
     ),
 )
 
-_BY_NAME: dict[str, NormKind] = {
-    name: kind for kind in KINDS for name in (kind.name, *kind.aliases)
+
+def _key(name: str) -> str:
+    """Lookup key: case, spaces, '-' and '_' do not matter ("Batch_Norm" is "batchnorm")."""
+    return "".join(ch for ch in name.strip().lower() if ch not in " -_")
+
+
+_NAMES: dict[str, str] = {_key(n): n for kind in KINDS for n in (kind.name, *kind.aliases)}
+_BY_KEY: dict[str, NormKind] = {
+    _key(name): kind for kind in KINDS for name in (kind.name, *kind.aliases)
 }
 
 
@@ -153,13 +165,16 @@ def norm_kinds() -> list[str]:
 def get_kind(name: str) -> NormKind:
     """The registered kind called ``name`` or one of its aliases.
 
+    Case, spaces, '-' and '_' are ignored: "BatchNorm", "batch_norm" and
+    "batch-norm" all name "bn".
+
     Raises:
         ValueError: unknown name; the message names the closest kinds.
     """
-    kind = _BY_NAME.get(name.strip().lower()) if isinstance(name, str) else None
-    if kind is not None:
-        return kind
-    close = difflib.get_close_matches(str(name).lower(), _BY_NAME, n=3, cutoff=0.4)
+    key = _key(name) if isinstance(name, str) else ""
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    close = [_NAMES[k] for k in difflib.get_close_matches(key, _NAMES, n=3, cutoff=0.4)]
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
         f"unknown normalization kind {name!r}.{hint} Known kinds: {', '.join(norm_kinds())}."
@@ -171,8 +186,9 @@ def make_norm(kind: str, num_features: int, **options: Any) -> nn.Module:
 
     Args:
         kind: a name from :func:`norm_kinds` or an alias ("batch", "bn-2s",
-            "bn-1s", "layer", "rmsnorm", "group", "instance",
-            "batch-renorm", "switchable").
+            "batchnorm", "bn-1s", "layer", "layernorm", "rmsnorm", "group",
+            "groupnorm", "instance", "instancenorm", "batch-renorm",
+            "switchable"), in any case, with or without '-' and '_'.
         num_features: C, the channel count of the (N, C, *) input.
         **options: keyword options of the kind's module, e.g.
             ``convention="keras"`` for "bn", ``groups=8`` for "gn",

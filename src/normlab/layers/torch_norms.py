@@ -8,6 +8,7 @@ dims to normalize on (N, C, *) input.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from normlab._checks import check_choice, check_input, check_num_features
+from normlab._checks import check_choice, check_input, check_num_features, check_values_per_group
 from normlab.functional import channel_affine
 
 Over = Literal["channels", "all"]
@@ -164,6 +165,11 @@ class GroupNorm(nn.GroupNorm):
     group of each sample over its channels and positions; per-channel
     affine. Signature as torch: ``GroupNorm(num_groups, num_channels)``.
 
+    Each group must hold more than one value per sample: with the default
+    32 groups capped to a divisor, an (N, C) input with C <= 32 has one
+    channel per group, which would output the bias alone, and is refused
+    (in torch only when N == 1).
+
     Shape:
         - Input: (N, C, *).
         - Output: same shape as the input.
@@ -193,6 +199,13 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_channels, "GroupNorm")
+        per_group = self.num_channels // self.num_groups * math.prod(input.shape[2:])
+        check_values_per_group(
+            input,
+            per_group,
+            f"GroupNorm with {self.num_groups} groups",
+            "Use fewer groups (each needs at least 2 values), or 'ln' for (N, C) input.",
+        )
         return super().forward(input)
 
 
@@ -215,4 +228,11 @@ class InstanceNorm(_InstanceNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_features, "InstanceNorm", min_ndim=3)
+        if self.training or not self.track_running_stats:
+            check_values_per_group(
+                input,
+                math.prod(input.shape[2:]),
+                "InstanceNorm",
+                "It needs more than one position per channel; for (N, C, 1, ...) use 'ln' or 'bn'.",
+            )
         return self._apply_instance_norm(input)

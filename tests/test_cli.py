@@ -1,0 +1,89 @@
+"""The `normlab norms` command: a table of every kind applied to one batch."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normlab.cli import main
+
+CANONICAL = [
+    "none",
+    "bn",
+    "bn-scalar",
+    "ln",
+    "rms",
+    "gn",
+    "in",
+    "brn",
+    "switch",
+    "frozen-bn",
+    "sync-bn",
+]
+SCRIPT = Path(sys.executable).with_name("normlab")
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main(argv)'s exit status (from a return or a SystemExit) and its captured output."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _row_names(output: str) -> set[str]:
+    """The first cell of every table row: the word each line starts with."""
+    return {match.group(1) for match in re.finditer(r"^\W*([a-z][a-z-]*)\s", output, re.M)}
+
+
+def test_norms_prints_every_canonical_kind(capsys):
+    """`normlab norms` exits 0 and has a row for each canonical kind."""
+    status, out, _ = _run(["norms"], capsys)
+    assert status == 0
+    assert set(CANONICAL) <= _row_names(out)
+
+
+def test_norms_on_a_2d_batch_explains_that_instance_norm_needs_spatial_dims(capsys):
+    """With --shape 4,6 every kind still gets a row, and 'in' says it needs spatial dims."""
+    status, out, err = _run(["norms", "--shape", "4,6"], capsys)
+    assert status == 0, err
+    assert set(CANONICAL) <= _row_names(out)
+    assert "Traceback" not in out + err
+    assert re.search(r"spatial|\(N, C, L\)", out, re.I), out
+
+
+@pytest.mark.parametrize("shape", ["2,3,5", "3,4,2,2,2"])
+def test_norms_accepts_other_ranks(shape, capsys):
+    """1-D and 3-D spatial batches produce the table too."""
+    status, out, err = _run(["norms", "--shape", shape, "--seed", "1"], capsys)
+    assert status == 0, err
+    assert set(CANONICAL) <= _row_names(out)
+
+
+@pytest.mark.parametrize("shape", ["abc", "4,x", "8", "4,0", "4,-2", ""])
+def test_bad_shape_is_a_usage_error_not_a_traceback(shape, capsys):
+    """A malformed --shape exits non-zero with an argparse-style message naming --shape."""
+    status, out, err = _run(["norms", "--shape", shape], capsys)
+    assert status not in (0, None)
+    assert "Traceback" not in out + err
+    assert "--shape" in err
+    assert repr(shape) in err or shape in err
+
+
+def test_installed_console_script_prints_the_table():
+    """The installed `normlab` script runs `norms`, exits 0 and lists bn-scalar."""
+    assert SCRIPT.exists(), f"console script not installed at {SCRIPT}"
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run(
+        [str(SCRIPT), "norms"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bn-scalar" in result.stdout
+    assert set(CANONICAL) <= _row_names(result.stdout)
