@@ -221,16 +221,21 @@ def channel_affine(
     bias: torch.Tensor | None,
     channel_dim: int = 1,
 ) -> torch.Tensor:
-    """Apply a (C,) scale and shift along ``channel_dim`` of x; returns x's shape."""
+    """Apply a (C,) scale and shift along ``channel_dim`` of x; returns x's shape and dtype.
+
+    The affine is computed in the wider of x's and the parameters' dtypes,
+    so float32 parameters on bfloat16 input get float32-accurate gradients,
+    as in torch's native kernels.
+    """
+    if weight is None and bias is None:
+        return x
     shape = [1] * x.ndim
     shape[channel_dim] = -1
-    if weight is not None and bias is not None:
-        return torch.addcmul(bias.to(x.dtype).view(shape), x, weight.to(x.dtype).view(shape))
-    if weight is not None:
-        return x * weight.to(x.dtype).view(shape)
-    if bias is not None:
-        return x + bias.to(x.dtype).view(shape)
-    return x
+    if weight is None:
+        return (x + bias.view(shape)).to(x.dtype)
+    if bias is None:
+        return (x * weight.view(shape)).to(x.dtype)
+    return torch.addcmul(bias.view(shape), x, weight.view(shape)).to(x.dtype)
 
 
 def _native_batch_norm(
@@ -263,14 +268,19 @@ def _native_batch_norm(
         )
     # Scalar statistics are batch norm of one channel holding every element:
     # view the input's memory as (1, 1, numel), whatever its memory format.
+    # bfloat16 input with float32 statistics is normalized in float32 so
+    # that the affine and its gradients see a float32 x_hat, as inside
+    # torch's own kernel.
     order = sorted(range(input.ndim), key=lambda d: -input.stride(d))
-    dense = input.permute(order).contiguous()
+    stats_dtype = torch.float32 if running_mean is None else running_mean.dtype
+    compute_dtype = torch.promote_types(input.dtype, stats_dtype)
+    dense = input.permute(order).contiguous().to(compute_dtype)
     normalized = F.batch_norm(
         dense.view(1, 1, -1), running_mean, running_var, None, None, True, momentum, eps
     )
     restore = sorted(range(input.ndim), key=lambda i: order[i])
     normalized = normalized.view(dense.shape).permute(restore)
-    return channel_affine(normalized, weight, bias)
+    return channel_affine(normalized, weight, bias).to(input.dtype)
 
 
 def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

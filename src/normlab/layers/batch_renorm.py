@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from normlab import functional as NF
-from normlab._checks import check_input
+from normlab._checks import check_batch_statistics, check_input
 from normlab.layers._running_stats import step_momentum
 from normlab.layers.batch_norm import BatchNorm
 
@@ -83,6 +83,8 @@ class BatchRenorm(BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_features, type(self).__name__)
+        if self.training:  # before counting the step: a refused batch changes nothing
+            check_batch_statistics(input, type(self).__name__)
         step = int(self.num_batches_tracked)
         momentum = step_momentum(self.momentum, self.num_batches_tracked, self.training)
         r_max, d_max = self.clip_limits(step)

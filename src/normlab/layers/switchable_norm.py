@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from normlab import functional as NF
-from normlab._checks import check_input, check_num_features
+from normlab._checks import check_batch_statistics, check_input, check_num_features
 from normlab.layers._running_stats import step_momentum
 
 
@@ -65,6 +65,8 @@ class SwitchableNorm(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_features, type(self).__name__)
+        if self.training:  # before counting the step: a refused batch changes nothing
+            check_batch_statistics(input, type(self).__name__)
         momentum = step_momentum(self.momentum, self.num_batches_tracked, self.training)
         return NF.switchable_norm(
             input,
