@@ -11,20 +11,9 @@ from pathlib import Path
 import pytest
 
 from normlab.cli import main
+from spec import CANONICAL_KINDS
 
-CANONICAL = [
-    "none",
-    "bn",
-    "bn-scalar",
-    "ln",
-    "rms",
-    "gn",
-    "in",
-    "brn",
-    "switch",
-    "frozen-bn",
-    "sync-bn",
-]
+CANONICAL = CANONICAL_KINDS
 SCRIPT = Path(sys.executable).with_name("normlab")
 
 

@@ -12,20 +12,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import normlab as nl
+from spec import CANONICAL_KINDS
 
-KINDS = [
-    "none",
-    "bn",
-    "bn-scalar",
-    "ln",
-    "rms",
-    "gn",
-    "in",
-    "brn",
-    "switch",
-    "frozen-bn",
-    "sync-bn",
-]
+KINDS = list(CANONICAL_KINDS)
 # Kinds whose training forward counts a step and updates running statistics.
 RUNNING_KINDS = {"bn", "bn-scalar", "brn", "switch", "sync-bn"}
 # Kinds that normalize with batch statistics in training.

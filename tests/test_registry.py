@@ -9,20 +9,9 @@ import torch
 from torch import nn
 
 import normlab as nl
+from spec import CANONICAL_KINDS
 
-CANONICAL = {
-    "none",
-    "bn",
-    "bn-scalar",
-    "ln",
-    "rms",
-    "gn",
-    "in",
-    "brn",
-    "switch",
-    "frozen-bn",
-    "sync-bn",
-}
+CANONICAL = set(CANONICAL_KINDS)
 
 ALIASES = {
     "batch": "bn",

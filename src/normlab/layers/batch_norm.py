@@ -10,7 +10,11 @@ from torch import nn
 
 from normlab import functional as NF
 from normlab._checks import check_batch_statistics, check_choice, check_input, check_num_features
-from normlab.layers._running_stats import step_momentum
+from normlab.layers._running_stats import (
+    register_affine,
+    register_running_stats,
+    step_momentum,
+)
 
 
 class _Default(enum.Enum):
@@ -109,23 +113,9 @@ class BatchNorm(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            stat_shape = (num_features,) if stats == "channel" else (1,)
-            self.register_buffer("running_mean", torch.zeros(stat_shape, **factory))
-            self.register_buffer("running_var", torch.ones(stat_shape, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        register_affine(self, num_features, affine, factory)
+        stat_shape = (num_features,) if stats == "channel" else (1,)
+        register_running_stats(self, stat_shape if track_running_stats else None, factory)
 
     def reset_running_stats(self) -> None:
         """Set running_mean to 0, running_var to 1 and num_batches_tracked to 0."""

@@ -7,7 +7,11 @@ from torch import nn
 
 from normlab import functional as NF
 from normlab._checks import check_batch_statistics, check_input, check_num_features
-from normlab.layers._running_stats import step_momentum
+from normlab.layers._running_stats import (
+    register_affine,
+    register_running_stats,
+    step_momentum,
+)
 
 
 class SwitchableNorm(nn.Module):
@@ -49,19 +53,10 @@ class SwitchableNorm(nn.Module):
         self.eps = eps
         self.affine = affine
         factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_features, affine, factory)
         self.mean_logits = nn.Parameter(torch.ones(3, **factory))
         self.var_logits = nn.Parameter(torch.ones(3, **factory))
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer(
-            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-        )
+        register_running_stats(self, (num_features,), factory)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_features, type(self).__name__)

@@ -9,6 +9,7 @@ dims to normalize on (N, C, *) input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -48,6 +49,15 @@ def _check_layout(over: str, channel_dim: int) -> None:
             f"channel_dim must be 1 for (N, C, *) input or -1 for (N, *, C) input; "
             f"got {channel_dim}."
         )
+
+
+def _over_channels(
+    input: torch.Tensor, last_dim_norm: Callable[[torch.Tensor], torch.Tensor], channel_dim: int
+) -> torch.Tensor:
+    """Apply a norm over the last dim to the channels of (N, C, *) or (N, *, C) input."""
+    if channel_dim == -1 or input.ndim == 2:
+        return last_dim_norm(input)
+    return last_dim_norm(input.movedim(1, -1)).movedim(-1, 1)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -96,9 +106,7 @@ class LayerNorm(nn.LayerNorm):
                 return F.group_norm(input, 1, self.weight, self.bias, self.eps)
             normalized = F.layer_norm(input, input.shape[1:], eps=self.eps)
             return channel_affine(normalized, self.weight, self.bias, -1)
-        if self.channel_dim == -1 or input.ndim == 2:
-            return super().forward(input)
-        return super().forward(input.movedim(1, -1)).movedim(-1, 1)
+        return _over_channels(input, super().forward, self.channel_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, over={self.over!r}, channel_dim={self.channel_dim}"
@@ -150,9 +158,7 @@ class RMSNorm(nn.RMSNorm):
         if self.over == "all":
             normalized = F.rms_norm(input, input.shape[1:], eps=self.eps)
             return channel_affine(normalized, self.weight, None, self.channel_dim)
-        if self.channel_dim == -1 or input.ndim == 2:
-            return super().forward(input)
-        return super().forward(input.movedim(1, -1)).movedim(-1, 1)
+        return _over_channels(input, super().forward, self.channel_dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, over={self.over!r}, channel_dim={self.channel_dim}"
