@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow accuracy lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m slow -q
+
+# The default suite, printing the largest error each oracle comparison saw.
+accuracy: $(VENV)/.installed-dev
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" -q --error-report
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

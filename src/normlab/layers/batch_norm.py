@@ -22,6 +22,9 @@ class _Default(enum.Enum):
 
     CONVENTION = enum.auto()
 
+    def __repr__(self) -> str:  # shown by help() and inspect.signature
+        return "<convention's default>"
+
 
 DEFAULT = _Default.CONVENTION
 
