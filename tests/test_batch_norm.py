@@ -6,6 +6,7 @@ and float64 formulas written in this file; never normlab code.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 
@@ -753,7 +754,11 @@ def test_sync_bn_in_a_single_process_group_is_bn():
 def _sync_bn_worker(rank: int, store_path: str, world_size: int) -> None:
     """One process of a gloo group: training must refuse, eval must work."""
     dist.init_process_group(
-        "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size
+        "gloo",
+        init_method=f"file://{store_path}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),  # a hang fails the test instead of stalling CI
     )
     try:
         norm = nl.SyncBatchNorm(C)
