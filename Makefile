@@ -22,16 +22,20 @@ demo: $(VENV)/.installed
 	$(BIN)/normlab norms
 
 # pytest exits 5 when it collects no test: say so and succeed.
-test: $(VENV)/.installed-dev
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" -q; \
+define pytest
+	KERAS_BACKEND=torch $(BIN)/python -m pytest $(1); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$status
+endef
+
+test: $(VENV)/.installed-dev
+	$(call pytest,-m "not slow" -q)
 
 test-slow: $(VENV)/.installed-dev
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -m slow -q
+	$(call pytest,-m slow -q)
 
 # The default suite, printing the largest error each oracle comparison saw.
 accuracy: $(VENV)/.installed-dev
-	KERAS_BACKEND=torch $(BIN)/python -m pytest -m "not slow" -q --error-report
+	$(call pytest,-m "not slow" -q --error-report)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

@@ -146,8 +146,10 @@ def switchable_norm(
         var = sum_k softmax(var_logits)_k  * var_k
         y   = (x - mu) / sqrt(var + eps) * weight + bias
 
-    All variances are biased. The LN and BN statistics are derived from the
-    IN ones by the law of total variance (stable, no E[x^2] - E[x]^2). In
+    All variances are biased, as in the paper's equations (the authors' code
+    takes the unbiased instance variance). The LN and BN statistics are
+    derived from the IN ones by the law of total variance (stable, no
+    E[x^2] - E[x]^2). In
     training the BN statistics come from the batch and update
     ``running_mean`` and ``running_var`` (unbiased, torch's momentum); in
     eval mode the BN statistics are the running ones, so the output of a
