@@ -282,3 +282,15 @@ def test_instance_norm_registry_default_is_affine():
     module = nl.make_norm("in", C)
     assert module.affine
     assert {name for name, _ in module.named_parameters()} == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (1, 3, 2)], ids=str)
+@pytest.mark.parametrize("channel_dim", [1, -1])
+def test_layer_norm_over_all_takes_one_sample_like_a_batch(shape, channel_dim):
+    """Layer norm is per sample: a sample alone gives the same output as inside a batch."""
+    generator = torch.Generator().manual_seed(3)
+    channels = shape[channel_dim]
+    norm = nl.make_norm("ln", channels, over="all", channel_dim=channel_dim)
+    sample = torch.randn(shape, generator=generator)
+    batch = torch.cat([sample, torch.randn(shape, generator=generator)])
+    torch.testing.assert_close(norm(sample), norm(batch)[:1], atol=0, rtol=0)

@@ -102,10 +102,8 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_input(input, self.num_features, "LayerNorm", channel_dim=self.channel_dim)
         if self.over == "all":
-            if self.channel_dim == 1:
-                return F.group_norm(input, 1, self.weight, self.bias, self.eps)
             normalized = F.layer_norm(input, input.shape[1:], eps=self.eps)
-            return channel_affine(normalized, self.weight, self.bias, -1)
+            return channel_affine(normalized, self.weight, self.bias, self.channel_dim)
         return _over_channels(input, super().forward, self.channel_dim)
 
     def extra_repr(self) -> str:
