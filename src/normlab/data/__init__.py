@@ -1,0 +1,10 @@
+"""Dataset loaders: built-in digits, MNIST / Fashion-MNIST (IDX or npz), CIFAR-10 -> tensors.
+
+Everything is read from local files; nothing is ever downloaded.
+"""
+
+from normlab.data.catalog import DATASETS, dataset_name, load_dataset
+from normlab.data.dataset import DataError, Dataset
+from normlab.data.idx import read_idx
+
+__all__ = ["DATASETS", "DataError", "Dataset", "dataset_name", "load_dataset", "read_idx"]
