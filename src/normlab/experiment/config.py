@@ -1,0 +1,109 @@
+"""What one training run is, and the sweep of runs ``normlab compare`` plans.
+
+A run is identified by its configuration alone (``run_id``): the same
+configuration always has the same id, which is how a resumed sweep knows
+which runs are already finished. Where the data came from and how many
+threads trained it are recorded beside the configuration, not in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from normlab.models import PLACEMENTS
+from normlab.registry import get_kind
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: a model with one normalization, one batch size, one seed.
+
+    ``norm`` is stored under its canonical registry name, so "batch" and "bn"
+    are the same run. ``model_options`` holds the model builder's keyword
+    options (``hidden``, ``cell``), JSON-serializable.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    norm: str = "none"
+    placement: str = "before"
+    batch_size: int = 32
+    seed: int = 0
+    epochs: int = 5
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", get_kind(self.norm).name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(**data)
+
+    @property
+    def run_id(self) -> str:
+        """12 hex digits of the SHA-1 of the configuration's canonical JSON."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.norm} b={self.batch_size} seed={self.seed}"
+
+
+def plan_runs(
+    *,
+    norms: list[str],
+    batch_sizes: list[int],
+    seeds: int,
+    dataset: str = "digits",
+    model: str = "mlp",
+    placement: str = "before",
+    epochs: int = 5,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    model_options: dict[str, Any] | None = None,
+) -> list[RunConfig]:
+    """Every (norm, batch size, seed) run of a sweep, seeds innermost.
+
+    Seeds are 0 .. seeds-1. Duplicate norms (an alias and its kind) are
+    planned once.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1; got {seeds}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'.")
+    bad = [b for b in batch_sizes if b < 1]
+    if bad:
+        raise ValueError(f"batch sizes must be positive integers; got {bad}.")
+    canonical = list(dict.fromkeys(get_kind(name).name for name in norms))
+    runs = [
+        RunConfig(
+            dataset=dataset,
+            model=model,
+            norm=norm,
+            placement=placement,
+            batch_size=batch_size,
+            seed=seed,
+            epochs=epochs,
+            lr=lr,
+            optimizer=optimizer,
+            model_options=dict(model_options or {}),
+        )
+        for norm, batch_size, seed in itertools.product(
+            canonical, dict.fromkeys(batch_sizes), range(seeds)
+        )
+    ]
+    return runs

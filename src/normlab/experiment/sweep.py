@@ -1,0 +1,267 @@
+"""Running the runs of a sweep, in this process or in a pool of processes.
+
+Finished runs (those whose run_id is in the results store) are skipped, so
+the same sweep started again resumes. Each record is appended to the store
+as soon as its run finishes, by this process only; an interrupted sweep
+loses only the runs in flight, which the next start redoes.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import queue
+import signal
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from normlab.data import Dataset, load_dataset
+from normlab.experiment.config import RunConfig
+from normlab.experiment.store import ResultsStore
+from normlab.experiment.train import EpochMetrics, build_run_model, train_run
+
+POLL_SECONDS = 0.1
+
+
+class SweepListener(Protocol):
+    """What a sweep reports as it goes (the CLI's progress bars implement it)."""
+
+    def run_started(self, config: RunConfig) -> None: ...
+
+    def epoch_done(self, config: RunConfig, metrics: EpochMetrics) -> None: ...
+
+    def run_done(self, config: RunConfig, record: dict[str, Any]) -> None: ...
+
+    def run_failed(self, config: RunConfig, error: str) -> None: ...
+
+
+class _Silent:
+    def run_started(self, config: RunConfig) -> None:
+        pass
+
+    def epoch_done(self, config: RunConfig, metrics: EpochMetrics) -> None:
+        pass
+
+    def run_done(self, config: RunConfig, record: dict[str, Any]) -> None:
+        pass
+
+    def run_failed(self, config: RunConfig, error: str) -> None:
+        pass
+
+
+@dataclass
+class SweepOutcome:
+    """What a call to run_sweep did: records written, runs skipped as already
+    finished, runs that raised (config and error text), and whether it was
+    interrupted."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[tuple[RunConfig, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def pending_runs(runs: Sequence[RunConfig], store: ResultsStore) -> list[RunConfig]:
+    """The runs whose records are not in ``store`` yet."""
+    finished = store.finished_ids()
+    return [run for run in runs if run.run_id not in finished]
+
+
+def _error_text(error: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+def run_sweep(
+    runs: Sequence[RunConfig],
+    store: ResultsStore,
+    *,
+    data_dir: str | None = None,
+    jobs: int = 1,
+    threads: int = 1,
+    listener: SweepListener | None = None,
+) -> SweepOutcome:
+    """Train every run of ``runs`` not yet in ``store`` and append each record.
+
+    Args:
+        runs: the sweep's runs (all on one dataset).
+        store: where records go; already finished runs are skipped.
+        data_dir: where the dataset's files are (see normlab.data.load_dataset).
+        jobs: processes training at once; 1 trains in this process.
+        threads: torch threads per run.
+        listener: told about each run's start, epochs and end.
+
+    A run that raises is reported to the listener and in the outcome, and
+    the sweep goes on. Ctrl-C stops the sweep: the outcome says it was
+    interrupted and the store keeps every run finished before it.
+    """
+    listener = listener or _Silent()
+    todo = pending_runs(runs, store)
+    outcome = SweepOutcome(skipped=len(runs) - len(todo))
+    if not todo:
+        return outcome
+    datasets = {run.dataset for run in todo}
+    if len(datasets) != 1:
+        raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
+    try:
+        if jobs == 1:
+            _run_here(todo, store, data_dir, threads, listener, outcome)
+        else:
+            _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    return outcome
+
+
+def _finish(
+    config: RunConfig,
+    record: dict[str, Any],
+    store: ResultsStore,
+    listener: SweepListener,
+    outcome: SweepOutcome,
+) -> None:
+    store.append(record)
+    outcome.records.append(record)
+    listener.run_done(config, record)
+
+
+def _fail(config: RunConfig, error: str, listener: SweepListener, outcome: SweepOutcome) -> None:
+    outcome.failed.append((config, error))
+    listener.run_failed(config, error)
+
+
+def _run_here(
+    todo: list[RunConfig],
+    store: ResultsStore,
+    data_dir: str | None,
+    threads: int,
+    listener: SweepListener,
+    outcome: SweepOutcome,
+) -> None:
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = load_dataset(todo[0].dataset, data_dir)
+        for config in todo:
+            listener.run_started(config)
+            try:
+                record = train_run(
+                    config, data, on_epoch=functools.partial(listener.epoch_done, config)
+                )
+            except Exception as error:  # one run's failure must not end the sweep
+                _fail(config, _error_text(error), listener, outcome)
+                continue
+            _finish(config, record, store, listener, outcome)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# --- worker processes -------------------------------------------------------
+
+_events: Any = None
+
+
+def _init_worker(events: Any, threads: int) -> None:
+    """Pool initializer: one event queue to the parent, ``threads`` torch threads,
+    and Ctrl-C left to the parent, which stops the pool."""
+    global _events
+    _events = events
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str | None) -> Dataset:
+    return load_dataset(name, data_dir)
+
+
+def _train_in_worker(config_data: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+    config = RunConfig.from_dict(config_data)
+    data = _cached_dataset(config.dataset, data_dir)
+    _events.put(("started", config.run_id, None))
+    return train_run(
+        config, data, on_epoch=lambda metrics: _events.put(("epoch", config.run_id, metrics))
+    )
+
+
+def _run_in_pool(
+    todo: list[RunConfig],
+    store: ResultsStore,
+    data_dir: str | None,
+    jobs: int,
+    threads: int,
+    listener: SweepListener,
+    outcome: SweepOutcome,
+) -> None:
+    context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
+    events = context.Queue()
+    by_id = {config.run_id: config for config in todo}
+    pool = context.Pool(jobs, initializer=_init_worker, initargs=(events, threads))
+    try:
+        waiting = {
+            config.run_id: pool.apply_async(_train_in_worker, (config.to_dict(), data_dir))
+            for config in todo
+        }
+        while waiting:
+            _drain(events, by_id, listener)
+            for run_id in [run_id for run_id, result in waiting.items() if result.ready()]:
+                result = waiting.pop(run_id)
+                _drain(events, by_id, listener)  # the run's last epoch before its end
+                try:
+                    record = result.get()
+                except Exception as error:
+                    _fail(by_id[run_id], _error_text(error), listener, outcome)
+                    continue
+                _finish(by_id[run_id], record, store, listener, outcome)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) -> None:
+    """Pass queued worker events to the listener, waiting up to POLL_SECONDS for the first."""
+    timeout = POLL_SECONDS
+    while True:
+        try:
+            kind, run_id, metrics = events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        timeout = 0
+        if kind == "started":
+            listener.run_started(by_id[run_id])
+        else:
+            listener.epoch_done(by_id[run_id], metrics)
+
+
+def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
+    """Fail before training when a run's model cannot take its batches.
+
+    Builds each distinct (model, norm, placement, options) once and runs one
+    training-mode forward pass on a batch of the run's size (capped at 8), so
+    a batch norm at batch size 1 or instance norm on an MLP's (N, C)
+    features is reported up front, naming the run.
+
+    Raises:
+        ValueError: naming the norm, batch size and model, with the layer's message.
+    """
+    seen = set()
+    for config in runs:
+        key = (config.model, config.norm, config.placement, min(config.batch_size, 8))
+        key += (repr(sorted(config.model_options.items())),)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            model = build_run_model(config, data)
+            with torch.no_grad():
+                model.train()(data.train_x[: min(config.batch_size, 8)])
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"norm {config.norm!r} in model {config.model!r} at batch size "
+                f"{config.batch_size} cannot train: {error}"
+            ) from None

@@ -1,0 +1,206 @@
+"""The train loop: one run, seeded, on tensors held in memory.
+
+Batches are slices of a per-epoch permutation of the training tensors: no
+DataLoader, no per-sample Python and one host synchronization per epoch
+(the epoch's loss and accuracy sums stay on the device until its end).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normlab
+from normlab.data import Dataset
+from normlab.experiment.config import RunConfig
+from normlab.models import build_model
+
+SCHEMA = 1
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch: training loss/accuracy averaged over its batches (training mode),
+    validation loss/accuracy (eval mode), and the epoch's wall time."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+def make_optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimizer:
+    """adam, adamw and rmsprop with torch's defaults; sgd with momentum 0.9."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw, sgd or rmsprop.")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode on (N, C, H, W) images.
+
+    The model's mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    for start in range(0, len(images), EVAL_BATCH):
+        logits = model(images[start : start + EVAL_BATCH])
+        target = labels[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(images), correct.item() / len(images)
+
+
+def batch_slices(size: int, batch_size: int) -> list[slice]:
+    """Slices of a length-``size`` permutation into batches of ``batch_size``.
+
+    The last, partial batch is kept (as Keras does), except a partial batch of
+    a single sample, which is skipped: batch norm has no statistics to train
+    on from one sample. (At ``batch_size=1`` every batch is kept.)
+    """
+    slices = [slice(start, min(start + batch_size, size)) for start in range(0, size, batch_size)]
+    if batch_size > 1 and size > 1 and slices[-1].stop - slices[-1].start == 1:
+        slices.pop()
+    return slices
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    batches: list[slice],
+    generator: torch.Generator,
+) -> tuple[float, float, int]:
+    """One pass over the shuffled training set: (mean loss, accuracy, samples seen)."""
+    model.train()
+    order = torch.randperm(len(data.train_x), generator=generator)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    for batch in batches:
+        index = order[batch]
+        images, labels = data.train_x[index], data.train_y[index]
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss_sum += loss.detach() * len(index)
+            correct += (logits.argmax(1) == labels).sum()
+    seen = batches[-1].stop if batches else 0
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
+    """``config``'s model for ``data``'s images and classes."""
+    return build_model(
+        config.model,
+        data.input_shape,
+        data.num_classes,
+        norm=config.norm,
+        placement=config.placement,
+        **config.model_options,
+    )
+
+
+def versions() -> dict[str, str]:
+    return {
+        "normlab": normlab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def train_run(
+    config: RunConfig,
+    data: Dataset,
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config``'s model on ``data`` and return the run's record.
+
+    The same configuration, data and thread count give the same numbers on
+    CPU. A loss that becomes NaN or infinite ends the run at that epoch with
+    status "diverged"; otherwise the status is "finished".
+
+    Returns:
+        The record ``results.jsonl`` stores (see normlab.experiment.store):
+        config, per-epoch history, final metrics (training-set metrics
+        measured in eval mode after the last epoch), data summary, thread
+        count, seconds and versions.
+    """
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = build_run_model(config, data)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = batch_slices(len(data.train_x), config.batch_size)
+    history: list[EpochMetrics] = []
+    diverged_epoch = None
+    samples = 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_clock = time.perf_counter()
+        train_loss, train_acc, samples = _train_epoch(model, optimizer, data, batches, generator)
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        metrics = EpochMetrics(
+            epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - epoch_clock
+        )
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            diverged_epoch = epoch
+            break
+    final_train_loss, final_train_acc = evaluate(model, data.train_x, data.train_y)
+    last = history[-1]
+    return {
+        "schema": SCHEMA,
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "status": "finished" if diverged_epoch is None else "diverged",
+        "history": [asdict(metrics) for metrics in history],
+        "final": {
+            "train_loss": final_train_loss,
+            "train_acc": final_train_acc,
+            "val_loss": last.val_loss,
+            "val_acc": last.val_acc,
+            "epochs_run": len(history),
+            "diverged_epoch": diverged_epoch,
+        },
+        "data": {
+            "source": data.source,
+            "train_size": len(data.train_x),
+            "val_size": len(data.val_x),
+            "samples_per_epoch": samples,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+        },
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - clock,
+        "started": started.isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
