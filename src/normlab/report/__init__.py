@@ -1,0 +1,26 @@
+"""The report: plots, tables, claim verdicts and an HTML page, rendered from results.jsonl only.
+
+>>> from normlab.report import render_report
+>>> files = render_report("runs/2026-11-23T12-00-00")  # doctest: +SKIP
+"""
+
+from normlab.report.claims import CLAIMS, Claim, Verdict, verdicts
+from normlab.report.render import ReportFiles, render_report
+from normlab.report.runs import RecordError, Sweep
+from normlab.report.stats import Contrast, contrast
+from normlab.report.tables import summary_table, verdicts_table
+
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "Contrast",
+    "RecordError",
+    "ReportFiles",
+    "Sweep",
+    "Verdict",
+    "contrast",
+    "render_report",
+    "summary_table",
+    "verdicts",
+    "verdicts_table",
+]

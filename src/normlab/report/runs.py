@@ -1,0 +1,284 @@
+"""Run records read into typed runs, and the sweep they make up.
+
+A results record (see ``normlab.experiment.store``) becomes a :class:`Run`;
+a list of them becomes a :class:`Sweep`, which knows which configuration
+fields vary and so how runs group:
+
+- a *group* is the runs whose configuration is equal except for ``seed``;
+- a *series* is a norm plus every varying field other than norm, batch size
+  and seed (label ``bn`` or ``bn (lr=0.01)``);
+- an *experiment* is one combination of those other varying fields (label
+  ``lr=0.01``, or ``""`` when nothing else varies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SCHEMA = 1
+"""The results-record schema this report reads."""
+
+AXES = ("norm", "batch_size", "seed")
+"""Configuration fields that are the sweep's axes rather than part of an experiment."""
+
+
+class RecordError(ValueError):
+    """A results record lacks a field the report needs, or holds a value it cannot use."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run, as the report needs it. Accuracies are fractions in [0, 1].
+
+    ``config`` is the record's configuration with ``model_options`` flattened
+    into it (``hidden`` beside ``lr``), so that every field can vary on its own.
+    """
+
+    run_id: str
+    config: Mapping[str, Any]
+    status: str
+    val_acc: float
+    train_acc: float
+    seconds: float
+    epochs: tuple[int, ...]
+    epoch_train_acc: tuple[float, ...]
+    epoch_val_acc: tuple[float, ...]
+    diverged_epoch: int | None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    versions: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    started: str | None = None
+    series: str = ""
+    experiment: str = ""
+
+    @property
+    def norm(self) -> str:
+        return str(self.config["norm"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["batch_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    @property
+    def gap(self) -> float:
+        """Generalization gap: final train accuracy (eval mode) minus final val accuracy."""
+        return self.train_acc - self.val_acc
+
+
+def _fail(record: Mapping[str, Any], problem: str) -> RecordError:
+    run_id = record.get("run_id", "?")
+    return RecordError(
+        f"results record {run_id!r} {problem}; re-run that configuration with "
+        "normlab compare, or delete its line from results.jsonl."
+    )
+
+
+def _accuracy(record: Mapping[str, Any], where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(record, f"has {where} = {value!r}, not a number")
+    if not 0.0 <= value <= 1.0:
+        raise _fail(record, f"has {where} = {value!r}, outside [0, 1] (accuracies are fractions)")
+    return float(value)
+
+
+def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``model_options``' keys lifted beside the other fields.
+
+    A model option whose name clashes with a top-level field keeps the prefix
+    ``model_options.``.
+    """
+    flat = {key: value for key, value in config.items() if key != "model_options"}
+    for key, value in (config.get("model_options") or {}).items():
+        flat[f"model_options.{key}" if key in flat else key] = value
+    return flat
+
+
+def run_from_record(record: Mapping[str, Any]) -> Run:
+    """The :class:`Run` in one results record.
+
+    Raises:
+        RecordError: the record is of another schema or lacks a needed field.
+    """
+    schema = record.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise RecordError(
+            f"results record {record.get('run_id', '?')!r} has schema {schema!r}; this "
+            f"normlab reads schema {SCHEMA}. Render it with the normlab version that wrote it."
+        )
+    try:
+        config = flatten_config(record["config"])
+        missing = [name for name in AXES if name not in config]
+        if missing:
+            raise _fail(record, f"has no config.{missing[0]}")
+        final = record["final"]
+        history = record.get("history") or []
+        status = str(record.get("status", "finished"))
+        return Run(
+            run_id=str(record["run_id"]),
+            config=config,
+            status=status,
+            val_acc=_accuracy(record, "final.val_acc", final["val_acc"]),
+            train_acc=_accuracy(record, "final.train_acc", final["train_acc"]),
+            seconds=float(record.get("seconds") or 0.0),
+            epochs=tuple(int(row["epoch"]) for row in history),
+            epoch_train_acc=tuple(
+                _accuracy(record, "history.train_acc", row["train_acc"]) for row in history
+            ),
+            epoch_val_acc=tuple(
+                _accuracy(record, "history.val_acc", row["val_acc"]) for row in history
+            ),
+            diverged_epoch=final.get("diverged_epoch"),
+            data=dict(record.get("data") or {}),
+            versions=dict(record.get("versions") or {}),
+            threads=record.get("threads"),
+            started=record.get("started"),
+        )
+    except KeyError as error:
+        raise _fail(record, f"has no field {error.args[0]!r}") from None
+    except (TypeError, AttributeError):
+        raise _fail(record, "is not shaped like a schema-1 run record") from None
+
+
+def canonical(value: Any) -> str:
+    """A hashable, order-independent key for a configuration value (lists, dicts included)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def format_value(value: Any) -> str:
+    """A configuration value as people write it: ``0.01``, ``[128, 64]``, ``adam``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _first_appearance(values: Iterable[Any]) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for value in values:
+        seen.setdefault(canonical(value), value)
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Every run of a results file, with the fields that vary and the labels they imply.
+
+    Norms and experiments keep the order they first appear in; batch sizes
+    are sorted. A run_id seen twice keeps its last record. No records make
+    an empty sweep (no verdicts, no table rows).
+    """
+
+    runs: tuple[Run, ...]
+    varying: tuple[str, ...]
+    common: Mapping[str, Any]
+    norms: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    series: tuple[str, ...]
+    experiments: tuple[str, ...]
+    experiment_fields: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> Sweep:
+        """Read every record into a :class:`Run` and label its series and experiment."""
+        by_id = {}
+        for record in records:
+            run = run_from_record(record)
+            by_id.pop(run.run_id, None)
+            by_id[run.run_id] = run
+        runs = list(by_id.values())
+        names = _first_appearance(name for run in runs for name in run.config)
+        varying = tuple(
+            name
+            for name in names
+            if len({canonical(run.config.get(name)) for run in runs}) > 1 or name in AXES
+        )
+        common = {name: runs[0].config.get(name) for name in names if name not in varying}
+        experiment_fields = tuple(name for name in varying if name not in AXES)
+        labelled = [
+            replace(run, series=series_label(run, experiment_fields),
+                    experiment=experiment_label(run, experiment_fields))
+            for run in runs
+        ]  # fmt: skip
+        return cls(
+            runs=tuple(labelled),
+            varying=varying,
+            common=common,
+            norms=tuple(_first_appearance(run.norm for run in labelled)),
+            batch_sizes=tuple(sorted({run.batch_size for run in labelled})),
+            series=tuple(_first_appearance(run.series for run in labelled)),
+            experiments=tuple(_first_appearance(run.experiment for run in labelled)),
+            experiment_fields=experiment_fields,
+        )
+
+    def values(self) -> dict[str, list[str]]:
+        """Each varying field's values in order of first appearance, as text."""
+        result = {}
+        for name in self.varying:
+            values = _first_appearance(run.config.get(name) for run in self.runs)
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                values = sorted(values)
+            result[name] = [format_value(value) for value in values]
+        return result
+
+    def group(self, experiment: str, norm: str, batch_size: int) -> list[Run]:
+        """The runs (one per seed) of ``norm`` at ``batch_size`` in ``experiment``."""
+        return [
+            run
+            for run in self.runs
+            if run.experiment == experiment and run.norm == norm and run.batch_size == batch_size
+        ]
+
+    def series_group(self, series: str, batch_size: int) -> list[Run]:
+        """The runs (one per seed) of ``series`` at ``batch_size``."""
+        return [run for run in self.runs if run.series == series and run.batch_size == batch_size]
+
+    def batch_sizes_of(self, experiment: str, norm: str) -> list[int]:
+        """The batch sizes ``norm`` was run at in ``experiment``, ascending."""
+        return sorted(
+            {
+                run.batch_size
+                for run in self.runs
+                if run.experiment == experiment and run.norm == norm
+            }
+        )
+
+    def title(self) -> str:
+        """``digits · mlp``: the dataset(s) and model(s) the runs trained."""
+        if not self.runs:
+            return "no runs"
+        parts = []
+        for name in ("dataset", "model"):
+            values = _first_appearance(run.config.get(name, "?") for run in self.runs)
+            parts.append(", ".join(format_value(value) for value in values))
+        return " · ".join(parts)
+
+
+def _settings(run: Run, fields: Sequence[str]) -> str:
+    return ", ".join(f"{name}={format_value(run.config.get(name))}" for name in fields)
+
+
+def series_label(run: Run, experiment_fields: Sequence[str]) -> str:
+    """``bn``, or ``bn (lr=0.01)`` when other fields vary across the sweep."""
+    if not experiment_fields:
+        return run.norm
+    return f"{run.norm} ({_settings(run, experiment_fields)})"
+
+
+def experiment_label(run: Run, experiment_fields: Sequence[str]) -> str:
+    """``lr=0.01, optimizer=sgd``; ``""`` when nothing but norm, batch size and seed varies."""
+    return _settings(run, experiment_fields)

@@ -1,0 +1,83 @@
+"""Welch intervals for linear contrasts of independent group means. Pure math, no records."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats as scipy_stats
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A linear contrast of group means and its confidence interval.
+
+    ``low``, ``high`` and ``df`` are None when some group has fewer than two
+    values (no variance estimate, so no interval). When every group's values
+    are all equal the standard error is 0, the interval is the point and
+    ``df`` is infinite.
+    """
+
+    estimate: float
+    se: float | None
+    df: float | None
+    low: float | None
+    high: float | None
+    level: float
+
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None and self.high is not None
+
+
+def contrast(
+    groups: Sequence[Sequence[float]], weights: Sequence[float], level: float = 0.95
+) -> Contrast:
+    """Σ wᵢ·meanᵢ over independent groups, with a Welch–Satterthwaite t interval.
+
+    se² = Σ wᵢ² sᵢ²/nᵢ (sᵢ the sample standard deviation, ddof=1) and
+    df = se⁴ / Σ (wᵢ² sᵢ²/nᵢ)² / (nᵢ − 1); the interval is
+    estimate ± t_{df, (1+level)/2} · se. Weights [1, −1] give Welch's
+    difference of two means; [1, −1, −1, 1] a difference of differences.
+
+    Raises:
+        ValueError: weights and groups differ in length, a group is empty, or
+            level is not in (0, 1).
+    """
+    if len(groups) != len(weights):
+        raise ValueError(
+            f"contrast needs one weight per group; got {len(groups)} groups and "
+            f"{len(weights)} weights."
+        )
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level is a confidence level in (0, 1), such as 0.95; got {level}.")
+    sizes = [len(group) for group in groups]
+    if min(sizes, default=0) == 0:
+        raise ValueError(
+            f"contrast needs at least one value in every group; got group sizes {sizes}."
+        )
+    estimate = math.fsum(
+        w * statistics.fmean(group) for w, group in zip(weights, groups, strict=True)
+    )
+    if min(sizes) < 2:
+        return Contrast(estimate, se=None, df=None, low=None, high=None, level=level)
+    # statistics.variance is exact for equal values, so all-equal groups give se == 0.
+    terms = [
+        w * w * statistics.variance(group) / len(group)
+        for w, group in zip(weights, groups, strict=True)
+    ]
+    variance = math.fsum(terms)
+    if variance == 0.0:
+        return Contrast(estimate, se=0.0, df=math.inf, low=estimate, high=estimate, level=level)
+    se = math.sqrt(variance)
+    # df is scale-free; dividing by the largest term keeps tiny variances from underflowing.
+    ratios = [term / max(terms) for term in terms]
+    df = math.fsum(ratios) ** 2 / math.fsum(
+        ratio**2 / (n - 1) for ratio, n in zip(ratios, sizes, strict=True)
+    )
+    half_width = float(scipy_stats.t.ppf((1.0 + level) / 2.0, df)) * se
+    return Contrast(
+        estimate, se=se, df=df, low=estimate - half_width, high=estimate + half_width, level=level
+    )

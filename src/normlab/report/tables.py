@@ -1,0 +1,144 @@
+"""The summary and verdict tables, as formatted rows and as rich tables.
+
+The rows are plain strings so that the terminal (rich) and the HTML page
+show exactly the same numbers; rich gets them as Text, never as markup, so
+a value from a record cannot restyle the table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, NEEDS_SEEDS, SUPPORTED, Verdict
+from normlab.report.runs import Sweep
+
+SUMMARY_HEADERS = (
+    "norm",
+    "batch",
+    "val acc % (mean ± std)",
+    "seeds",
+    "train acc % (eval)",
+    "gap pp",
+    "diverged",
+    "s / run",
+)
+VERDICT_HEADERS = ("claim", "comparison", "estimate pp", "95% interval", "n", "verdict")
+
+OUTCOME_STYLES = {
+    SUPPORTED: "green",
+    CONTRADICTED: "red",
+    INCONCLUSIVE: "yellow",
+    NEEDS_SEEDS: "dim",
+}
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One series at one batch size, formatted; ``diverged`` counts its diverged runs."""
+
+    cells: tuple[str, ...]
+    diverged: int
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summary_rows(sweep: Sweep) -> list[SummaryRow]:
+    """Rows series × batch size: val acc mean ± std over seeds, n, final train acc
+    (eval mode), generalization gap, diverged count and mean seconds per run."""
+    rows = []
+    for series in sweep.series:
+        for batch_size in sweep.batch_sizes:
+            runs = sweep.series_group(series, batch_size)
+            if not runs:
+                continue
+            diverged = sum(run.diverged for run in runs)
+            cells = (
+                series,
+                str(batch_size),
+                _mean_std([100 * run.val_acc for run in runs]),
+                str(len(runs)),
+                f"{statistics.fmean(100 * run.train_acc for run in runs):.2f}",
+                f"{statistics.fmean(100 * run.gap for run in runs):+.2f}",
+                f"{diverged} of {len(runs)}" if diverged else "—",
+                f"{statistics.fmean(run.seconds for run in runs):.1f}",
+            )
+            rows.append(SummaryRow(cells, diverged))
+    return rows
+
+
+def format_interval(low: float | None, high: float | None) -> str:
+    """``[-0.12, +0.88]``, or ``—`` when there is no interval."""
+    if low is None or high is None:
+        return "—"
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """One row per verdict; a claim's text is written once above its comparisons.
+
+    With several experiments the claim text names the experiment.
+    """
+    rows = []
+    previous = None
+    for verdict in verdicts:
+        claim = verdict.claim
+        if verdict.experiment:
+            claim = f"{claim} [{verdict.experiment}]"
+        rows.append(
+            (
+                claim if claim != previous else "",
+                verdict.comparison,
+                f"{verdict.estimate:+.2f}",
+                format_interval(verdict.low, verdict.high),
+                ", ".join(str(n) for n in verdict.n),
+                verdict.outcome,
+            )
+        )
+        previous = claim
+    return rows
+
+
+def summary_table(records: Sequence[Mapping[str, Any]] | Sweep) -> Table:
+    """A rich table with one row per norm (series) and batch size.
+
+    Columns: validation accuracy mean ± std over seeds, the number of seeds,
+    final train accuracy in eval mode, the generalization gap (train − val, in
+    percentage points), how many runs diverged, and mean seconds per run.
+    """
+    sweep = records if isinstance(records, Sweep) else Sweep.from_records(records)
+    table = Table(title=Text(f"{sweep.title()}: final accuracy per norm and batch size"))
+    for index, header in enumerate(SUMMARY_HEADERS):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    previous = None
+    for row in summary_rows(sweep):
+        series = row.cells[0]
+        if previous is not None and series != previous:
+            table.add_section()
+        previous = series
+        table.add_row(*(Text(cell) for cell in row.cells), style="red" if row.diverged else None)
+    return table
+
+
+def verdicts_table(verdicts: Sequence[Verdict]) -> Table:
+    """A rich table of verdicts: claim, comparison, estimate, 95% interval, n, verdict."""
+    table = Table(title="claims checked (estimates in percentage points, Welch 95% intervals)")
+    for header in VERDICT_HEADERS:
+        justify = "right" if header in ("estimate pp", "95% interval", "n") else "left"
+        table.add_column(header, justify=justify, overflow="fold")
+    for verdict, row in zip(verdicts, verdict_rows(verdicts), strict=True):
+        if row[0]:
+            table.add_section()
+        outcome = Text(row[-1], style=OUTCOME_STYLES.get(verdict.outcome, ""))
+        table.add_row(*(Text(cell) for cell in row[:-1]), outcome)
+    return table
