@@ -18,8 +18,9 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# The lab on the built-in digits: 4 norms x 3 batch sizes x 3 seeds, into runs/<timestamp>/.
 demo: $(VENV)/.installed
-	$(BIN)/normlab norms
+	$(BIN)/normlab compare --norms none,bn,bn-scalar,ln --batch-sizes 4,32,256 --seeds 3
 
 # pytest exits 5 when it collects no test: say so and succeed.
 define pytest

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
 
 import torch
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from normlab.data import DATASETS, DataError, load_dataset
+from normlab.experiment import ResultsStore, check_runs, plan_runs, read_results, run_sweep
+from normlab.experiment.config import OPTIMIZERS
+from normlab.experiment.progress import SweepProgress
+from normlab.models import CELLS, MODELS, PLACEMENTS
 from normlab.registry import KINDS, make_norm
+from normlab.report import render_report, summary_table, verdicts, verdicts_table
 
 
 def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Table:
@@ -70,9 +79,33 @@ def _batch_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _comma_list(convert: Callable[[str], object], what: str) -> Callable[[str], list]:
+    """An argparse type for a comma-separated list of ``what``."""
+
+    def parse(text: str) -> list:
+        try:
+            items = [convert(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            items = []
+        if not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {what}; got {text!r}"
+            )
+        return items
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def _console() -> Console:
     """A console for tables: the terminal's width, or 120 columns when piped to a file."""
-    console = Console()
+    console = Console(soft_wrap=True)
     if not console.is_terminal:
         console.width = 120
     return console
@@ -81,6 +114,163 @@ def _console() -> Console:
 def _norms(args: argparse.Namespace) -> int:
     _console().print(norms_table(args.shape, args.seed))
     return 0
+
+
+def _default_out() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+
+
+def _show_results(console: Console, directory: Path) -> int:
+    """Print the summary table and verdicts of ``directory``'s results and render its report."""
+    records = read_results(directory)
+    if not records:
+        raise ValueError(f"no finished runs in {directory / 'results.jsonl'}; nothing to report.")
+    console.print(summary_table(records))
+    console.print(verdicts_table(verdicts(records)))
+    files = render_report(directory)
+    for path in (files.curves, files.batch_size, files.html):
+        if path is not None:
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    console = _console()
+    model_options: dict = {}
+    if args.hidden is not None:
+        model_options["hidden"] = args.hidden
+    if args.cell is not None:
+        model_options["cell"] = args.cell
+    runs = plan_runs(
+        norms=args.norms,
+        batch_sizes=args.batch_sizes,
+        seeds=args.seeds,
+        dataset=args.dataset,
+        model=args.model,
+        placement=args.placement,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        model_options=model_options,
+    )
+    data = load_dataset(args.dataset, args.data_dir)
+    check_runs(runs, data)
+    store = ResultsStore(args.out)
+    dropped = store.repair()
+    if dropped is not None:
+        console.print(
+            f"removed an unfinished record at the end of {store.path} "
+            f"(a write interrupted mid-line, {len(dropped)} characters); its run is redone"
+        )
+    finished = store.finished_ids()
+    already = sum(run.run_id in finished for run in runs)
+    norms = ", ".join(dict.fromkeys(run.norm for run in runs))
+    batch_sizes = ", ".join(map(str, dict.fromkeys(args.batch_sizes)))
+    console.print(
+        f"{len(runs)} runs: {args.dataset} ({len(data.train_x)} train / {len(data.val_x)} val, "
+        f"from {data.source}), model {args.model}, norms {norms}, batch sizes {batch_sizes}, "
+        f"{args.seeds} seed(s), {args.epochs} epochs"
+    )
+    console.print(
+        f"results: {store.path}"
+        + (f" ({already} runs already finished, skipped)" if already else "")
+    )
+    jobs = max(1, min(args.jobs, len(runs) - already))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    with SweepProgress(console, total=len(runs), already_done=already) as progress:
+        outcome = run_sweep(
+            runs, store, data_dir=args.data_dir, jobs=jobs, threads=threads, listener=progress
+        )
+    if outcome.interrupted:
+        console.print(
+            f"interrupted: {len(store.finished_ids() & {r.run_id for r in runs})} of {len(runs)} "
+            f"runs are saved in {store.path}. Run the same command with --out {args.out} to resume."
+        )
+        return 130
+    if store.records():
+        _show_results(console, Path(args.out))
+    if outcome.failed:
+        for config, error in outcome.failed:
+            console.print(f"[red]failed: {config.label}: {error}[/red]")
+        console.print(f"{len(outcome.failed)} run(s) failed; run the same command to retry them.")
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    if not args.directory.is_dir():
+        raise ValueError(f"{args.directory} is not a directory; pass the --out of a compare run.")
+    return _show_results(_console(), args.directory)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="train one model with each normalization across batch sizes and seeds",
+        description="Train the same model with each normalization kind, at each batch size "
+        "and seed; write results.jsonl, curves.png, batch_size.png and report.html to --out. "
+        "Re-running with the same --out resumes: finished runs are skipped.",
+    )
+    compare.add_argument(
+        "--dataset",
+        default="digits",
+        help=f"one of {', '.join(DATASETS)} (default digits, built in)",
+    )
+    compare.add_argument(
+        "--data-dir", help="directory holding the dataset's files (mnist, fashion-mnist, cifar10)"
+    )
+    compare.add_argument("--model", default="mlp", choices=MODELS, help="model (default mlp)")
+    compare.add_argument(
+        "--hidden",
+        type=_comma_list(_positive_int, "positive integers"),
+        help="hidden widths: mlp layer sizes (default 128,64), cnn conv channels (32,64), "
+        "rnn recurrent layer sizes (128,128)",
+    )
+    compare.add_argument("--cell", choices=tuple(CELLS), help="rnn cell (default lstm)")
+    compare.add_argument(
+        "--norms",
+        type=_comma_list(str, "normalization kinds"),
+        default=["none", "bn", "ln"],
+        help="comma list of kinds from `normlab norms` (default none,bn,ln)",
+    )
+    compare.add_argument(
+        "--placement",
+        default="before",
+        choices=PLACEMENTS,
+        help="norm before or after the activation",
+    )
+    compare.add_argument(
+        "--batch-sizes",
+        type=_comma_list(_positive_int, "positive integers"),
+        default=[32],
+        help="comma list of batch sizes (default 32)",
+    )
+    compare.add_argument(
+        "--seeds", type=_positive_int, default=3, help="seeds per configuration: 0..N-1 (default 3)"
+    )
+    compare.add_argument(
+        "--epochs", type=_positive_int, default=5, help="epochs per run (default 5)"
+    )
+    compare.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    compare.add_argument(
+        "--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer (default adam)"
+    )
+    compare.add_argument(
+        "--out", type=Path, default=None, help="output directory (default runs/<timestamp>)"
+    )
+    compare.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="runs trained at once, each in its own process (default: the number of cores)",
+    )
+    compare.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per run (default: cores / jobs)",
+    )
+    compare.set_defaults(run=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,14 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     norms.add_argument("--seed", type=int, default=0, help="seed of the random batch")
     norms.set_defaults(run=_norms)
+    _add_compare(commands)
+    report = commands.add_parser(
+        "report", help="re-render the table, plots and report.html of a compare run's results"
+    )
+    report.add_argument("directory", type=Path, help="the --out directory of a compare run")
+    report.set_defaults(run=_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "out", "unset") is None:
+        args.out = _default_out()
     try:
         return args.run(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, DataError) as error:
         print(f"normlab {args.command}: error: {error}", file=sys.stderr)
         return 2
 

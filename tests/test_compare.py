@@ -1,0 +1,193 @@
+"""`normlab compare` and `normlab report` from the command line: outputs, resuming, killing,
+and errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from normlab.cli import main
+
+SCRIPT = Path(sys.executable).with_name("normlab")
+SMALL = ["--epochs", "1", "--hidden", "16", "--jobs", "1"]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_compare_writes_results_plots_and_report(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["compare", "--norms", "none,bn", "--batch-sizes", "32,128", "--seeds", "2"]
+    status, stdout, stderr = _run([*argv, *SMALL, "--out", str(out)], capsys)
+    assert status == 0, stderr
+    records = [json.loads(line) for line in _lines(out / "results.jsonl")]
+    assert len(records) == 8
+    assert {(r["config"]["norm"], r["config"]["batch_size"]) for r in records} == {
+        ("none", 32),
+        ("none", 128),
+        ("bn", 32),
+        ("bn", 128),
+    }
+    for name in ("curves.png", "batch_size.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+        assert f"wrote {out / name}" in stdout.replace("\n", "")
+    assert "[8/8]" in stdout
+    assert "8 runs: digits" in stdout
+
+
+def test_the_same_command_again_resumes_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["compare", "--norms", "ln", "--seeds", "2", *SMALL, "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    before = (out / "results.jsonl").read_bytes()
+    status, stdout, _ = _run(argv, capsys)
+    assert status == 0
+    assert "2 runs already finished, skipped" in stdout
+    assert (out / "results.jsonl").read_bytes() == before
+    status, stdout, _ = _run([*argv[:4], "3", *argv[5:]], capsys)  # one more seed
+    assert status == 0
+    assert "2 runs already finished" in stdout
+    assert (out / "results.jsonl").read_bytes().startswith(before)
+    assert len(_lines(out / "results.jsonl")) == 3
+
+
+def test_report_rerenders_everything_from_results_alone(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["compare", "--norms", "none,ln", "--seeds", "2", *SMALL, "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    for name in ("curves.png", "report.html"):
+        (out / name).unlink()
+    status, stdout, stderr = _run(["report", str(out)], capsys)
+    assert status == 0, stderr
+    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "report.html").stat().st_size > 0
+    assert "ln" in stdout and "none" in stdout
+
+
+def test_report_of_a_directory_without_results_says_so(tmp_path, capsys):
+    status, _, stderr = _run(["report", str(tmp_path)], capsys)
+    assert status == 2
+    assert "no finished runs" in stderr and "results.jsonl" in stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--norms", "none,bnn"], "Did you mean 'bn'"),
+        (["--norms", "bn", "--batch-sizes", "1"], "batch size 1 cannot train"),
+        (["--norms", "in"], "(N, C, L)"),
+        (["--dataset", "mnsit"], "'mnist'"),
+        (["--optimizer", "adamm"], "invalid choice"),
+        (["--batch-sizes", "0,32"], "--batch-sizes"),
+        (["--seeds", "0"], "--seeds"),
+    ],
+)
+def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, capsys, argv, message):
+    status, stdout, stderr = _run(["compare", *argv, *SMALL, "--out", str(tmp_path)], capsys)
+    assert status == 2
+    assert message in stderr
+    assert "Traceback" not in stdout + stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_missing_mnist_files_say_which_files_to_put_where(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    status, _, stderr = _run(["compare", "--dataset", "mnist", *SMALL], capsys)
+    assert status == 2
+    assert "train-images-idx3-ubyte" in stderr and "--data-dir" in stderr
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    argv = [str(SCRIPT), "compare", "--norms", "none,bn,ln", "--batch-sizes", "16"]
+    argv += ["--seeds", "4", "--epochs", "3", "--hidden", "64", "--out", str(out), *extra]
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    return subprocess.Popen(
+        argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+
+
+def _wait_for_lines(path: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and len(_lines(path)) >= count:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {count} lines")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_killed_sweep_keeps_every_finished_run_and_the_rerun_completes_it(tmp_path, jobs):
+    """SIGKILL to the whole process group mid-sweep; a partial record line is added as if the
+    kill had landed mid-write. The rerun keeps every finished line, redoes the rest."""
+    out = tmp_path / "sweep"
+    results = out / "results.jsonl"
+    process = _start(out, "--jobs", jobs)
+    _wait_for_lines(results, 2, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    finished = results.read_text()
+    finished = finished[: finished.rfind("\n") + 1]
+    with open(results, "a") as file:
+        file.write('{"schema": 1, "run_id": "interrupt')
+    rerun = _start(out, "--jobs", jobs)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr.decode()
+    assert b"removed an unfinished record" in stdout
+    text = results.read_text()
+    assert text.startswith(finished)
+    ids = [json.loads(line)["run_id"] for line in text.splitlines()]
+    assert len(ids) == len(set(ids)) == 12
+
+
+def test_ctrl_c_stops_the_sweep_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "sweep"
+    process = _start(out, "--jobs", "2")
+    _wait_for_lines(out / "results.jsonl", 1, process)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    assert b"interrupted" in stdout and b"--out" in stdout
+    assert b"Traceback" not in stdout + stderr
+    kept = [json.loads(line) for line in _lines(out / "results.jsonl")]
+    assert 1 <= len(kept) < 12
+
+
+def test_installed_script_documents_every_compare_option():
+    result = subprocess.run(
+        [str(SCRIPT), "compare", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    for option in (
+        "--dataset",
+        "--data-dir",
+        "--model",
+        "--norms",
+        "--batch-sizes",
+        "--seeds",
+        "--epochs",
+        "--lr",
+        "--optimizer",
+        "--out",
+        "--jobs",
+        "--placement",
+    ):
+        assert option in result.stdout
