@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow accuracy lint clean
+.PHONY: demo test test-slow accuracy lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ define pytest
 	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$status
 endef
 
-test: $(VENV)/.installed-dev
+# The report's browser test needs Debian's chromium: install it where apt-get and root allow,
+# otherwise say so (the test then skips, or fails when CI is set).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the report's browser test"; \
+	    (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)); \
+	  else echo "chromium is not installed and cannot be here: the browser test will skip"; fi; }
+
+test: $(VENV)/.installed-dev browser
 	$(call pytest,-m "not slow" -q)
 
 test-slow: $(VENV)/.installed-dev

@@ -122,12 +122,10 @@ def _default_out() -> Path:
 
 def _show_results(console: Console, directory: Path) -> int:
     """Print the summary table and verdicts of ``directory``'s results and render its report."""
+    files = render_report(directory)  # raises a clear error when there are no records
     records = read_results(directory)
-    if not records:
-        raise ValueError(f"no finished runs in {directory / 'results.jsonl'}; nothing to report.")
     console.print(summary_table(records))
     console.print(verdicts_table(verdicts(records)))
-    files = render_report(directory)
     for path in (files.curves, files.batch_size, files.html):
         if path is not None:
             console.print(f"wrote {path}")
