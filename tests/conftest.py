@@ -60,3 +60,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("largest |actual - expected| per test and dtype parameter")
     for (test, dtype), error in sorted(_largest.items()):
         terminalreporter.write_line(f"{error:10.2e}  {dtype or '-':9s} {test}")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``normlab.cli.main(argv)`` in this process: (exit status, stdout, stderr)."""
+    from normlab.cli import main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        try:
+            status = main(argv)
+        except SystemExit as exit_:
+            status = exit_.code
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run

@@ -10,21 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from normlab.cli import main
 from spec import CANONICAL_KINDS
 
 CANONICAL = CANONICAL_KINDS
 SCRIPT = Path(sys.executable).with_name("normlab")
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """main(argv)'s exit status (from a return or a SystemExit) and its captured output."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _row_names(output: str) -> set[str]:
@@ -32,16 +21,16 @@ def _row_names(output: str) -> set[str]:
     return {match.group(1) for match in re.finditer(r"^\W*([a-z][a-z-]*)\s", output, re.M)}
 
 
-def test_norms_prints_every_canonical_kind(capsys):
+def test_norms_prints_every_canonical_kind(run_cli):
     """`normlab norms` exits 0 and has a row for each canonical kind."""
-    status, out, _ = _run(["norms"], capsys)
+    status, out, _ = run_cli(["norms"])
     assert status == 0
     assert set(CANONICAL) <= _row_names(out)
 
 
-def test_norms_on_a_2d_batch_explains_that_instance_norm_needs_spatial_dims(capsys):
+def test_norms_on_a_2d_batch_explains_that_instance_norm_needs_spatial_dims(run_cli):
     """With --shape 4,6 every kind still gets a row, and 'in' says it needs spatial dims."""
-    status, out, err = _run(["norms", "--shape", "4,6"], capsys)
+    status, out, err = run_cli(["norms", "--shape", "4,6"])
     assert status == 0, err
     assert set(CANONICAL) <= _row_names(out)
     assert "Traceback" not in out + err
@@ -49,17 +38,17 @@ def test_norms_on_a_2d_batch_explains_that_instance_norm_needs_spatial_dims(caps
 
 
 @pytest.mark.parametrize("shape", ["2,3,5", "3,4,2,2,2"])
-def test_norms_accepts_other_ranks(shape, capsys):
+def test_norms_accepts_other_ranks(shape, run_cli):
     """1-D and 3-D spatial batches produce the table too."""
-    status, out, err = _run(["norms", "--shape", shape, "--seed", "1"], capsys)
+    status, out, err = run_cli(["norms", "--shape", shape, "--seed", "1"])
     assert status == 0, err
     assert set(CANONICAL) <= _row_names(out)
 
 
 @pytest.mark.parametrize("shape", ["abc", "4,x", "8", "4,0", "4,-2", ""])
-def test_bad_shape_is_a_usage_error_not_a_traceback(shape, capsys):
+def test_bad_shape_is_a_usage_error_not_a_traceback(shape, run_cli):
     """A malformed --shape exits non-zero with an argparse-style message naming --shape."""
-    status, out, err = _run(["norms", "--shape", shape], capsys)
+    status, out, err = run_cli(["norms", "--shape", shape])
     assert status not in (0, None)
     assert "Traceback" not in out + err
     assert "--shape" in err

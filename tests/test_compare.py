@@ -13,29 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from normlab.cli import main
-
 SCRIPT = Path(sys.executable).with_name("normlab")
 SMALL = ["--epochs", "1", "--hidden", "16", "--jobs", "1"]
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def test_compare_writes_results_plots_and_report(tmp_path, capsys):
+def test_compare_writes_results_plots_and_report(tmp_path, run_cli):
     out = tmp_path / "sweep"
     argv = ["compare", "--norms", "none,bn", "--batch-sizes", "32,128", "--seeds", "2"]
-    status, stdout, stderr = _run([*argv, *SMALL, "--out", str(out)], capsys)
+    status, stdout, stderr = run_cli([*argv, *SMALL, "--out", str(out)])
     assert status == 0, stderr
     records = [json.loads(line) for line in _lines(out / "results.jsonl")]
     assert len(records) == 8
@@ -52,37 +41,37 @@ def test_compare_writes_results_plots_and_report(tmp_path, capsys):
     assert "8 runs: digits" in stdout
 
 
-def test_the_same_command_again_resumes_and_changes_nothing(tmp_path, capsys):
+def test_the_same_command_again_resumes_and_changes_nothing(tmp_path, run_cli):
     out = tmp_path / "sweep"
     argv = ["compare", "--norms", "ln", "--seeds", "2", *SMALL, "--out", str(out)]
-    assert _run(argv, capsys)[0] == 0
+    assert run_cli(argv)[0] == 0
     before = (out / "results.jsonl").read_bytes()
-    status, stdout, _ = _run(argv, capsys)
+    status, stdout, _ = run_cli(argv)
     assert status == 0
     assert "2 runs already finished, skipped" in stdout
     assert (out / "results.jsonl").read_bytes() == before
-    status, stdout, _ = _run([*argv[:4], "3", *argv[5:]], capsys)  # one more seed
+    status, stdout, _ = run_cli([*argv[:4], "3", *argv[5:]])  # one more seed
     assert status == 0
     assert "2 runs already finished" in stdout
     assert (out / "results.jsonl").read_bytes().startswith(before)
     assert len(_lines(out / "results.jsonl")) == 3
 
 
-def test_report_rerenders_everything_from_results_alone(tmp_path, capsys):
+def test_report_rerenders_everything_from_results_alone(tmp_path, run_cli):
     out = tmp_path / "sweep"
     argv = ["compare", "--norms", "none,ln", "--seeds", "2", *SMALL, "--out", str(out)]
-    assert _run(argv, capsys)[0] == 0
+    assert run_cli(argv)[0] == 0
     for name in ("curves.png", "report.html"):
         (out / name).unlink()
-    status, stdout, stderr = _run(["report", str(out)], capsys)
+    status, stdout, stderr = run_cli(["report", str(out)])
     assert status == 0, stderr
     assert (out / "curves.png").stat().st_size > 0
     assert (out / "report.html").stat().st_size > 0
     assert "ln" in stdout and "none" in stdout
 
 
-def test_report_of_a_directory_without_results_says_so(tmp_path, capsys):
-    status, _, stderr = _run(["report", str(tmp_path)], capsys)
+def test_report_of_a_directory_without_results_says_so(tmp_path, run_cli):
+    status, _, stderr = run_cli(["report", str(tmp_path)])
     assert status == 2
     assert "no finished runs" in stderr and "results.jsonl" in stderr
 
@@ -99,18 +88,18 @@ def test_report_of_a_directory_without_results_says_so(tmp_path, capsys):
         (["--seeds", "0"], "--seeds"),
     ],
 )
-def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, capsys, argv, message):
-    status, stdout, stderr = _run(["compare", *argv, *SMALL, "--out", str(tmp_path)], capsys)
+def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, run_cli, argv, message):
+    status, stdout, stderr = run_cli(["compare", *argv, *SMALL, "--out", str(tmp_path)])
     assert status == 2
     assert message in stderr
     assert "Traceback" not in stdout + stderr
     assert not (tmp_path / "results.jsonl").exists()
 
 
-def test_missing_mnist_files_say_which_files_to_put_where(tmp_path, capsys, monkeypatch):
+def test_missing_mnist_files_say_which_files_to_put_where(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    status, _, stderr = _run(["compare", "--dataset", "mnist", *SMALL], capsys)
+    status, _, stderr = run_cli(["compare", "--dataset", "mnist", *SMALL])
     assert status == 2
     assert "train-images-idx3-ubyte" in stderr and "--data-dir" in stderr
 
