@@ -36,7 +36,7 @@ class SweepProgress:
             TextColumn("{task.description:<28}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]:<16}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,

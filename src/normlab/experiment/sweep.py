@@ -22,7 +22,7 @@ import torch
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.store import ResultsStore
-from normlab.experiment.train import EpochMetrics, build_run_model, train_run
+from normlab.experiment.train import EpochMetrics, build_run_model, train_run, warm_up
 
 POLL_SECONDS = 0.1
 
@@ -145,6 +145,7 @@ def _run_here(
     torch.set_num_threads(threads)
     try:
         data = load_dataset(todo[0].dataset, data_dir)
+        warm_up(todo[0].optimizer)
         for config in todo:
             listener.run_started(config)
             try:
@@ -182,6 +183,7 @@ def _cached_dataset(name: str, data_dir: str | None) -> Dataset:
 def _train_in_worker(config_data: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
     config = RunConfig.from_dict(config_data)
     data = _cached_dataset(config.dataset, data_dir)
+    warm_up(config.optimizer)
     _events.put(("started", config.run_id, None))
     return train_run(
         config, data, on_epoch=lambda metrics: _events.put(("epoch", config.run_id, metrics))

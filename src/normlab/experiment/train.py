@@ -73,6 +73,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
     return loss_sum.item() / len(images), correct.item() / len(images)
 
 
+def warm_up(optimizer: str) -> None:
+    """Pay torch's one-time lazy imports (about 2 s, on a process's first optimizer) up front,
+    so that the first run's recorded seconds compare with the others'."""
+    make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))], 1e-3)
+
+
 def batch_slices(size: int, batch_size: int) -> list[slice]:
     """Slices of a length-``size`` permutation into batches of ``batch_size``.
 
