@@ -5,6 +5,7 @@ Each check raises an error that names what was wrong and what to do instead.
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -102,3 +103,23 @@ def check_num_features(num_features: int) -> None:
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+def name_key(name: str) -> str:
+    """Lookup key for names typed by users: case, spaces, '-' and '_' do not matter
+    ("Batch_Norm" and "batchnorm" are the same key)."""
+    if not isinstance(name, str):
+        return ""
+    return "".join(ch for ch in name.strip().lower() if ch not in " -_")
+
+
+def did_you_mean(name: str, names_by_key: dict[str, str]) -> str:
+    """The hint " Did you mean 'a' or 'b'?" for the names closest to ``name``, or "".
+
+    Args:
+        name: what the user typed.
+        names_by_key: each known name (or alias) under its ``name_key``.
+    """
+    keys = difflib.get_close_matches(name_key(name), names_by_key, n=3, cutoff=0.4)
+    close = list(dict.fromkeys(names_by_key[key] for key in keys))
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

@@ -26,12 +26,12 @@ as channels: ``bn`` takes statistics per feature over samples and steps,
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from normlab._checks import did_you_mean
 from normlab.registry import make_norm
 
 MODELS = ("mlp", "cnn", "rnn")
@@ -181,8 +181,7 @@ def build_model(
     applies to ``rnn`` only.
     """
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1, cutoff=0.3)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, {model: model for model in MODELS})
         raise ValueError(f"unknown model {name!r}.{hint} Choose one of {', '.join(MODELS)}.")
     if name != "rnn" and cell != "lstm":
         raise ValueError(f"--cell applies to the rnn model only; got model {name!r}.")

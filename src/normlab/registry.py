@@ -8,7 +8,6 @@ same shape. Where torch already has the layer, the module is torch's
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from normlab._checks import check_num_features
+from normlab._checks import check_num_features, did_you_mean, name_key
 from normlab.layers import (
     BatchNorm,
     BatchRenorm,
@@ -146,14 +145,9 @@ KINDS: tuple[NormKind, ...] = (
 )
 
 
-def _key(name: str) -> str:
-    """Lookup key: case, spaces, '-' and '_' do not matter ("Batch_Norm" is "batchnorm")."""
-    return "".join(ch for ch in name.strip().lower() if ch not in " -_")
-
-
-_NAMES: dict[str, str] = {_key(n): n for kind in KINDS for n in (kind.name, *kind.aliases)}
+_NAMES: dict[str, str] = {name_key(n): n for kind in KINDS for n in (kind.name, *kind.aliases)}
 _BY_KEY: dict[str, NormKind] = {
-    _key(name): kind for kind in KINDS for name in (kind.name, *kind.aliases)
+    name_key(name): kind for kind in KINDS for name in (kind.name, *kind.aliases)
 }
 
 
@@ -171,13 +165,12 @@ def get_kind(name: str) -> NormKind:
     Raises:
         ValueError: unknown name; the message names the closest kinds.
     """
-    key = _key(name) if isinstance(name, str) else ""
+    key = name_key(name)
     if key in _BY_KEY:
         return _BY_KEY[key]
-    close = [_NAMES[k] for k in difflib.get_close_matches(key, _NAMES, n=3, cutoff=0.4)]
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown normalization kind {name!r}.{hint} Known kinds: {', '.join(norm_kinds())}."
+        f"unknown normalization kind {name!r}.{did_you_mean(name, _NAMES)} "
+        f"Known kinds: {', '.join(norm_kinds())}."
     )
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 
+from normlab._checks import did_you_mean, name_key
 from normlab.data.cifar import load_cifar10
 from normlab.data.dataset import Dataset
 from normlab.data.digits import load_digits
@@ -21,12 +21,7 @@ _LOADERS: dict[str, Callable[[str | os.PathLike | None], Dataset]] = {
 }
 
 
-def _key(name: str) -> str:
-    """Lookup key: case, spaces, '-' and '_' do not matter ("Fashion_MNIST" is "fashionmnist")."""
-    return "".join(ch for ch in name.strip().lower() if ch not in " -_")
-
-
-_BY_KEY: dict[str, str] = {_key(name): name for name in DATASETS}
+_BY_KEY: dict[str, str] = {name_key(name): name for name in DATASETS}
 
 
 def dataset_name(name: str) -> str:
@@ -35,12 +30,13 @@ def dataset_name(name: str) -> str:
     Raises:
         ValueError: unknown name; the message names the closest data sets.
     """
-    key = _key(name) if isinstance(name, str) else ""
+    key = name_key(name)
     if key in _BY_KEY:
         return _BY_KEY[key]
-    close = [_BY_KEY[k] for k in difflib.get_close_matches(key, _BY_KEY, n=3, cutoff=0.4)]
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown data set {name!r}.{hint} Known data sets: {', '.join(DATASETS)}.")
+    raise ValueError(
+        f"unknown data set {name!r}.{did_you_mean(name, _BY_KEY)} "
+        f"Known data sets: {', '.join(DATASETS)}."
+    )
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
