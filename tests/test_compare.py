@@ -86,6 +86,7 @@ def test_report_of_a_directory_without_results_says_so(tmp_path, run_cli):
         (["--optimizer", "adamm"], "invalid choice"),
         (["--batch-sizes", "0,32"], "--batch-sizes"),
         (["--seeds", "0"], "--seeds"),
+        (["--data-dir", "/tmp"], "--dataset digits is built in"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, run_cli, argv, message):

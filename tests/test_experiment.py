@@ -51,9 +51,10 @@ def test_run_id_depends_on_every_field_and_on_nothing_else():
     assert len(ids) == len(changes) and base.run_id not in ids
 
 
-def test_norm_aliases_name_the_same_run():
+def test_aliases_name_the_same_run():
     assert RunConfig(norm="BatchNorm").run_id == RunConfig(norm="bn").run_id
     assert RunConfig(norm="bn-1s").norm == "bn-scalar"
+    assert RunConfig(dataset="Fashion_MNIST").run_id == RunConfig(dataset="fashion-mnist").run_id
 
 
 def test_run_config_round_trips_through_json():

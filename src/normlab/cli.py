@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from normlab.data import DATASETS, DataError, load_dataset
+from normlab.data import DATASETS, DataError, dataset_name, load_dataset
 from normlab.experiment import ResultsStore, check_runs, plan_runs, read_results, run_sweep
 from normlab.experiment.config import OPTIMIZERS
 from normlab.experiment.progress import SweepProgress
@@ -151,6 +151,11 @@ def _compare(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         model_options=model_options,
     )
+    if args.data_dir is not None and dataset_name(args.dataset) == "digits":
+        raise ValueError(
+            "--data-dir was given, but --dataset digits is built in and reads no files; "
+            "add --dataset mnist, fashion-mnist or cifar10 to use the files there."
+        )
     data = load_dataset(args.dataset, args.data_dir)
     check_runs(runs, data)
     store = ResultsStore(args.out)

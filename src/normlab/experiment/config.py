@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from normlab.data import dataset_name
 from normlab.models import PLACEMENTS
 from normlab.registry import get_kind
 
@@ -24,8 +25,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 class RunConfig:
     """One training run: a model with one normalization, one batch size, one seed.
 
-    ``norm`` is stored under its canonical registry name, so "batch" and "bn"
-    are the same run. ``model_options`` holds the model builder's keyword
+    ``norm`` and ``dataset`` are stored under their canonical names, so
+    "batch" and "bn" (or "MNIST" and "mnist") are the same run. ``model_options`` holds the model builder's keyword
     options (``hidden``, ``cell``), JSON-serializable.
     """
 
@@ -42,6 +43,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_kind(self.norm).name)
+        object.__setattr__(self, "dataset", dataset_name(self.dataset))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
