@@ -26,8 +26,9 @@ class RunConfig:
     """One training run: a model with one normalization, one batch size, one seed.
 
     ``norm`` and ``dataset`` are stored under their canonical names, so
-    "batch" and "bn" (or "MNIST" and "mnist") are the same run. ``model_options`` holds the model builder's keyword
-    options (``hidden``, ``cell``), JSON-serializable.
+    "batch" and "bn" (or "MNIST" and "mnist") are the same run.
+    ``model_options`` holds the model builder's keyword options (``hidden``,
+    ``cell``), JSON-serializable.
     """
 
     dataset: str = "digits"
