@@ -116,6 +116,13 @@ def _norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _default_out() -> Path:
     return Path("runs") / datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
 
@@ -179,7 +186,7 @@ def _compare(args: argparse.Namespace) -> int:
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
     jobs = max(1, min(args.jobs, len(runs) - already))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = args.threads or max(1, available_cores() // jobs)
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
         outcome = run_sweep(
             runs, store, data_dir=args.data_dir, jobs=jobs, threads=threads, listener=progress
@@ -264,7 +271,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--jobs",
         type=_positive_int,
-        default=os.cpu_count() or 1,
+        default=available_cores(),
         help="runs trained at once, each in its own process (default: the number of cores)",
     )
     compare.add_argument(
