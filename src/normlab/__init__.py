@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from torch.nn.utils.parametrizations import spectral_norm
 
-from normlab import functional
+from normlab import data, functional, models
 from normlab.layers import (
     BatchNorm,
     BatchRenorm,
@@ -29,8 +29,10 @@ __all__ = [
     "SyncBatchNorm",
     "WSConv2d",
     "WSLinear",
+    "data",
     "functional",
     "make_norm",
+    "models",
     "norm_kinds",
     "spectral_norm",
 ]
