@@ -10,6 +10,8 @@ import multiprocessing
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from normlab.data import load_dataset
@@ -165,6 +167,19 @@ def test_batch_slices_keep_partial_batches_but_not_a_last_single_sample(size, ba
     slices = batch_slices(size, batch)
     assert [s.stop - s.start for s in slices] == expected
     assert all(a.stop == b.start for a, b in itertools.pairwise(slices))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(size=st.integers(1, 500), batch=st.integers(1, 64))
+def test_batch_slices_cover_the_data_in_order_dropping_at_most_one_sample(size, batch):
+    slices = batch_slices(size, batch)
+    assert slices[0].start == 0
+    assert all(a.stop == b.start for a, b in itertools.pairwise(slices))
+    assert all(s.stop - s.start == batch for s in slices[:-1])
+    assert 1 <= slices[-1].stop - slices[-1].start <= batch
+    dropped = size - slices[-1].stop
+    assert dropped in (0, 1)
+    assert dropped == (1 if batch > 1 and size > 1 and size % batch == 1 else 0)
 
 
 def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(digits):
