@@ -181,3 +181,34 @@ def test_installed_script_documents_every_compare_option():
         "--placement",
     ):
         assert option in result.stdout
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The pool's worker processes among ``parent``'s children (not multiprocessing's
+    resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    workers = []
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in command:
+            workers.append(int(pid))
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_worker_that_dies_stops_the_sweep_instead_of_hanging_it(tmp_path):
+    out = tmp_path / "sweep"
+    process = _start(out, "--jobs", "2")
+    _wait_for_lines(out / "results.jsonl", 1, process)
+    workers = _worker_pids(process.pid)
+    assert workers, "no worker processes found"
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr.decode()
+    assert b"worker process died" in stdout and b"to resume" in stdout
+    assert b"Traceback" not in stdout + stderr
+    lines = _lines(out / "results.jsonl")
+    assert 1 <= len(lines) < 12 and all(json.loads(line)["run_id"] for line in lines)

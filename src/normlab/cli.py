@@ -191,12 +191,13 @@ def _compare(args: argparse.Namespace) -> int:
         outcome = run_sweep(
             runs, store, data_dir=args.data_dir, jobs=jobs, threads=threads, listener=progress
         )
-    if outcome.interrupted:
+    if outcome.interrupted or outcome.stopped:
+        saved = len(store.finished_ids() & {run.run_id for run in runs})
         console.print(
-            f"interrupted: {len(store.finished_ids() & {r.run_id for r in runs})} of {len(runs)} "
-            f"runs are saved in {store.path}. Run the same command with --out {args.out} to resume."
+            f"{outcome.stopped or 'interrupted'}: {saved} of {len(runs)} runs are saved in "
+            f"{store.path}. Run the same command with --out {args.out} to resume."
         )
-        return 130
+        return 130 if outcome.interrupted else 1
     if store.records():
         _show_results(console, Path(args.out))
     if outcome.failed:

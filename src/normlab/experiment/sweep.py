@@ -14,6 +14,8 @@ import queue
 import signal
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,13 +58,14 @@ class _Silent:
 @dataclass
 class SweepOutcome:
     """What a call to run_sweep did: records written, runs skipped as already
-    finished, runs that raised (config and error text), and whether it was
-    interrupted."""
+    finished, runs that raised (config and error text), whether Ctrl-C
+    interrupted it, and why it stopped early otherwise (None if it did not)."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[RunConfig, str]] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str | None = None
 
 
 def pending_runs(runs: Sequence[RunConfig], store: ResultsStore) -> list[RunConfig]:
@@ -96,7 +99,9 @@ def run_sweep(
 
     A run that raises is reported to the listener and in the outcome, and
     the sweep goes on. Ctrl-C stops the sweep: the outcome says it was
-    interrupted and the store keeps every run finished before it.
+    interrupted and the store keeps every run finished before it. A worker
+    process that dies (killed, out of memory) stops the sweep the same way,
+    with ``outcome.stopped`` saying so.
     """
     listener = listener or _Silent()
     todo = pending_runs(runs, store)
@@ -202,27 +207,46 @@ def _run_in_pool(
     context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
     events = context.Queue()
     by_id = {config.run_id: config for config in todo}
-    pool = context.Pool(jobs, initializer=_init_worker, initargs=(events, threads))
+    executor = ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(events, threads)
+    )
+    finished = False
     try:
         waiting = {
-            config.run_id: pool.apply_async(_train_in_worker, (config.to_dict(), data_dir))
-            for config in todo
+            executor.submit(_train_in_worker, config.to_dict(), data_dir): config for config in todo
         }
         while waiting:
             _drain(events, by_id, listener)
-            for run_id in [run_id for run_id, result in waiting.items() if result.ready()]:
-                result = waiting.pop(run_id)
+            for future in [future for future in waiting if future.done()]:
+                config = waiting.pop(future)
                 _drain(events, by_id, listener)  # the run's last epoch before its end
                 try:
-                    record = result.get()
+                    record = future.result()
+                except BrokenProcessPool:
+                    outcome.stopped = (
+                        "a worker process died (killed, or out of memory) while training "
+                        f"{config.label}; the sweep stopped"
+                    )
+                    return
                 except Exception as error:
-                    _fail(by_id[run_id], _error_text(error), listener, outcome)
+                    _fail(config, _error_text(error), listener, outcome)
                     continue
-                _finish(by_id[run_id], record, store, listener, outcome)
-        pool.close()
+                _finish(config, record, store, listener, outcome)
+        finished = True
     finally:
-        pool.terminate()
-        pool.join()
+        if not finished:  # interrupted or broken: end the runs in flight now
+            _terminate_workers(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(executor: ProcessPoolExecutor) -> None:
+    """Kill the pool's processes; their runs in flight are redone when the sweep resumes."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((executor._processes or {}).values()):  # no public way before 3.14
+        process.terminate()
 
 
 def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) -> None:
