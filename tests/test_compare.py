@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from data_fixtures import cifar_arrays, mnist_arrays, write_cifar_bin, write_mnist_idx
+
 SCRIPT = Path(sys.executable).with_name("normlab")
 SMALL = ["--epochs", "1", "--hidden", "16", "--jobs", "1"]
 
@@ -39,6 +41,37 @@ def test_compare_writes_results_plots_and_report(tmp_path, run_cli):
         assert f"wrote {out / name}" in stdout.replace("\n", "")
     assert "[8/8]" in stdout
     assert "8 runs: digits" in stdout
+
+
+@pytest.mark.parametrize("model", ["cnn", "rnn"])
+def test_the_lab_trains_on_cifar10_and_mnist_files(tmp_path, run_cli, model):
+    """The tutorials' CNN on 32x32x3 CIFAR-10 and the row-by-row RNN on 28x28 MNIST, read from
+    small files in the published formats."""
+    cifar = write_cifar_bin(tmp_path, cifar_arrays(seed=0, n=8))
+    mnist = tmp_path / "mnist"
+    write_mnist_idx(mnist, mnist_arrays(seed=0, n_train=40, n_val=10), gz=True)
+    for dataset, data_dir in (("cifar10", cifar), ("mnist", mnist)):
+        out = tmp_path / f"{dataset}-{model}"
+        argv = ["compare", "--dataset", dataset, "--data-dir", str(data_dir), "--model", model]
+        argv += [
+            "--norms",
+            "bn,ln",
+            "--batch-sizes",
+            "8",
+            "--seeds",
+            "1",
+            *SMALL,
+            "--out",
+            str(out),
+        ]
+        status, _, stderr = run_cli(argv)
+        assert status == 0, stderr
+        records = [json.loads(line) for line in _lines(out / "results.jsonl")]
+        assert [r["config"]["norm"] for r in records] == ["bn", "ln"]
+        assert all(r["status"] == "finished" for r in records)
+        assert records[0]["data"]["input_shape"] == (
+            [3, 32, 32] if dataset == "cifar10" else [1, 28, 28]
+        )
 
 
 def test_the_same_command_again_resumes_and_changes_nothing(tmp_path, run_cli):
