@@ -17,11 +17,12 @@ from rich.progress import (
 )
 
 from normlab.experiment.config import RunConfig
+from normlab.experiment.sweep import SweepListener
 from normlab.experiment.train import EpochMetrics
 
 
-class SweepProgress:
-    """A SweepListener drawing the sweep's bar and each running run's epoch bar.
+class SweepProgress(SweepListener):
+    """Draws the sweep's bar and each running run's epoch bar.
 
     Each finished run also prints one line (norm, batch size, seed, final
     validation accuracy, seconds), so a log or a terminal that is not

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -29,19 +29,10 @@ from normlab.experiment.train import EpochMetrics, build_run_model, train_run, w
 POLL_SECONDS = 0.1
 
 
-class SweepListener(Protocol):
-    """What a sweep reports as it goes (the CLI's progress bars implement it)."""
+class SweepListener:
+    """What a sweep reports as it goes; this base ignores it all (the CLI's progress bars
+    override each method)."""
 
-    def run_started(self, config: RunConfig) -> None: ...
-
-    def epoch_done(self, config: RunConfig, metrics: EpochMetrics) -> None: ...
-
-    def run_done(self, config: RunConfig, record: dict[str, Any]) -> None: ...
-
-    def run_failed(self, config: RunConfig, error: str) -> None: ...
-
-
-class _Silent:
     def run_started(self, config: RunConfig) -> None:
         pass
 
@@ -103,7 +94,7 @@ def run_sweep(
     process that dies (killed, out of memory) stops the sweep the same way,
     with ``outcome.stopped`` saying so.
     """
-    listener = listener or _Silent()
+    listener = listener or SweepListener()
     todo = pending_runs(runs, store)
     outcome = SweepOutcome(skipped=len(runs) - len(todo))
     if not todo:
