@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
@@ -202,7 +203,7 @@ def _compare(args: argparse.Namespace) -> int:
         _show_results(console, Path(args.out))
     if outcome.failed:
         for config, error in outcome.failed:
-            console.print(f"[red]failed: {config.label}: {error}[/red]")
+            console.print(f"[red]failed: {config.label}: {escape(error)}[/red]")
         console.print(f"{len(outcome.failed)} run(s) failed; run the same command to retry them.")
         return 1
     return 0

@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -88,4 +89,4 @@ class SweepProgress(SweepListener):
         self._end(config, f"val acc {final['val_acc']:.2%} in {record['seconds']:.1f} s{status}")
 
     def run_failed(self, config: RunConfig, error: str) -> None:
-        self._end(config, f"[red]failed: {error}[/red]")
+        self._end(config, f"[red]failed: {escape(error)}[/red]")
