@@ -578,3 +578,16 @@ def test_report_screenshot_is_not_blank(chromium, report, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert len(data) > 50_000
     assert pixels[..., :3].std() > 0.05  # text, tables and plots, not a blank page
+
+
+def test_a_norm_keeps_its_colour_whatever_else_the_sweep_ran():
+    """bn is drawn in the same colour next to ln as next to none and gn, so reports compare
+    at a glance; series that are not one norm each are coloured in order."""
+    from normlab.report.plots import _styles
+
+    first = Sweep.from_records(records_from_values({("none", 32): [0.9], ("bn", 32): [0.9]}))
+    second = Sweep.from_records(
+        records_from_values({("gn", 32): [0.9], ("ln", 32): [0.9], ("bn", 32): [0.9]})
+    )
+    assert _styles(first)["bn"] == _styles(second)["bn"]
+    assert len({style["color"] for style in _styles(second).values()}) == 3

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
+from normlab.registry import norm_kinds
 from normlab.report.runs import Run, Sweep
 
 DPI = 100
@@ -56,6 +57,16 @@ def _style(index: int) -> dict[str, str]:
         "color": COLORS[index % len(COLORS)],
         "linestyle": LINESTYLES[(index // len(COLORS)) % len(LINESTYLES)],
     }
+
+
+def _styles(sweep: Sweep) -> dict[str, dict[str, str]]:
+    """A style per series. When each series is one norm, the norm's place in the registry
+    picks it, so a norm has the same colour in every report; otherwise series go in order."""
+    norm_of = {run.series: run.norm for run in sweep.runs}
+    kinds = norm_kinds()
+    if len(set(norm_of.values())) == len(sweep.series) and set(norm_of.values()) <= set(kinds):
+        return {series: _style(kinds.index(norm_of[series])) for series in sweep.series}
+    return {series: _style(index) for index, series in enumerate(sweep.series)}
 
 
 def legend_rows(series_count: int) -> int:
@@ -112,14 +123,15 @@ def curves_png(sweep: Sweep) -> bytes:
     figure = Figure(figsize=curves_figsize(len(sweep.batch_sizes), len(sweep.series)), dpi=DPI)
     figure.set_layout_engine("constrained", h_pad=0.08, hspace=0.06)
     axes = figure.subplots(len(sweep.batch_sizes), 2, sharey="row", squeeze=False)
+    styles = _styles(sweep)
     for row, batch_size in enumerate(sweep.batch_sizes):
         for column, (train, name) in enumerate(PANELS):
             ax = axes[row][column]
-            for index, series in enumerate(sweep.series):
+            for series in sweep.series:
                 runs = sweep.series_group(series, batch_size)
                 if not runs:
                     continue
-                style = _style(index)
+                style = styles[series]
                 epochs, means, lows, highs = _epoch_bands(runs, train)
                 ax.plot(epochs, means, marker="o", markersize=3.5, linewidth=1.8, **style,
                         label=series)  # fmt: skip
@@ -137,8 +149,8 @@ def curves_png(sweep: Sweep) -> bytes:
             if row == len(sweep.batch_sizes) - 1:
                 ax.set_xlabel("epoch")
     handles = [
-        Line2D([], [], marker="o", markersize=4, linewidth=1.8, label=series, **_style(index))
-        for index, series in enumerate(sweep.series)
+        Line2D([], [], marker="o", markersize=4, linewidth=1.8, label=series, **styles[series])
+        for series in sweep.series
     ]
     if any(run.diverged for run in sweep.runs):
         handles.append(_diverged_handle("diverged run (its last epoch)"))
@@ -166,8 +178,9 @@ def batch_size_png(sweep: Sweep) -> bytes | None:
     ax = figure.subplots()
     count = len(sweep.series)
     step = min(0.06, 0.4 / max(count, 1))
+    styles = _styles(sweep)
     for index, series in enumerate(sweep.series):
-        style = _style(index)
+        style = styles[series]
         offset = (index - (count - 1) / 2) * step
         xs, means, stds = [], [], []
         for batch_size in sweep.batch_sizes:
