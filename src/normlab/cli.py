@@ -21,7 +21,6 @@ from normlab.experiment.config import OPTIMIZERS
 from normlab.experiment.progress import SweepProgress
 from normlab.models import CELLS, MODELS, PLACEMENTS
 from normlab.registry import KINDS, make_norm
-from normlab.report import render_report, summary_table, verdicts, verdicts_table
 
 
 def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Table:
@@ -130,6 +129,10 @@ def _default_out() -> Path:
 
 def _show_results(console: Console, directory: Path) -> int:
     """Print the summary table and verdicts of ``directory``'s results and render its report."""
+    # Imported here: matplotlib and scipy would otherwise load in every command and in
+    # every worker process of a sweep (spawn re-imports the `normlab` script).
+    from normlab.report import render_report, summary_table, verdicts, verdicts_table
+
     files = render_report(directory)  # raises a clear error when there are no records
     records = read_results(directory)
     console.print(summary_table(records))
