@@ -1,0 +1,55 @@
+"""Which modules are batch-norm layers, and how each keeps its running statistics.
+
+The inference tools work on torch's ``BatchNorm1d/2d/3d`` and
+``SyncBatchNorm`` and on normlab's ``BatchNorm`` (``bn``, ``bn-scalar``, either
+convention), ``BatchRenorm`` (``brn``), ``SyncBatchNorm`` and
+``SwitchableNorm`` (``switch``, whose batch term has running statistics).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normlab.layers import BatchNorm, BatchRenorm, SwitchableNorm
+
+BatchNormLayer = _BatchNorm | BatchNorm | SwitchableNorm
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """True for a layer that normalizes with batch statistics in training mode and may keep
+    running statistics for eval mode."""
+    return isinstance(module, _BatchNorm | BatchNorm | SwitchableNorm)
+
+
+def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every batch-norm layer of ``model`` as (qualified name, module), in module order.
+
+    A module registered under several names appears once, under its first name.
+    """
+    return [(name, module) for name, module in model.named_modules() if is_batch_norm(module)]
+
+
+def statistics_kind(module: nn.Module) -> str:
+    """``"scalar"`` for one mean and variance over the whole batch (``bn-scalar``), else
+    ``"channel"``."""
+    return module.stats if isinstance(module, BatchNorm) else "channel"
+
+
+def stores_unbiased_variance(module: nn.Module) -> bool:
+    """Whether ``running_var`` holds the unbiased (n - 1) variance.
+
+    torch's layers, normlab's torch convention and ``switch`` store the
+    unbiased variance; normlab's Keras convention stores the biased one, and
+    ``brn`` stores sigma^2 - eps, the average of the biased variance.
+    """
+    if isinstance(module, BatchRenorm):
+        return False
+    if isinstance(module, BatchNorm):
+        return module.convention == "torch"
+    return True
+
+
+def tracks_running_stats(module: nn.Module) -> bool:
+    """Whether the layer has running statistics (``track_running_stats=True``)."""
+    return getattr(module, "running_mean", None) is not None

@@ -1,0 +1,211 @@
+"""Running statistics from data: exact population statistics ("precise BN") and a fixed
+calibration batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from normlab.inference.layers import (
+    batch_norm_layers,
+    statistics_kind,
+    stores_unbiased_variance,
+    tracks_running_stats,
+)
+
+
+def batch_input(batch: Any) -> torch.Tensor:
+    """The model input of a batch: the batch itself, or the first item of an (input, target)
+    tuple or list, as a DataLoader yields."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(
+        f"a batch must be a tensor or an (input, target) tuple/list; got {type(batch).__name__}."
+    )
+
+
+class Moments:
+    """Count, mean and centered sum of squares of a layer's inputs, merged batch by batch
+    in float64 with Chan et al.'s parallel formula (stable: no E[x^2] - E[x]^2).
+
+    ``stats="channel"`` keeps them per channel of (N, C, *) inputs, ``"scalar"``
+    over every element.
+    """
+
+    def __init__(self, stats: str) -> None:
+        self.stats = stats
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, input: torch.Tensor) -> None:
+        values = input.detach().double()
+        if self.stats == "channel":
+            values = values.transpose(0, 1).reshape(values.shape[1], -1)
+        else:
+            values = values.reshape(1, -1)
+        count = values.shape[1]
+        mean = values.mean(1)
+        m2 = (values - mean[:, None]).square().sum(1)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
+        self.count = total
+
+    def variance(self, unbiased: bool) -> torch.Tensor:
+        return self.m2 / (self.count - 1 if unbiased else self.count)
+
+
+@contextmanager
+def batch_statistics_mode(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """Within: the model's batch-norm layers normalize with batch statistics (training mode)
+    and every other module is in eval mode (no dropout). Afterwards each module's mode and
+    each layer's ``num_batches_tracked`` are what they were."""
+    layers = batch_norm_layers(model)
+    modes = {module: module.training for module in model.modules()}
+    counters = {
+        name: layer.num_batches_tracked.clone()
+        for name, layer in layers
+        if getattr(layer, "num_batches_tracked", None) is not None
+    }
+    try:
+        model.eval()
+        for _, layer in layers:
+            layer.train()
+        yield layers
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for name, layer in layers:
+            if name in counters:
+                layer.num_batches_tracked.copy_(counters[name])
+
+
+@contextmanager
+def recording_inputs(layers: list[tuple[str, nn.Module]]) -> Iterator[dict[str, Moments]]:
+    """Within: the moments of every input each layer sees, by layer name."""
+    moments = {name: Moments(statistics_kind(layer)) for name, layer in layers}
+    handles = [
+        layer.register_forward_pre_hook(lambda _, args, m=moments[name]: m.add(args[0]))
+        for name, layer in layers
+    ]
+    try:
+        yield moments
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def recalibrate(
+    model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None
+) -> nn.Module:
+    """Set every batch-norm layer's running statistics to the exact statistics of its inputs
+    over ``batches`` ("precise BN", Wu & Johnson 2021), in place.
+
+    The batches run through the model with its batch-norm layers in training
+    mode (they normalize with each batch's statistics, as during training)
+    and every other module in eval mode. Each layer's running mean becomes
+    the mean over all the values it saw and its running variance their
+    population variance, unbiased (n - 1) or biased (n) as the layer stores
+    it (see ``stores_unbiased_variance``): an exact pooled statistic, not an
+    exponential average. A layer called several times per forward pools all
+    its calls. Weights, modes, momentum and ``num_batches_tracked`` are left
+    as they were.
+
+    Args:
+        model: any module containing torch's or normlab's batch-norm layers.
+        batches: tensors of shape (N, ...) or (input, target) pairs.
+        max_batches: use at most this many batches.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: no batch-norm layer, a layer without running statistics
+            (``track_running_stats=False``: recalibration does not turn them
+            on), or no batches.
+    """
+    layers = batch_norm_layers(model)
+    if not layers:
+        raise ValueError("the model has no batch-norm layer to recalibrate.")
+    untracked = [
+        name or type(layer).__name__ for name, layer in layers if not tracks_running_stats(layer)
+    ]
+    if untracked:
+        raise ValueError(
+            f"batch-norm layer(s) {', '.join(untracked)} keep no running statistics "
+            "(track_running_stats=False) and always normalize with the batch's; there is "
+            "nothing to recalibrate. Build them with track_running_stats=True."
+        )
+    seen = 0
+    with batch_statistics_mode(model), recording_inputs(layers) as moments, torch.no_grad():
+        for batch in batches:
+            if max_batches is not None and seen >= max_batches:
+                break
+            model(batch_input(batch))
+            seen += 1
+    if seen == 0:
+        raise ValueError("batches is empty: recalibration needs at least one batch.")
+    with torch.no_grad():
+        for name, layer in layers:
+            layer.running_mean.copy_(moments[name].mean)
+            layer.running_var.copy_(moments[name].variance(stores_unbiased_variance(layer)))
+    return model
+
+
+@dataclass(frozen=True)
+class StatisticsShift:
+    """How far one layer's new running statistics are from its previous ones.
+
+    ``mean_shift``: the largest |new mean - old mean| over channels, in units
+    of the old standard deviation sqrt(old var + eps). ``var_ratio_min`` /
+    ``var_ratio_max``: the range over channels of (new var + eps) / (old var + eps).
+    """
+
+    name: str
+    mean_shift: float
+    var_ratio_min: float
+    var_ratio_max: float
+
+
+def calibrate_with_batch(model: nn.Module, batch: Any) -> list[StatisticsShift]:
+    """Set every batch-norm layer's running statistics from one calibration batch, in place.
+
+    The statistics are those :func:`recalibrate` computes from this batch
+    alone.
+
+    Returns:
+        Per layer, how far the new statistics are from the running
+        statistics they replace.
+    """
+    before = {
+        name: (layer.running_mean.double().clone(), layer.running_var.double().clone())
+        for name, layer in batch_norm_layers(model)
+        if tracks_running_stats(layer)
+    }
+    recalibrate(model, [batch])
+    shifts = []
+    for name, layer in batch_norm_layers(model):
+        old_mean, old_var = before[name]
+        scale = (old_var + layer.eps).sqrt()
+        ratio = (layer.running_var.double() + layer.eps) / (old_var + layer.eps)
+        shifts.append(
+            StatisticsShift(
+                name,
+                ((layer.running_mean.double() - old_mean).abs() / scale).max().item(),
+                ratio.min().item(),
+                ratio.max().item(),
+            )
+        )
+    return shifts
