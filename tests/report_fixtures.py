@@ -32,12 +32,15 @@ def make_record(
     train_acc: float | None = None,
     diverged_epoch: int | None = None,
     seconds: float = 1.5,
+    agreement: float | None = None,
     **config: Any,
 ) -> dict[str, Any]:
     """One run record whose final val accuracy is ``val_acc`` (a fraction).
 
     ``train_acc`` (final, eval mode) defaults to ``val_acc + 0.02`` capped at 1.
     With ``diverged_epoch`` the run stops there: status "diverged", losses None.
+    ``agreement`` is the train/eval prediction agreement of eval_parity (None:
+    a model without batch norm).
     Extra keyword arguments override configuration fields.
     """
     cfg = {**DEFAULT_CONFIG, **config, "norm": norm, "batch_size": batch_size, "seed": seed}
@@ -66,6 +69,9 @@ def make_record(
         "config": cfg,
         "status": "diverged" if diverged_epoch is not None else "finished",
         "history": history,
+        "eval_parity": None
+        if agreement is None
+        else {"batch_size": batch_size, "prediction_agreement": agreement},
         "final": {
             "train_loss": None if diverged_epoch else 0.05,
             "train_acc": train_final,

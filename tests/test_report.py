@@ -344,6 +344,8 @@ def test_a_record_without_a_needed_field_is_named():
 
 def test_summary_table_rows_and_values():
     records = records_from_values({("bn", 32): HIGH, ("bn", 128): LOW, ("ln", 32): [0.96]})
+    for record, agreement in zip(records[:3], (0.9, 0.8, 0.7), strict=True):  # bn at 32
+        record["eval_parity"] = {"batch_size": 32, "prediction_agreement": agreement}
     text = render_text(summary_table(records))
     rows = {
         tuple(line.split("│")[1:3]): line
@@ -353,9 +355,11 @@ def test_summary_table_rows_and_values():
     rows = {(norm.strip(), batch.strip()): line for (norm, batch), line in rows.items()}
     assert set(rows) == {("bn", "32"), ("bn", "128"), ("ln", "32")}
     cells = [cell.strip() for cell in rows[("bn", "32")].split("│")[1:-1]]
-    # val acc mean ± std, seeds, train acc (val + 2 pp), gap, diverged, seconds
-    assert cells[2:] == ["97.20 ± 0.20", "3", "99.20", "+2.00", "—", "1.5"]
+    # val acc mean ± std, seeds, train acc (val + 2 pp), gap, train/eval agreement, diverged,
+    # seconds
+    assert cells[2:] == ["97.20 ± 0.20", "3", "99.20", "+2.00", "80.0", "—", "1.5"]
     assert "96.00" in rows[("ln", "32")] and " 1 " in rows[("ln", "32")]
+    assert [cell.strip() for cell in rows[("ln", "32")].split("│")[1:-1]][6] == "—"
     assert "digits · mlp" in text
 
 

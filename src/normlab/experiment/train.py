@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,10 +23,13 @@ from torch import nn
 import normlab
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
+from normlab.inference import batch_norm_layers, eval_parity
+from normlab.inference.layers import tracks_running_stats
 from normlab.models import build_model
 
 SCHEMA = 1
 EVAL_BATCH = 1024
+PARITY_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -140,23 +144,68 @@ def versions() -> dict[str, str]:
     }
 
 
+def parity_summary(model: nn.Module, data: Dataset, batch_size: int) -> dict[str, Any] | None:
+    """Train/eval parity of a trained model at its training batch size.
+
+    :func:`normlab.inference.eval_parity` on up to PARITY_SAMPLES validation
+    samples in batches of ``batch_size`` (at least 2), averaged: how often the
+    prediction with batch statistics agrees with the eval-mode one, the
+    relative output change, and per batch-norm layer the mean shift and the
+    range of variance ratios. None for a model without running statistics.
+    """
+    if not any(tracks_running_stats(layer) for _, layer in batch_norm_layers(model)):
+        return None
+    size = max(2, batch_size)
+    samples = data.val_x[:PARITY_SAMPLES]
+    reports = [eval_parity(model, samples[part]) for part in batch_slices(len(samples), size)]
+    layers = [
+        {
+            "name": first.name,
+            "kind": first.kind,
+            "mean_shift": statistics.fmean(r.layers[i].mean_shift for r in reports),
+            "var_ratio_min": min(r.layers[i].var_ratio_min for r in reports),
+            "var_ratio_max": max(r.layers[i].var_ratio_max for r in reports),
+            "output_change": statistics.fmean(r.layers[i].output_change for r in reports),
+        }
+        for i, first in enumerate(reports[0].layers)
+    ]
+    return {
+        "batch_size": size,
+        "batches": len(reports),
+        "prediction_agreement": statistics.fmean(r.prediction_agreement for r in reports),
+        "output_change": statistics.fmean(r.output_change for r in reports),
+        "layers": layers,
+    }
+
+
 def train_run(
     config: RunConfig,
     data: Dataset,
     *,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config``'s model on ``data`` and return the run's record.
+    """Train ``config``'s model on ``data`` and return the run's record (see train_model)."""
+    return train_model(config, data, on_epoch=on_epoch)[1]
+
+
+def train_model(
+    config: RunConfig,
+    data: Dataset,
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``config``'s model on ``data``: the trained model and the run's record.
 
     The same configuration, data and thread count give the same numbers on
     CPU. A loss that becomes NaN or infinite ends the run at that epoch with
     status "diverged"; otherwise the status is "finished".
 
     Returns:
-        The record ``results.jsonl`` stores (see normlab.experiment.store):
-        config, per-epoch history, final metrics (training-set metrics
-        measured in eval mode after the last epoch), data summary, thread
-        count, seconds and versions.
+        The model, and the record ``results.jsonl`` stores (see
+        normlab.experiment.store): config, per-epoch history, final metrics
+        (training-set metrics measured in eval mode after the last epoch),
+        train/eval parity (see parity_summary), data summary, thread count,
+        seconds and versions.
     """
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
@@ -183,7 +232,7 @@ def train_run(
             break
     final_train_loss, final_train_acc = evaluate(model, data.train_x, data.train_y)
     last = history[-1]
-    return {
+    record = {
         "schema": SCHEMA,
         "run_id": config.run_id,
         "config": config.to_dict(),
@@ -197,6 +246,7 @@ def train_run(
             "epochs_run": len(history),
             "diverged_epoch": diverged_epoch,
         },
+        "eval_parity": parity_summary(model, data, config.batch_size),
         "data": {
             "source": data.source,
             "train_size": len(data.train_x),
@@ -210,3 +260,4 @@ def train_run(
         "started": started.isoformat(timespec="seconds"),
         "versions": versions(),
     }
+    return model, record

@@ -164,8 +164,11 @@ def _summary_section(sweep: Sweep) -> str:
         f"<tbody>{''.join(body)}</tbody></table></div>"
         '<p class="muted">val acc: final validation accuracy (eval mode), mean ± std over '
         "seeds. train acc: the whole training set in eval mode after the last epoch. gap: "
-        "train acc minus val acc in percentage points. Rows with diverged runs are shaded; their "
-        "accuracy counts in the means.</p>"
+        "train acc minus val acc in percentage points. train/eval agree: how often the "
+        "prediction with batch statistics (training-mode batch norm, batches of the training "
+        "batch size, up to 1024 validation samples) equals the eval-mode prediction; — for "
+        "models without running statistics, which behave the same in both modes. Rows with "
+        "diverged runs are shaded; their accuracy counts in the means.</p>"
     )
 
 

@@ -48,6 +48,7 @@ class Run:
     epoch_train_acc: tuple[float, ...]
     epoch_val_acc: tuple[float, ...]
     diverged_epoch: int | None
+    agreement: float | None = None  # eval_parity.prediction_agreement; None without batch norm
     data: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, Any] = field(default_factory=dict)
     threads: int | None = None
@@ -140,6 +141,7 @@ def run_from_record(record: Mapping[str, Any]) -> Run:
                 _accuracy(record, "history.val_acc", row["val_acc"]) for row in history
             ),
             diverged_epoch=final.get("diverged_epoch"),
+            agreement=(record.get("eval_parity") or {}).get("prediction_agreement"),
             data=dict(record.get("data") or {}),
             versions=dict(record.get("versions") or {}),
             threads=record.get("threads"),

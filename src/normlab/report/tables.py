@@ -25,6 +25,7 @@ SUMMARY_HEADERS = (
     "seeds",
     "train acc % (eval)",
     "gap pp",
+    "train/eval agree %",
     "diverged",
     "s / run",
 )
@@ -53,9 +54,16 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _mean_or_dash(values: Sequence[float | None]) -> str:
+    known = [100 * value for value in values if value is not None]
+    return f"{statistics.fmean(known):.1f}" if known else "—"
+
+
 def summary_rows(sweep: Sweep) -> list[SummaryRow]:
     """Rows series × batch size: val acc mean ± std over seeds, n, final train acc
-    (eval mode), generalization gap, diverged count and mean seconds per run."""
+    (eval mode), generalization gap, how often predictions with batch statistics agree
+    with eval mode's at the training batch size ("—" without batch norm), diverged
+    count and mean seconds per run."""
     rows = []
     for series in sweep.series:
         for batch_size in sweep.batch_sizes:
@@ -70,6 +78,7 @@ def summary_rows(sweep: Sweep) -> list[SummaryRow]:
                 str(len(runs)),
                 f"{statistics.fmean(100 * run.train_acc for run in runs):.2f}",
                 f"{statistics.fmean(100 * run.gap for run in runs):+.2f}",
+                _mean_or_dash([run.agreement for run in runs]),
                 f"{diverged} of {len(runs)}" if diverged else "—",
                 f"{statistics.fmean(run.seconds for run in runs):.1f}",
             )
