@@ -245,3 +245,28 @@ def test_a_worker_that_dies_stops_the_sweep_instead_of_hanging_it(tmp_path):
     assert b"Traceback" not in stdout + stderr
     lines = _lines(out / "results.jsonl")
     assert 1 <= len(lines) < 12 and all(json.loads(line)["run_id"] for line in lines)
+
+
+def test_saved_models_reload_to_the_recorded_accuracy(tmp_path, run_cli):
+    """--save-models writes each run's state_dict; rebuilt from the record's config and loaded
+    with weights_only=True, the model scores the recorded validation accuracy."""
+    import torch
+
+    from normlab.data import load_dataset
+    from normlab.experiment import RunConfig
+    from normlab.experiment.train import build_run_model, evaluate
+
+    out = tmp_path / "sweep"
+    argv = ["compare", "--norms", "none,bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
+    status, _, stderr = run_cli([*argv, "--jobs", "2", "--save-models", "--out", str(out)])
+    assert status == 0, stderr
+    data = load_dataset("digits")
+    records = [json.loads(line) for line in _lines(out / "results.jsonl")]
+    assert len(records) == 2
+    for record in records:
+        assert record["model_file"] == f"models/{record['run_id']}.pt"
+        model = build_run_model(RunConfig.from_dict(record["config"]), data)
+        model.load_state_dict(torch.load(out / record["model_file"], weights_only=True))
+        _, accuracy = evaluate(model, data.val_x, data.val_y)
+        assert accuracy == record["final"]["val_acc"]
+    assert not list((out / "models").glob("*.partial"))

@@ -193,7 +193,13 @@ def _compare(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, available_cores() // jobs)
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
         outcome = run_sweep(
-            runs, store, data_dir=args.data_dir, jobs=jobs, threads=threads, listener=progress
+            runs,
+            store,
+            data_dir=args.data_dir,
+            jobs=jobs,
+            threads=threads,
+            listener=progress,
+            models_dir=args.out / "models" if args.save_models else None,
         )
     if outcome.interrupted or outcome.stopped:
         saved = len(store.finished_ids() & {run.run_id for run in runs})
@@ -284,6 +290,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         help="torch threads per run (default: cores / jobs)",
+    )
+    compare.add_argument(
+        "--save-models",
+        action="store_true",
+        help="save each trained model's state_dict as OUT/models/<run_id>.pt "
+        "(read it with `normlab inspect`)",
     )
     compare.set_defaults(run=_compare)
 

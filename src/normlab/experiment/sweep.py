@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import queue
 import signal
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ import torch
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.store import ResultsStore
-from normlab.experiment.train import EpochMetrics, build_run_model, train_run, warm_up
+from normlab.experiment.train import EpochMetrics, build_run_model, train_model, warm_up
 
 POLL_SECONDS = 0.1
 
@@ -77,6 +79,7 @@ def run_sweep(
     jobs: int = 1,
     threads: int = 1,
     listener: SweepListener | None = None,
+    models_dir: str | os.PathLike | None = None,
 ) -> SweepOutcome:
     """Train every run of ``runs`` not yet in ``store`` and append each record.
 
@@ -87,6 +90,9 @@ def run_sweep(
         jobs: processes training at once; 1 trains in this process.
         threads: torch threads per run.
         listener: told about each run's start, epochs and end.
+        models_dir: where to save each trained model's state_dict as
+            ``<run_id>.pt`` (the record names it under ``model_file``); None
+            saves nothing.
 
     A run that raises is reported to the listener and in the outcome, and
     the sweep goes on. Ctrl-C stops the sweep: the outcome says it was
@@ -104,9 +110,9 @@ def run_sweep(
         raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
     try:
         if jobs == 1:
-            _run_here(todo, store, data_dir, threads, listener, outcome)
+            _run_here(todo, store, data_dir, threads, listener, outcome, models_dir)
         else:
-            _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome)
+            _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome, models_dir)
     except KeyboardInterrupt:
         outcome.interrupted = True
     return outcome
@@ -129,6 +135,24 @@ def _fail(config: RunConfig, error: str, listener: SweepListener, outcome: Sweep
     listener.run_failed(config, error)
 
 
+def _train(
+    config: RunConfig,
+    data: Dataset,
+    on_epoch: Callable[[EpochMetrics], None],
+    models_dir: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """Train one run; save its model's state_dict when ``models_dir`` is given."""
+    model, record = train_model(config, data, on_epoch=on_epoch)
+    if models_dir is not None:
+        path = Path(models_dir) / f"{config.run_id}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".pt.partial")
+        torch.save(model.state_dict(), partial)
+        partial.replace(path)  # a file at its final name is always whole
+        record["model_file"] = f"{path.parent.name}/{path.name}"
+    return record
+
+
 def _run_here(
     todo: list[RunConfig],
     store: ResultsStore,
@@ -136,6 +160,7 @@ def _run_here(
     threads: int,
     listener: SweepListener,
     outcome: SweepOutcome,
+    models_dir: str | os.PathLike | None,
 ) -> None:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -145,8 +170,8 @@ def _run_here(
         for config in todo:
             listener.run_started(config)
             try:
-                record = train_run(
-                    config, data, on_epoch=functools.partial(listener.epoch_done, config)
+                record = _train(
+                    config, data, functools.partial(listener.epoch_done, config), models_dir
                 )
             except Exception as error:  # one run's failure must not end the sweep
                 _fail(config, _error_text(error), listener, outcome)
@@ -176,13 +201,15 @@ def _cached_dataset(name: str, data_dir: str | None) -> Dataset:
     return load_dataset(name, data_dir)
 
 
-def _train_in_worker(config_data: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+def _train_in_worker(
+    config_data: dict[str, Any], data_dir: str | None, models_dir: str | None
+) -> dict[str, Any]:
     config = RunConfig.from_dict(config_data)
     data = _cached_dataset(config.dataset, data_dir)
     warm_up(config.optimizer)
     _events.put(("started", config.run_id, None))
-    return train_run(
-        config, data, on_epoch=lambda metrics: _events.put(("epoch", config.run_id, metrics))
+    return _train(
+        config, data, lambda metrics: _events.put(("epoch", config.run_id, metrics)), models_dir
     )
 
 
@@ -194,6 +221,7 @@ def _run_in_pool(
     threads: int,
     listener: SweepListener,
     outcome: SweepOutcome,
+    models_dir: str | os.PathLike | None,
 ) -> None:
     context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
     events = context.Queue()
@@ -204,7 +232,13 @@ def _run_in_pool(
     finished = False
     try:
         waiting = {
-            executor.submit(_train_in_worker, config.to_dict(), data_dir): config for config in todo
+            executor.submit(
+                _train_in_worker,
+                config.to_dict(),
+                data_dir,
+                None if models_dir is None else str(models_dir),
+            ): config
+            for config in todo
         }
         while waiting:
             _drain(events, by_id, listener)
