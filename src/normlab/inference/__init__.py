@@ -1,6 +1,7 @@
 """Batch norm at inference: precise statistics, calibration batches, freezing, folding into
 the previous layer, and train/eval parity checks."""
 
+from normlab.inference.folding import fold_batchnorm, unfoldable_batchnorms
 from normlab.inference.freezing import freeze
 from normlab.inference.layers import batch_norm_layers, is_batch_norm
 from normlab.inference.parity import LayerParity, ParityReport, eval_parity
@@ -13,7 +14,9 @@ __all__ = [
     "batch_norm_layers",
     "calibrate_with_batch",
     "eval_parity",
+    "fold_batchnorm",
     "freeze",
     "is_batch_norm",
     "recalibrate",
+    "unfoldable_batchnorms",
 ]
