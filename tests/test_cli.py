@@ -65,3 +65,19 @@ def test_installed_console_script_prints_the_table():
     assert result.returncode == 0, result.stderr
     assert "bn-scalar" in result.stdout
     assert set(CANONICAL) <= _row_names(result.stdout)
+
+
+def test_inspect_prints_the_batch_norm_layers_of_a_saved_model(tmp_path, run_cli):
+    import torch
+
+    from normlab.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, norm="bn-scalar", hidden=[12, 6])
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    status, out, err = run_cli(["inspect", str(path)])
+    assert status == 0, err
+    assert "2 batch-norm layers" in out
+    assert "stats scalar" in out
+    status, _, err = run_cli(["inspect", str(tmp_path / "missing.pt")])
+    assert status == 2 and "no such file" in err

@@ -224,6 +224,16 @@ def _report(args: argparse.Namespace) -> int:
     return _show_results(_console(), args.directory)
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from normlab.checkpoints import describe
+
+    console = _console()
+    header, table = describe(args.checkpoint)
+    console.print(header)
+    console.print(table)
+    return 0
+
+
 def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser(
         "compare",
@@ -322,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("directory", type=Path, help="the --out directory of a compare run")
     report.set_defaults(run=_report)
+    inspect = commands.add_parser(
+        "inspect",
+        help="print the normalization layers of a saved model and their statistics",
+        description="Print the normalization layers of a checkpoint saved with torch.save "
+        "(a state_dict, a dict holding one, or a whole module made of torch.nn and normlab "
+        "layers) and their running statistics. Files are loaded with weights_only=True: "
+        "nothing in them runs.",
+    )
+    inspect.add_argument("checkpoint", type=Path, help="a .pt file, e.g. OUT/models/<run_id>.pt")
+    inspect.set_defaults(run=_inspect)
     return parser
 
 
