@@ -49,8 +49,8 @@ accuracy: $(VENV)/.installed-dev
 	$(call pytest,-m "not slow" -q --error-report)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info
