@@ -49,8 +49,10 @@ NORMS = {
     "switch": lambda: nl.make_norm("switch", C),
     "torch SyncBatchNorm": lambda: nn.SyncBatchNorm(C),
     "momentum None": lambda: nl.make_norm("bn", C, momentum=None),
+    "affine False": lambda: nn.BatchNorm1d(C, affine=False),
 }
 UNBIASED = {
+    "affine False",
     "torch BatchNorm1d",
     "bn",
     "bn-scalar",
@@ -226,7 +228,9 @@ def test_calibration_batch_sets_its_statistics_and_reports_the_shift():
 # --- freeze ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm", ["torch BatchNorm1d", "bn", "bn keras", "bn-scalar", "brn"])
+@pytest.mark.parametrize(
+    "norm", ["torch BatchNorm1d", "bn", "bn keras", "bn-scalar", "brn", "affine False"]
+)
 def test_frozen_model_keeps_eval_outputs_in_every_mode(norm):
     data = _data()
     model = _trained(_linear_bn(norm), data)
