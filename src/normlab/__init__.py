@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from torch.nn.utils.parametrizations import spectral_norm
 
-from normlab import data, functional, models
+from normlab import data, functional, inference, models
 from normlab.layers import (
     BatchNorm,
     BatchRenorm,
@@ -31,6 +31,7 @@ __all__ = [
     "WSLinear",
     "data",
     "functional",
+    "inference",
     "make_norm",
     "models",
     "norm_kinds",
