@@ -14,6 +14,7 @@ from normlab.layers import (
     WSConv2d,
     WSLinear,
 )
+from normlab.layers.batch_norm import convert_sync_batchnorm
 from normlab.registry import make_norm, norm_kinds
 
 try:
@@ -29,6 +30,7 @@ __all__ = [
     "SyncBatchNorm",
     "WSConv2d",
     "WSLinear",
+    "convert_sync_batchnorm",
     "data",
     "functional",
     "inference",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from normlab import functional as NF
 from normlab._checks import check_batch_statistics, check_choice, check_input, check_num_features
+from normlab.distributed import sync_batch_norm, world_size
 from normlab.layers._running_stats import (
     register_affine,
     register_running_stats,
@@ -169,26 +170,132 @@ class BatchNorm(nn.Module):
 
 
 class SyncBatchNorm(BatchNorm):
-    """Batch norm meant to share statistics across processes (``sync-bn``).
+    """Batch norm whose training statistics span every process of a torch.distributed group
+    (``sync-bn``).
 
-    Synchronization is not implemented yet. Without an initialized process
-    group of more than one process it is exactly :class:`BatchNorm`; in
-    training mode inside such a group it raises instead of silently
-    normalizing with per-process statistics. Shapes and eval behaviour as
-    :class:`BatchNorm`.
+    In training mode inside an initialized process group of more than one
+    process, the mean and variance (per channel, or one for the whole batch
+    with ``stats="scalar"``) are those of the batch of every process together,
+    and so are the running-statistics updates and the input gradients: on W
+    processes the layer computes what :class:`BatchNorm` computes on the
+    concatenated batch (see :func:`normlab.distributed.sync_batch_norm`).
+    Per-process batches may differ in size and hold a single sample. Works on
+    CPU (gloo) and CUDA (nccl), unlike ``torch.nn.SyncBatchNorm``, which
+    needs CUDA. Outside such a group, and in eval mode, it is exactly
+    :class:`BatchNorm`. ``normlab.convert_sync_batchnorm`` converts a model's
+    batch-norm layers.
+
+    Shape:
+        - Input: (N, C, *), this process's part of the batch.
+        - Output: same shape as the input.
+
+    Args:
+        as :class:`BatchNorm`, plus ``process_group``: the group to
+        synchronize over (None: the default group).
     """
 
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        stats: NF.Stats = "channel",
+        momentum: float | _Default | None = DEFAULT,
+        eps: float | _Default = DEFAULT,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        convention: NF.Convention = "torch",
+        process_group: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            stats=stats,
+            momentum=momentum,
+            eps=eps,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            convention=convention,
+            device=device,
+            dtype=dtype,
+        )
+        self.process_group = process_group
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.training and _world_size() > 1:
-            raise NotImplementedError(
-                "normlab's SyncBatchNorm does not synchronize statistics across processes "
-                f"yet (this process group has {_world_size()} processes). Use 'bn' for "
-                "per-process statistics, or torch.nn.SyncBatchNorm on CUDA."
+        if not (self.training and world_size(self.process_group) > 1):
+            return super().forward(input)
+        check_input(input, self.num_features, type(self).__name__)
+        momentum = step_momentum(
+            self.momentum, self.num_batches_tracked if self.track_running_stats else None, True
+        )
+        return sync_batch_norm(
+            input,
+            self.running_mean if self.track_running_stats else None,
+            self.running_var if self.track_running_stats else None,
+            self.weight,
+            self.bias,
+            momentum,
+            self.eps,
+            stats=self.stats,
+            convention=self.convention,
+            group=self.process_group,
+        )
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """``module`` with its batch-norm layers replaced by :class:`SyncBatchNorm`.
+
+    Converts normlab's ``BatchNorm`` (``bn`` and ``bn-scalar``, either
+    convention; not its subclasses ``BatchRenorm`` and ``SyncBatchNorm``) and
+    torch's ``BatchNorm1d/2d/3d``, keeping stats, convention, eps, momentum,
+    affine, parameters and running statistics; a layer shared by several
+    parents becomes one synchronized layer. Other modules are left alone, as
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does.
+
+    Returns:
+        ``module`` converted in place, or the new layer when ``module`` is itself one.
+    """
+    converted: dict[int, nn.Module] = {}
+
+    def convert(layer: nn.Module) -> nn.Module:
+        if id(layer) in converted:
+            return converted[id(layer)]
+        if type(layer) is BatchNorm or type(layer) in _TORCH_BATCH_NORMS:
+            sync = SyncBatchNorm(
+                layer.num_features,
+                stats=getattr(layer, "stats", "channel"),
+                convention=getattr(layer, "convention", "torch"),
+                eps=layer.eps,
+                momentum=layer.momentum,
+                affine=layer.affine,
+                track_running_stats=layer.track_running_stats,
+                process_group=process_group,
+                device=_device(layer),
+                dtype=_dtype(layer),
             )
-        return super().forward(input)
+            sync.load_state_dict(layer.state_dict())
+            sync.train(layer.training)
+            converted[id(layer)] = sync
+            return sync
+        for name, child in layer.named_children():
+            setattr(layer, name, convert(child))
+        return layer
+
+    return convert(module)
 
 
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+_TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _tensors(layer: nn.Module) -> list[torch.Tensor]:
+    return [*layer.parameters(), *(b for b in layer.buffers() if b.is_floating_point())]
+
+
+def _device(layer: nn.Module) -> torch.device | None:
+    tensors = _tensors(layer)
+    return tensors[0].device if tensors else None
+
+
+def _dtype(layer: nn.Module) -> torch.dtype | None:
+    tensors = _tensors(layer)
+    return tensors[0].dtype if tensors else None
