@@ -161,7 +161,14 @@ def _compare(args: argparse.Namespace) -> int:
         lr=args.lr,
         optimizer=args.optimizer,
         model_options=model_options,
+        nproc=args.nproc,
+        sync_bn=args.sync_bn,
     )
+    if args.nproc > 1 and args.jobs is not None and args.jobs > 1:
+        raise ValueError(
+            "--jobs and --nproc both ask for several processes: with --nproc each run uses "
+            "that many processes and runs go one at a time; drop --jobs."
+        )
     if args.data_dir is not None and dataset_name(args.dataset) == "digits":
         raise ValueError(
             "--data-dir was given, but --dataset digits is built in and reads no files; "
@@ -184,12 +191,19 @@ def _compare(args: argparse.Namespace) -> int:
         f"{len(runs)} runs: {args.dataset} ({len(data.train_x)} train / {len(data.val_x)} val, "
         f"from {data.source}), model {args.model}, norms {norms}, batch sizes {batch_sizes}, "
         f"{args.seeds} seed(s), {args.epochs} epochs"
+        + (
+            f", {args.nproc} processes per run with batch norm "
+            + ("synchronized" if args.sync_bn else "per process")
+            if args.nproc > 1
+            else ""
+        )
     )
     console.print(
         f"results: {store.path}"
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
-    jobs = max(1, min(args.jobs, len(runs) - already))
+    requested = args.jobs or (available_cores() if args.nproc == 1 else 1)
+    jobs = max(1, min(requested, len(runs) - already))
     threads = args.threads or max(1, available_cores() // jobs)
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
         outcome = run_sweep(
@@ -292,8 +306,22 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--jobs",
         type=_positive_int,
-        default=available_cores(),
-        help="runs trained at once, each in its own process (default: the number of cores)",
+        default=None,
+        help="runs trained at once, each in its own process (default: the number of cores; "
+        "1 with --nproc)",
+    )
+    compare.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        help="train each run data-parallel over this many processes (DistributedDataParallel, "
+        "gloo), the global batch split between them (default 1)",
+    )
+    compare.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="with --nproc: synchronize bn and bn-scalar across the processes "
+        "(default: per-process statistics, as DDP leaves them)",
     )
     compare.add_argument(
         "--threads",

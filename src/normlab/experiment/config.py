@@ -41,13 +41,26 @@ class RunConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     model_options: dict[str, Any] = field(default_factory=dict)
+    nproc: int = 1
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_kind(self.norm).name)
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
+        if self.nproc < 1:
+            raise ValueError(f"--nproc must be at least 1; got {self.nproc}.")
+        if self.sync_bn and self.nproc == 1:
+            raise ValueError(
+                "--sync-bn synchronizes batch norm across --nproc processes; add --nproc 2 or more."
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The configuration as JSON-ready data. ``nproc`` and ``sync_bn`` appear only when
+        set, so one-process runs keep the ids they had before those options existed."""
+        data = asdict(self)
+        if self.nproc == 1:
+            del data["nproc"], data["sync_bn"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -76,11 +89,15 @@ def plan_runs(
     lr: float = 1e-3,
     optimizer: str = "adam",
     model_options: dict[str, Any] | None = None,
+    nproc: int = 1,
+    sync_bn: bool = False,
 ) -> list[RunConfig]:
     """Every (norm, batch size, seed) run of a sweep, seeds innermost.
 
     Seeds are 0 .. seeds-1. Duplicate norms (an alias and its kind) are
-    planned once.
+    planned once. With ``nproc`` > 1 each run trains data-parallel over that
+    many processes (see normlab.experiment.ddp), its batch norm per process or,
+    with ``sync_bn``, synchronized.
     """
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1; got {seeds}.")
@@ -104,6 +121,8 @@ def plan_runs(
             lr=lr,
             optimizer=optimizer,
             model_options=dict(model_options or {}),
+            nproc=nproc,
+            sync_bn=sync_bn,
         )
         for norm, batch_size, seed in itertools.product(
             canonical, dict.fromkeys(batch_sizes), range(seeds)

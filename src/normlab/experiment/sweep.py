@@ -18,15 +18,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
+from normlab.experiment.ddp import train_distributed
 from normlab.experiment.store import ResultsStore
-from normlab.experiment.train import EpochMetrics, build_run_model, train_model, warm_up
+from normlab.experiment.train import (
+    EpochMetrics,
+    build_run_model,
+    save_model,
+    train_model,
+    warm_up,
+)
 
 POLL_SECONDS = 0.1
 
@@ -140,16 +146,15 @@ def _train(
     data: Dataset,
     on_epoch: Callable[[EpochMetrics], None],
     models_dir: str | os.PathLike | None,
+    data_dir: str | None,
 ) -> dict[str, Any]:
-    """Train one run; save its model's state_dict when ``models_dir`` is given."""
+    """Train one run (over ``config.nproc`` processes when more than one); save its model's
+    state_dict when ``models_dir`` is given."""
+    if config.nproc > 1:
+        return train_distributed(config, data_dir, on_epoch=on_epoch, models_dir=models_dir)
     model, record = train_model(config, data, on_epoch=on_epoch)
     if models_dir is not None:
-        path = Path(models_dir) / f"{config.run_id}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".pt.partial")
-        torch.save(model.state_dict(), partial)
-        partial.replace(path)  # a file at its final name is always whole
-        record["model_file"] = f"{path.parent.name}/{path.name}"
+        save_model(model, config, models_dir, record)
     return record
 
 
@@ -171,7 +176,11 @@ def _run_here(
             listener.run_started(config)
             try:
                 record = _train(
-                    config, data, functools.partial(listener.epoch_done, config), models_dir
+                    config,
+                    data,
+                    functools.partial(listener.epoch_done, config),
+                    models_dir,
+                    data_dir,
                 )
             except Exception as error:  # one run's failure must not end the sweep
                 _fail(config, _error_text(error), listener, outcome)
@@ -209,7 +218,11 @@ def _train_in_worker(
     warm_up(config.optimizer)
     _events.put(("started", config.run_id, None))
     return _train(
-        config, data, lambda metrics: _events.put(("epoch", config.run_id, metrics)), models_dir
+        config,
+        data,
+        lambda metrics: _events.put(("epoch", config.run_id, metrics)),
+        models_dir,
+        data_dir,
     )
 
 
@@ -302,7 +315,15 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     """
     seen = set()
     for config in runs:
-        key = (config.model, config.norm, config.placement, min(config.batch_size, 8))
+        # Per-process batch norm sees one process's share of each batch.
+        per_process = config.nproc > 1 and not config.sync_bn
+        size = config.batch_size // config.nproc if per_process else config.batch_size
+        if size < 1:
+            raise ValueError(
+                f"batch size {config.batch_size} gives some of the {config.nproc} processes "
+                "no sample; use a batch size of at least --nproc."
+            )
+        key = (config.model, config.norm, config.placement, min(size, 8))
         key += (repr(sorted(config.model_options.items())),)
         if key in seen:
             continue
@@ -310,9 +331,10 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         try:
             model = build_run_model(config, data)
             with torch.no_grad():
-                model.train()(data.train_x[: min(config.batch_size, 8)])
+                model.train()(data.train_x[: min(size, 8)])
         except (ValueError, TypeError) as error:
+            where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
             raise ValueError(
                 f"norm {config.norm!r} in model {config.model!r} at batch size "
-                f"{config.batch_size} cannot train: {error}"
+                f"{config.batch_size}{where} cannot train: {error}"
             ) from None

@@ -8,23 +8,27 @@ DataLoader, no per-sample Python and one host synchronization per epoch
 from __future__ import annotations
 
 import math
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import normlab
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
+from normlab.layers.batch_norm import convert_sync_batchnorm
 from normlab.models import build_model
 
 SCHEMA = 1
@@ -83,17 +87,37 @@ def warm_up(optimizer: str) -> None:
     make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))], 1e-3)
 
 
-def batch_slices(size: int, batch_size: int) -> list[slice]:
+def batch_slices(size: int, batch_size: int, min_last: int = 2) -> list[slice]:
     """Slices of a length-``size`` permutation into batches of ``batch_size``.
 
-    The last, partial batch is kept (as Keras does), except a partial batch of
-    a single sample, which is skipped: batch norm has no statistics to train
-    on from one sample. (At ``batch_size=1`` every batch is kept.)
+    The last, partial batch is kept (as Keras does) unless it holds fewer
+    than ``min_last`` samples: batch norm has no statistics to train on from
+    one sample, and a data-parallel run needs two per process. (At
+    ``batch_size=1`` every batch is kept.)
     """
     slices = [slice(start, min(start + batch_size, size)) for start in range(0, size, batch_size)]
-    if batch_size > 1 and size > 1 and slices[-1].stop - slices[-1].start == 1:
+    if batch_size > 1 and len(slices) > 1 and slices[-1].stop - slices[-1].start < min_last:
         slices.pop()
     return slices
+
+
+@dataclass(frozen=True)
+class Partition:
+    """This process's place in a data-parallel run: each global batch is cut into ``world``
+    nearly equal contiguous shares and this process trains share ``rank``. The default is
+    one process training everything."""
+
+    rank: int = 0
+    world: int = 1
+
+    def share(self, index: torch.Tensor) -> torch.Tensor:
+        return index if self.world == 1 else torch.tensor_split(index, self.world)[self.rank]
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over every process."""
+        if self.world > 1:
+            torch.distributed.all_reduce(values)
+        return values
 
 
 def _train_epoch(
@@ -102,25 +126,36 @@ def _train_epoch(
     data: Dataset,
     batches: list[slice],
     generator: torch.Generator,
+    partition: Partition,
 ) -> tuple[float, float, int]:
-    """One pass over the shuffled training set: (mean loss, accuracy, samples seen)."""
+    """One pass over the shuffled training set: (mean loss, accuracy, samples seen), over
+    every process of the partition."""
     model.train()
     order = torch.randperm(len(data.train_x), generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
     for batch in batches:
-        index = order[batch]
+        index = partition.share(order[batch])
         images, labels = data.train_x[index], data.train_y[index]
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        if partition.world == 1:
+            loss = F.cross_entropy(logits, labels)
+            share_sum = loss.detach() * len(index)
+        else:
+            # DistributedDataParallel averages gradients over processes: scaling each
+            # share's summed loss by world / global batch makes that average the gradient
+            # of the global batch's mean loss, whatever the shares' sizes.
+            share_sum = F.cross_entropy(logits, labels, reduction="sum")
+            loss = share_sum * (partition.world / (batch.stop - batch.start))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            loss_sum += loss.detach() * len(index)
+            loss_sum += share_sum.detach()
             correct += (logits.argmax(1) == labels).sum()
     seen = batches[-1].stop if batches else 0
-    return loss_sum.item() / seen, correct.item() / seen, seen
+    totals = partition.total(torch.stack([loss_sum, correct.double()]))
+    return totals[0].item() / seen, totals[1].item() / seen, seen
 
 
 def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
@@ -133,6 +168,20 @@ def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
         placement=config.placement,
         **config.model_options,
     )
+
+
+def save_model(
+    model: nn.Module, config: RunConfig, directory: str | os.PathLike, record: dict[str, Any]
+) -> None:
+    """Save ``model``'s state_dict as ``directory/<run_id>.pt`` and name it in ``record``
+    (``model_file``, relative to the results directory). The file appears whole or not at
+    all."""
+    path = Path(directory) / f"{config.run_id}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".pt.partial")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)
+    record["model_file"] = f"{path.parent.name}/{path.name}"
 
 
 def versions() -> dict[str, str]:
@@ -193,12 +242,21 @@ def train_model(
     data: Dataset,
     *,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    partition: Partition | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``config``'s model on ``data``: the trained model and the run's record.
 
     The same configuration, data and thread count give the same numbers on
     CPU. A loss that becomes NaN or infinite ends the run at that epoch with
     status "diverged"; otherwise the status is "finished".
+
+    Inside a data-parallel run (``config.nproc`` > 1, started by
+    normlab.experiment.ddp), ``partition`` says which share of each batch
+    this process trains: the model is wrapped in DistributedDataParallel,
+    its batch norm converted to SyncBatchNorm when ``config.sync_bn``, and
+    every process returns the same model and record. Evaluation runs on
+    every process on the whole validation set (in eval mode nothing is
+    communicated), so the numbers are the ones of rank 0's running statistics.
 
     Returns:
         The model, and the record ``results.jsonl`` stores (see
@@ -210,16 +268,29 @@ def train_model(
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     torch.manual_seed(config.seed)
+    partition = partition or Partition()
+    if partition.world != config.nproc:
+        raise ValueError(
+            f"run {config.label} trains over {config.nproc} processes; this is a partition "
+            f"of {partition.world}. Use normlab.experiment.ddp.train_distributed."
+        )
     model = build_run_model(config, data)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    trained = model
+    if partition.world > 1:
+        if config.sync_bn:
+            model = convert_sync_batchnorm(model)
+        trained = DistributedDataParallel(model)
+    optimizer = make_optimizer(config.optimizer, trained.parameters(), config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    batches = batch_slices(len(data.train_x), config.batch_size)
+    batches = batch_slices(len(data.train_x), config.batch_size, min_last=2 * partition.world)
     history: list[EpochMetrics] = []
     diverged_epoch = None
     samples = 0
     for epoch in range(1, config.epochs + 1):
         epoch_clock = time.perf_counter()
-        train_loss, train_acc, samples = _train_epoch(model, optimizer, data, batches, generator)
+        train_loss, train_acc, samples = _train_epoch(
+            trained, optimizer, data, batches, generator, partition
+        )
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
         metrics = EpochMetrics(
             epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - epoch_clock
