@@ -134,6 +134,17 @@ class _SyncNormalize(torch.autograd.Function):
         )
 
 
+def check_global_count(count: torch.Tensor, input: torch.Tensor, stats: Stats) -> None:
+    """Refuse a distributed batch with a single value per statistic (nothing to normalize with)."""
+    if count <= 1:
+        raise ValueError(
+            f"SyncBatchNorm in training mode needs more than one value per "
+            f"{'batch' if stats == 'scalar' else 'channel'} over all processes; got "
+            f"{int(count)} in all (this process's input has shape {tuple(input.shape)}). "
+            "Use eval mode or larger batches."
+        )
+
+
 def sync_batch_norm(
     input: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -146,6 +157,7 @@ def sync_batch_norm(
     stats: Stats = "channel",
     convention: str = "torch",
     group: Any = None,
+    moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Training-mode batch norm over the batch of every process in ``group``.
 
@@ -157,6 +169,7 @@ def sync_batch_norm(
             * new``; keras: biased, ``m * old + (1 - m) * new``); None keeps none.
         weight, bias: (C,) affine or None.
         momentum, eps, stats, convention: as normlab.functional.batch_norm.
+        moments: :func:`global_moments` of ``input`` when already gathered.
 
     Returns:
         This process's part of the output, shaped as ``input``.
@@ -164,14 +177,8 @@ def sync_batch_norm(
     Raises:
         ValueError: the whole distributed batch has one value per statistic.
     """
-    count, mean, m2 = global_moments(input, stats, group)
-    if count <= 1:
-        raise ValueError(
-            f"SyncBatchNorm in training mode needs more than one value per "
-            f"{'batch' if stats == 'scalar' else 'channel'} over all processes; got "
-            f"{int(count)} in all (this process's input has shape {tuple(input.shape)}). "
-            "Use eval mode or larger batches."
-        )
+    count, mean, m2 = global_moments(input, stats, group) if moments is None else moments
+    check_global_count(count, input, stats)
     var = m2 / count
     if running_mean is not None:
         with torch.no_grad():

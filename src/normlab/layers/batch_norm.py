@@ -10,7 +10,7 @@ from torch import nn
 
 from normlab import functional as NF
 from normlab._checks import check_batch_statistics, check_choice, check_input, check_num_features
-from normlab.distributed import sync_batch_norm, world_size
+from normlab.distributed import check_global_count, global_moments, sync_batch_norm, world_size
 from normlab.layers._running_stats import (
     register_affine,
     register_running_stats,
@@ -225,6 +225,8 @@ class SyncBatchNorm(BatchNorm):
         if not (self.training and world_size(self.process_group) > 1):
             return super().forward(input)
         check_input(input, self.num_features, type(self).__name__)
+        moments = global_moments(input, self.stats, self.process_group)
+        check_global_count(moments[0], input, self.stats)  # a refused batch counts no step
         momentum = step_momentum(
             self.momentum, self.num_batches_tracked if self.track_running_stats else None, True
         )
@@ -239,6 +241,7 @@ class SyncBatchNorm(BatchNorm):
             stats=self.stats,
             convention=self.convention,
             group=self.process_group,
+            moments=moments,
         )
 
 
@@ -256,32 +259,37 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
         ``module`` converted in place, or the new layer when ``module`` is itself one.
     """
     converted: dict[int, nn.Module] = {}
-
-    def convert(layer: nn.Module) -> nn.Module:
-        if id(layer) in converted:
-            return converted[id(layer)]
+    places = []
+    for name, layer in module.named_modules(remove_duplicate=False):
         if type(layer) is BatchNorm or type(layer) in _TORCH_BATCH_NORMS:
-            sync = SyncBatchNorm(
-                layer.num_features,
-                stats=getattr(layer, "stats", "channel"),
-                convention=getattr(layer, "convention", "torch"),
-                eps=layer.eps,
-                momentum=layer.momentum,
-                affine=layer.affine,
-                track_running_stats=layer.track_running_stats,
-                process_group=process_group,
-                device=_device(layer),
-                dtype=_dtype(layer),
-            )
-            sync.load_state_dict(layer.state_dict())
-            sync.train(layer.training)
-            converted[id(layer)] = sync
-            return sync
-        for name, child in layer.named_children():
-            setattr(layer, name, convert(child))
-        return layer
+            places.append(name)
+            if id(layer) not in converted:
+                converted[id(layer)] = _synchronized(layer, process_group)
+    if id(module) in converted:
+        return converted[id(module)]
+    for name in places:
+        parent, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(parent), attribute, converted[id(module.get_submodule(name))])
+    return module
 
-    return convert(module)
+
+def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
+    """A SyncBatchNorm with ``layer``'s settings, parameters, buffers and mode."""
+    sync = SyncBatchNorm(
+        layer.num_features,
+        stats=getattr(layer, "stats", "channel"),
+        convention=getattr(layer, "convention", "torch"),
+        eps=layer.eps,
+        momentum=layer.momentum,
+        affine=layer.affine,
+        track_running_stats=layer.track_running_stats,
+        process_group=process_group,
+        device=_device(layer),
+        dtype=_dtype(layer),
+    )
+    sync.load_state_dict(layer.state_dict())
+    sync.train(layer.training)
+    return sync
 
 
 _TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
