@@ -41,7 +41,12 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(call pytest,-m "not slow" -q)
 
-test-slow: $(VENV)/.installed-dev
+# The slow tests include the Ray executor's, on a local Ray cluster: install the ray extra.
+$(VENV)/.installed-ray: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[dev,ray]"
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
+test-slow: $(VENV)/.installed-ray
 	$(call pytest,-m slow -q)
 
 # The default suite, printing the largest error each oracle comparison saw.

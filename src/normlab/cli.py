@@ -164,6 +164,17 @@ def _compare(args: argparse.Namespace) -> int:
         nproc=args.nproc,
         sync_bn=args.sync_bn,
     )
+    if args.executor == "ray":
+        from normlab.experiment.ray_executor import require_ray
+
+        require_ray()
+        if args.jobs is not None:
+            raise ValueError(
+                "--jobs sets this machine's processes; with --executor ray the cluster's CPUs "
+                "decide how many runs train at once (each holds --threads CPUs). Drop --jobs."
+            )
+    elif args.address is not None:
+        raise ValueError("--address names a Ray cluster; add --executor ray.")
     if args.nproc > 1 and args.jobs is not None and args.jobs > 1:
         raise ValueError(
             "--jobs and --nproc both ask for several processes: with --nproc each run uses "
@@ -214,6 +225,8 @@ def _compare(args: argparse.Namespace) -> int:
             threads=threads,
             listener=progress,
             models_dir=args.out / "models" if args.save_models else None,
+            executor=args.executor,
+            address=args.address,
         )
     if outcome.interrupted or outcome.stopped:
         saved = len(store.finished_ids() & {run.run_id for run in runs})
@@ -328,6 +341,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         help="torch threads per run (default: cores / jobs)",
+    )
+    compare.add_argument(
+        "--executor",
+        choices=("processes", "ray"),
+        default="processes",
+        help="where runs train: processes on this machine (default) or Ray tasks "
+        "(pip install 'normlab[ray]')",
+    )
+    compare.add_argument(
+        "--address",
+        help="with --executor ray: the cluster (auto, HOST:6379 or ray://HOST:10001); "
+        "default: a local cluster started for the sweep",
     )
     compare.add_argument(
         "--save-models",

@@ -86,6 +86,8 @@ def run_sweep(
     threads: int = 1,
     listener: SweepListener | None = None,
     models_dir: str | os.PathLike | None = None,
+    executor: str = "processes",
+    address: str | None = None,
 ) -> SweepOutcome:
     """Train every run of ``runs`` not yet in ``store`` and append each record.
 
@@ -99,6 +101,9 @@ def run_sweep(
         models_dir: where to save each trained model's state_dict as
             ``<run_id>.pt`` (the record names it under ``model_file``); None
             saves nothing.
+        executor: ``"processes"`` (this machine: ``jobs`` processes) or
+            ``"ray"`` (each run a Ray task, see normlab.experiment.ray_executor).
+        address: with ``"ray"``, the cluster to use; None starts a local one.
 
     A run that raises is reported to the listener and in the outcome, and
     the sweep goes on. Ctrl-C stops the sweep: the outcome says it was
@@ -115,7 +120,11 @@ def run_sweep(
     if len(datasets) != 1:
         raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
     try:
-        if jobs == 1:
+        if executor == "ray":
+            from normlab.experiment.ray_executor import run_on_ray  # Ray is optional
+
+            run_on_ray(todo, store, data_dir, threads, listener, outcome, models_dir, address)
+        elif jobs == 1:
             _run_here(todo, store, data_dir, threads, listener, outcome, models_dir)
         else:
             _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome, models_dir)
