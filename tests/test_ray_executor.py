@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from normlab.experiment import ResultsStore, plan_runs, run_sweep
 from normlab.experiment.ray_executor import (
     INSTALL_MESSAGE,
     RayNotInstalledError,
+    local_cores,
     require_ray,
     run_on_ray,
 )
@@ -94,6 +96,20 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"--executor ray needs Ray"):
         _on_ray(_runs(seeds=1), tmp_path)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_runs_bigger_than_this_machine_are_refused_before_ray_starts(monkeypatch, tmp_path):
+    calls = []
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: False,
+        init=lambda **options: calls.append("init"),
+        shutdown=lambda: calls.append("shutdown"),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    cores = local_cores()
+    with pytest.raises(ValueError, match=rf"needs {cores + 1} CPUs.*has {cores} cores"):
+        _on_ray(_runs(seeds=1), tmp_path, threads=cores + 1)
+    assert "init" not in calls
 
 
 # --- on a local cluster ----------------------------------------------------------

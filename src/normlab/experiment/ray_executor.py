@@ -63,7 +63,7 @@ from normlab.experiment.sweep import (
     _finish,
     _train,
 )
-from normlab.experiment.train import EpochMetrics, warm_up
+from normlab.experiment.train import EpochMetrics, save_model_bytes, warm_up
 
 INSTALL_MESSAGE = "--executor ray needs Ray: pip install 'normlab[ray]' (or pip install ray)"
 
@@ -139,12 +139,12 @@ def run_on_ray(
     ray = require_ray()
     cpus = {config.run_id: threads * config.nproc for config in todo}
     connected_here = not ray.is_initialized()
-    if connected_here:
-        _start_ray(ray, address, max(cpus.values()))
     events = None
     waiting: dict[Any, RunConfig] = {}
     completed = False
     try:
+        if connected_here:
+            _start_ray(ray, address, max(cpus.values()))
         _check_cpus_fit(ray, max(cpus.values()))
         from ray.util.queue import Queue
 
@@ -174,7 +174,7 @@ def run_on_ray(
                     _fail(config, _lost_worker_text(error), listener, outcome)
                     continue
                 if model_bytes is not None and models_dir is not None:
-                    _save_model(model_bytes, config, record, models_dir)
+                    save_model_bytes(model_bytes, config, models_dir, record)
                 _finish(config, record, store, listener, outcome)
         completed = True
     finally:
@@ -288,21 +288,6 @@ def _train_on_worker(
         return record, (Path(scratch) / f"{config.run_id}.pt").read_bytes()
 
 
-def _save_model(
-    model_bytes: bytes,
-    config: RunConfig,
-    record: dict[str, Any],
-    models_dir: str | os.PathLike,
-) -> None:
-    """Write a worker's saved state_dict to ``models_dir/<run_id>.pt``, as _train does."""
-    path = Path(models_dir) / f"{config.run_id}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".pt.partial")
-    partial.write_bytes(model_bytes)
-    partial.replace(path)  # a file at its final name is always whole
-    record["model_file"] = f"{path.parent.name}/{path.name}"
-
-
 def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) -> None:
     """Pass every queued task event to the listener, without waiting."""
     count = events.qsize()
@@ -324,7 +309,8 @@ def _task_error_text(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         return _one_line(_error_text(cause))
-    return _one_line(str(error).strip().splitlines()[-1] if str(error).strip() else repr(error))
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _lost_worker_text(error: BaseException) -> str:

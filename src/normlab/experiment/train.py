@@ -7,6 +7,7 @@ DataLoader, no per-sample Python and one host synchronization per epoch
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import platform
@@ -173,13 +174,22 @@ def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
 def save_model(
     model: nn.Module, config: RunConfig, directory: str | os.PathLike, record: dict[str, Any]
 ) -> None:
-    """Save ``model``'s state_dict as ``directory/<run_id>.pt`` and name it in ``record``
-    (``model_file``, relative to the results directory). The file appears whole or not at
-    all."""
+    """Save ``model``'s state_dict as ``directory/<run_id>.pt`` (see save_model_bytes)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    save_model_bytes(buffer.getvalue(), config, directory, record)
+
+
+def save_model_bytes(
+    saved: bytes, config: RunConfig, directory: str | os.PathLike, record: dict[str, Any]
+) -> None:
+    """Write a ``torch.save``'d state_dict as ``directory/<run_id>.pt`` and name it in
+    ``record`` (``model_file``, relative to the results directory). The file appears whole
+    or not at all."""
     path = Path(directory) / f"{config.run_id}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.partial")
-    torch.save(model.state_dict(), partial)
+    partial.write_bytes(saved)
     partial.replace(path)
     record["model_file"] = f"{path.parent.name}/{path.name}"
 
