@@ -87,3 +87,33 @@ def test_compare_with_nproc_writes_the_usual_results(tmp_path, run_cli):
     assert (out / "report.html").exists()
     status, _, stderr = run_cli([*argv, "--nproc", "2", "--jobs", "2", "--out", str(out)])
     assert status == 2 and "drop --jobs" in stderr
+
+
+def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path, run_cli):
+    """`torchrun --nproc-per-node 2 normlab compare ...` trains each run over torchrun's two
+    processes; only rank 0 writes, and the records equal those of `--nproc 2`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    argv = ["compare", "--norms", "bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
+    launched = tmp_path / "torchrun"
+    torchrun = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run(
+        [*torchrun, str(bin_dir / "normlab"), *argv, "--sync-bn", "--out", str(launched)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("[1/1]") == 1  # rank 1 prints nothing
+    spawned = tmp_path / "nproc"
+    status, _, stderr = run_cli([*argv, "--nproc", "2", "--sync-bn", "--out", str(spawned)])
+    assert status == 0, stderr
+    (ours,) = [json.loads(line) for line in (launched / "results.jsonl").read_text().splitlines()]
+    (theirs,) = [json.loads(line) for line in (spawned / "results.jsonl").read_text().splitlines()]
+    assert ours["run_id"] == theirs["run_id"]
+    assert ours["final"] == theirs["final"]

@@ -18,6 +18,7 @@ from rich.table import Table
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
 from normlab.experiment import ResultsStore, check_runs, plan_runs, read_results, run_sweep
 from normlab.experiment.config import OPTIMIZERS
+from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.progress import SweepProgress
 from normlab.models import CELLS, MODELS, PLACEMENTS
 from normlab.registry import KINDS, make_norm
@@ -150,6 +151,14 @@ def _compare(args: argparse.Namespace) -> int:
         model_options["hidden"] = args.hidden
     if args.cell is not None:
         model_options["cell"] = args.cell
+    rank, world = torchrun_rank()
+    if world > 1:
+        if args.nproc != 1 or args.jobs is not None or args.executor != "processes":
+            raise ValueError(
+                f"under torchrun the {world} processes train every run together; drop "
+                "--nproc, --jobs and --executor."
+            )
+        args.nproc, args.executor = world, "torchrun"
     runs = plan_runs(
         norms=args.norms,
         batch_sizes=args.batch_sizes,
@@ -188,7 +197,9 @@ def _compare(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_dir)
     check_runs(runs, data)
     store = ResultsStore(args.out)
-    dropped = store.repair()
+    if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
+        console.quiet = True
+    dropped = store.repair() if rank == 0 else None
     if dropped is not None:
         console.print(
             f"removed an unfinished record at the end of {store.path} "
@@ -235,7 +246,7 @@ def _compare(args: argparse.Namespace) -> int:
             f"{store.path}. Run the same command with --out {args.out} to resume."
         )
         return 130 if outcome.interrupted else 1
-    if store.records():
+    if rank == 0 and store.records():
         _show_results(console, Path(args.out))
     if outcome.failed:
         for config, error in outcome.failed:

@@ -133,3 +133,49 @@ def train_distributed(
 
 def _path(directory: str | os.PathLike | None) -> str | None:
     return None if directory is None else str(directory)
+
+
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under ``torchrun``; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_under_torchrun(
+    runs: list[RunConfig],
+    store: Any,
+    data_dir: str | None,
+    listener: Any,
+    outcome: Any,
+    models_dir: str | os.PathLike | None,
+) -> None:
+    """Train ``runs`` with every process of a ``torchrun`` launch, one run at a time.
+
+    Each process trains its share of every run (``Partition(rank, world)``);
+    rank 0 decides which runs are pending (the other machines may not see its
+    files), reports progress and writes the records and models.
+    """
+    from normlab.experiment.sweep import _finish  # the sweep module imports this one
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    finished = [sorted(store.finished_ids())] if rank == 0 else [None]
+    dist.broadcast_object_list(finished, src=0)
+    pending = [config for config in runs if config.run_id not in set(finished[0])]
+    outcome.skipped = len(runs) - len(pending)
+    data = load_dataset(pending[0].dataset, data_dir) if pending else None
+    for config in pending:
+        if rank == 0:
+            listener.run_started(config)
+        model, record = train_model(
+            config,
+            data,
+            on_epoch=(lambda metrics, c=config: listener.epoch_done(c, metrics))
+            if rank == 0
+            else None,
+            partition=Partition(rank, world),
+        )
+        if rank == 0:
+            if models_dir is not None:
+                save_model(model, config, models_dir, record)
+            _finish(config, record, store, listener, outcome)

@@ -24,7 +24,7 @@ import torch
 
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
-from normlab.experiment.ddp import train_distributed
+from normlab.experiment.ddp import run_under_torchrun, train_distributed
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import (
     EpochMetrics,
@@ -101,8 +101,10 @@ def run_sweep(
         models_dir: where to save each trained model's state_dict as
             ``<run_id>.pt`` (the record names it under ``model_file``); None
             saves nothing.
-        executor: ``"processes"`` (this machine: ``jobs`` processes) or
-            ``"ray"`` (each run a Ray task, see normlab.experiment.ray_executor).
+        executor: ``"processes"`` (this machine: ``jobs`` processes),
+            ``"ray"`` (each run a Ray task, see normlab.experiment.ray_executor)
+            or ``"torchrun"`` (this process is one of a torchrun launch that
+            trains every run together, see normlab.experiment.ddp).
         address: with ``"ray"``, the cluster to use; None starts a local one.
 
     A run that raises is reported to the listener and in the outcome, and
@@ -112,6 +114,13 @@ def run_sweep(
     with ``outcome.stopped`` saying so.
     """
     listener = listener or SweepListener()
+    if executor == "torchrun":  # every process must take part, whatever files it sees
+        outcome = SweepOutcome()
+        try:
+            run_under_torchrun(list(runs), store, data_dir, listener, outcome, models_dir)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        return outcome
     todo = pending_runs(runs, store)
     outcome = SweepOutcome(skipped=len(runs) - len(todo))
     if not todo:
