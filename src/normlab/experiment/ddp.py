@@ -1,18 +1,15 @@
-"""One run trained data-parallel over several processes, with torch.distributed.
+"""Runs trained data-parallel over several processes, with torch.distributed.
 
-``train_distributed`` spawns ``config.nproc`` processes on this machine, joined
-in a gloo process group (nccl when CUDA is present is left to a ``torchrun``
-launch). Every process builds the same seeded model, wraps it in
-DistributedDataParallel and trains its share of each global batch (see
-``Partition``); batch norm is per process, as DDP leaves it, or synchronized
-with ``config.sync_bn``. Rank 0's record comes back; only the parent writes
-results.
+``train_distributed`` spawns ``config.nproc`` processes on this machine
+(``normlab compare --nproc N``), joined in a gloo process group. Every
+process builds the same seeded model, wraps it in DistributedDataParallel
+and trains its share of each global batch (see ``Partition``); batch norm is
+per process, as DDP leaves it, or synchronized with ``config.sync_bn``. Rank
+0's record comes back; only the parent writes results.
 
-To go beyond one machine, start the same training under ``torchrun`` on each
-machine (``torchrun --nnodes M --nproc-per-node N --rdzv-endpoint HOST:PORT``)
-around a script that calls :func:`train_model` with
-``Partition(rank=dist.get_rank(), world=dist.get_world_size())`` after
-``torch.distributed.init_process_group()``.
+``run_under_torchrun`` is the same for a lab started by ``torchrun`` (one
+machine or several): torchrun's processes train every run together and rank
+0 writes. The lab trains on the CPU, so the group is gloo.
 """
 
 from __future__ import annotations
@@ -157,7 +154,7 @@ def run_under_torchrun(
     from normlab.experiment.sweep import _finish  # the sweep module imports this one
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
+        dist.init_process_group("gloo", timeout=TIMEOUT)  # the lab trains on the CPU
     rank, world = dist.get_rank(), dist.get_world_size()
     finished = [sorted(store.finished_ids())] if rank == 0 else [None]
     dist.broadcast_object_list(finished, src=0)
