@@ -8,7 +8,8 @@ statistic, shared with one ``all_reduce``. So on W processes with batches
 B_1..B_W the outputs, input gradients and running statistics are those of
 one process on the concatenated batch, and each process's parameter
 gradient is its share of that process's (their sum is the whole).
-Works on any backend with all_gather and all_reduce: gloo on CPU, nccl on CUDA.
+It uses only all_gather and all_reduce, which gloo (CPU) and nccl (CUDA) both provide;
+it is tested on gloo only (no GPU was available).
 """
 
 from __future__ import annotations

@@ -180,10 +180,10 @@ class SyncBatchNorm(BatchNorm):
     processes the layer computes what :class:`BatchNorm` computes on the
     concatenated batch (see :func:`normlab.distributed.sync_batch_norm`).
     Per-process batches may differ in size and hold a single sample. Works on
-    CPU (gloo) and CUDA (nccl), unlike ``torch.nn.SyncBatchNorm``, which
-    needs CUDA. Outside such a group, and in eval mode, it is exactly
-    :class:`BatchNorm`. ``normlab.convert_sync_batchnorm`` converts a model's
-    batch-norm layers.
+    CPU with gloo, unlike ``torch.nn.SyncBatchNorm``, which needs CUDA; on
+    CUDA it needs only nccl's all_gather and all_reduce (untested here).
+    Outside such a group, and in eval mode, it is exactly :class:`BatchNorm`.
+    ``normlab.convert_sync_batchnorm`` converts a model's batch-norm layers.
 
     Shape:
         - Input: (N, C, *), this process's part of the batch.
