@@ -22,11 +22,10 @@ from normlab.experiment import ResultsStore, plan_runs, run_sweep
 from normlab.experiment.ray_executor import (
     INSTALL_MESSAGE,
     RayNotInstalledError,
-    local_cores,
     require_ray,
     run_on_ray,
 )
-from normlab.experiment.sweep import SweepListener, SweepOutcome, pending_runs
+from normlab.experiment.sweep import SweepListener, SweepOutcome, available_cores, pending_runs
 
 SKIP_REASON = "Ray is not installed: pip install 'normlab[ray]'"
 
@@ -106,7 +105,7 @@ def test_runs_bigger_than_this_machine_are_refused_before_ray_starts(monkeypatch
         shutdown=lambda: calls.append("shutdown"),
     )
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    cores = local_cores()
+    cores = available_cores()
     with pytest.raises(ValueError, match=rf"needs {cores + 1} CPUs.*has {cores} cores"):
         _on_ray(_runs(seeds=1), tmp_path, threads=cores + 1)
     assert "init" not in calls

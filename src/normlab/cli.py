@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -20,6 +19,7 @@ from normlab.experiment import ResultsStore, check_runs, plan_runs, read_results
 from normlab.experiment.config import OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.progress import SweepProgress
+from normlab.experiment.sweep import available_cores
 from normlab.models import CELLS, MODELS, PLACEMENTS
 from normlab.registry import KINDS, make_norm
 
@@ -115,13 +115,6 @@ def _console() -> Console:
 def _norms(args: argparse.Namespace) -> int:
     _console().print(norms_table(args.shape, args.seed))
     return 0
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _default_out() -> Path:

@@ -62,6 +62,8 @@ from normlab.experiment.sweep import (
     _fail,
     _finish,
     _train,
+    available_cores,
+    dispatch,
 )
 from normlab.experiment.train import EpochMetrics, save_model_bytes, warm_up
 
@@ -83,13 +85,6 @@ def require_ray() -> ModuleType:
     except ImportError:
         raise RayNotInstalledError(INSTALL_MESSAGE) from None
     return ray
-
-
-def local_cores() -> int:
-    """The CPU cores this process may use (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def run_on_ray(
@@ -197,7 +192,7 @@ def _start_ray(ray: ModuleType, address: str | None, cpus: int) -> None:
     ``cpus`` is the most a run needs."""
     quiet = {"log_to_driver": False, "configure_logging": False}
     if address is None:
-        cores = local_cores()
+        cores = available_cores()
         if cpus > cores:
             raise ValueError(
                 f"a run needs {cpus} CPUs (--threads, times --nproc) but this machine has "
@@ -293,11 +288,8 @@ def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) ->
     count = events.qsize()
     if not count:
         return
-    for kind, run_id, metrics in events.get_nowait_batch(count):  # only this process takes
-        if kind == "started":
-            listener.run_started(by_id[run_id])
-        else:
-            listener.epoch_done(by_id[run_id], metrics)
+    for event in events.get_nowait_batch(count):  # only this process takes
+        dispatch(event, by_id, listener)
 
 
 def _one_line(text: str) -> str:

@@ -37,6 +37,13 @@ from normlab.experiment.train import (
 POLL_SECONDS = 0.1
 
 
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class SweepListener:
     """What a sweep reports as it goes; this base ignores it all (the CLI's progress bars
     override each method)."""
@@ -314,10 +321,18 @@ def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) ->
         except queue.Empty:
             return
         timeout = 0
-        if kind == "started":
-            listener.run_started(by_id[run_id])
-        else:
-            listener.epoch_done(by_id[run_id], metrics)
+        dispatch((kind, run_id, metrics), by_id, listener)
+
+
+def dispatch(
+    event: tuple[str, str, Any], by_id: dict[str, RunConfig], listener: SweepListener
+) -> None:
+    """Pass one worker event, ("started" | "epoch", run_id, metrics), to the listener."""
+    kind, run_id, metrics = event
+    if kind == "started":
+        listener.run_started(by_id[run_id])
+    else:
+        listener.epoch_done(by_id[run_id], metrics)
 
 
 def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
