@@ -422,6 +422,35 @@ def test_training_and_eval_match_float64_formula(kind, layout, dtype, convention
     assert_close(y.double(), y_ref, **tol)
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("kind", ["bn-scalar", "bn"])
+def test_eval_mode_gradients_match_float64_formula(kind, layout):
+    """Fine-tuning in eval mode: input/weight/bias gradients of the running-statistics formula.
+
+    (torch's CPU backward misreads a (1,) statistic broadcast over (N, C) input: a regression
+    test for bn-scalar's eval path.)
+    """
+    shape, memory_format = LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(7)
+    ours = nl.make_norm(kind, C, dtype=torch.float64)
+    randomize_affine(gen, ours)
+    ours.running_mean.uniform_(-1.0, 1.0, generator=gen)
+    ours.running_var.uniform_(0.5, 2.0, generator=gen)
+    ours.eval()
+    weight64 = ours.weight.detach().clone().requires_grad_()
+    bias64 = ours.bias.detach().clone().requires_grad_()
+    x = make_batch(shape, torch.float64, gen, memory_format).requires_grad_()
+    x64 = x.detach().clone().requires_grad_()
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    ours(x).backward(grad)
+    y_ref = reference_eval(x64, ours.running_mean, ours.running_var, weight64, bias64, ours.eps)
+    y_ref.backward(grad)
+    tol = FORMULA_TOL[torch.float64]
+    assert_close(x.grad, x64.grad, **tol)
+    assert_close(ours.weight.grad, weight64.grad, **tol)
+    assert_close(ours.bias.grad, bias64.grad, **tol)
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=str)
 @pytest.mark.parametrize("kind", ["bn", "bn-scalar"])
 def test_bfloat16_input_gives_float32_accurate_parameter_gradients(kind, memory_format):

@@ -61,22 +61,29 @@ def batch_norm(
     """
     if training:
         check_batch_statistics(input, "BatchNorm")
-    if not (training and convention == "keras" and running_mean is not None):
-        torch_momentum = momentum if convention == "torch" else 1.0 - momentum
-        return _native_batch_norm(
-            input, running_mean, running_var, weight, bias, training, torch_momentum, eps, stats
-        )
-    # torch's kernel stores the unbiased variance with torch's momentum: let
-    # it write the batch statistics into scratch buffers, then apply Keras'
-    # update (biased variance) to the running ones.
-    batch_mean = torch.zeros_like(running_mean)
-    batch_var = torch.zeros_like(running_var)
-    out = _native_batch_norm(input, batch_mean, batch_var, weight, bias, True, 1.0, eps, stats)
-    count = _count_per_statistic(input, stats)
+    if not training:
+        return _batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    if stats == "scalar":
+        _check_parameter_dtype(input, weight if weight is not None else running_mean)
+        output, mean, var = _ScalarBatchNorm.apply(input, weight, bias, eps)
+        if running_mean is not None:
+            _update_running_stats(
+                running_mean, running_var, mean, var, input.numel(), momentum, convention
+            )
+        return output
+    if running_mean is None or convention == "torch":
+        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
+    # torch's kernel stores the unbiased variance, n / (n - 1) times Keras' biased one, with
+    # weight 1 - m on the batch: let it update the stored variance in its terms, then convert.
+    # (A copy, not running_var itself: autograd keeps the tensor it was given.)
+    count = input.numel() // input.shape[1]
+    unbiased_var = running_var * (count / (count - 1))
+    output = F.batch_norm(
+        input, running_mean, unbiased_var, weight, bias, True, 1.0 - momentum, eps
+    )
     with torch.no_grad():
-        running_mean.mul_(momentum).add_(batch_mean, alpha=1.0 - momentum)
-        running_var.mul_(momentum).add_(batch_var, alpha=(1.0 - momentum) * (count - 1) / count)
-    return out
+        torch.mul(unbiased_var, (count - 1) / count, out=running_var)
+    return output
 
 
 def batch_renorm(
@@ -240,58 +247,151 @@ def channel_affine(
     return torch.addcmul(bias.view(shape), x, weight.view(shape)).to(x.dtype)
 
 
-def _native_batch_norm(
+def _batch_norm_eval(
     input: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-    training: bool,
-    momentum: float,
     eps: float,
-    stats: Stats,
 ) -> torch.Tensor:
-    """torch's batch-norm kernel (torch convention), extended to scalar statistics."""
-    if stats == "channel":
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    """Batch norm with fixed (C,) or (1,) statistics: torch's kernel, a (1,) statistic
+    repeated over the channels."""
     channels = input.shape[1]
-    if not training:
-        # With fixed statistics, one shared mean and variance is the
-        # per-channel formula with the statistic repeated over channels.
-        return F.batch_norm(
-            input,
-            running_mean.expand(channels),
-            running_var.expand(channels),
-            weight,
-            bias,
-            False,
-            0.0,
-            eps,
-        )
-    # Scalar statistics are batch norm of one channel holding every element:
-    # view the input's memory as (1, 1, numel), whatever its memory format.
-    # bfloat16 input with float32 statistics is normalized in float32 so
-    # that the affine and its gradients see a float32 x_hat, as inside
-    # torch's own kernel.
-    order = sorted(range(input.ndim), key=lambda d: -input.stride(d))
-    stats_dtype = torch.float32 if running_mean is None else running_mean.dtype
-    compute_dtype = torch.promote_types(input.dtype, stats_dtype)
-    dense = input.permute(order).contiguous().to(compute_dtype)
-    normalized = F.batch_norm(
-        dense.view(1, 1, -1), running_mean, running_var, None, None, True, momentum, eps
+    return F.batch_norm(
+        input,
+        # contiguous: torch's CPU kernels misread stride-0 statistics in some paths
+        running_mean.expand(channels).contiguous(),
+        running_var.expand(channels).contiguous(),
+        weight,
+        bias,
+        False,
+        0.0,
+        eps,
     )
-    restore = sorted(range(input.ndim), key=lambda i: order[i])
-    normalized = normalized.view(dense.shape).permute(restore)
-    return channel_affine(normalized, weight, bias).to(input.dtype)
 
 
-def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of (N, C, *) x, two-pass, as (C,) tensors."""
-    dims = (0, *range(2, x.ndim))
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    mean = x.mean(dims, keepdim=True)
-    var = (x - mean).square().mean(dims)
-    return mean.flatten(), var
+def _update_running_stats(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    count: int,
+    momentum: float,
+    convention: Convention,
+) -> None:
+    """Move the running statistics toward a batch's mean and biased variance of ``count``
+    values, in the convention's sense of momentum and stored variance."""
+    if convention == "torch":
+        weight, var = momentum, var * (count / (count - 1))
+    else:
+        weight = 1.0 - momentum
+    with torch.no_grad():
+        running_mean.lerp_(mean.to(running_mean.dtype), weight)
+        running_var.lerp_(var.to(running_var.dtype), weight)
+
+
+def _compute_dtype(input: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision input, as torch's kernels accumulate; else the input's."""
+    return torch.promote_types(input.dtype, torch.float32)
+
+
+def _check_parameter_dtype(input: torch.Tensor, parameter: torch.Tensor | None) -> None:
+    """Refuse what torch's batch-norm kernel refuses: parameters of another dtype than the
+    input, except float32 parameters with bfloat16 or float16 input."""
+    if parameter is None or parameter.dtype == input.dtype:
+        return
+    if parameter.dtype == torch.float32 and input.dtype in (torch.bfloat16, torch.float16):
+        return
+    raise RuntimeError(
+        f"batch norm got {input.dtype} input and {parameter.dtype} parameters; convert the "
+        f"input (x.to({parameter.dtype})) or the module (module.to({input.dtype}))."
+    )
+
+
+def _channel_moments(input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of (N, C, *) input as (C,) tensors, in float32
+    or wider: torch's batch-norm statistics kernel (two-pass, parallel over channels)."""
+    channels, dtype = input.shape[1], _compute_dtype(input)
+    # Given float32 buffers, the kernel returns float32 statistics of half-precision input.
+    scratch_mean = torch.zeros(channels, dtype=dtype, device=input.device)
+    scratch_var = torch.ones(channels, dtype=dtype, device=input.device)
+    return torch.batch_norm_update_stats(input, scratch_mean, scratch_var, 0.0)
+
+
+def _affine_shape(input: torch.Tensor) -> list[int]:
+    """(1, C, 1, ...): the shape that broadcasts a (C,) vector over (N, C, *) input."""
+    return [1, input.shape[1]] + [1] * (input.ndim - 2)
+
+
+class _ScalarBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm with one mean and variance over every element of the batch.
+
+    The statistics are the per-channel ones of torch's kernel (two-pass, parallel over
+    channels) combined by the law of total variance; the output and the input gradient
+    are one pass each of the form ``x * a + b``. Backward, the per-channel sums of the
+    upstream gradient g and of g * x_hat come from torch's batch-norm backward kernel
+    (which forms x - mean before multiplying: stable for inputs with a large mean)::
+
+        dx = invstd * (g * w_c - mean(g * w) - x_hat * mean(g * w * x_hat))
+
+    Returns (output, mean, biased variance); the statistics are 0-dim, in float32 or
+    wider, and not differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, eps):
+        dtype = _compute_dtype(input)
+        channel_mean, channel_var = _channel_moments(input)
+        mean = channel_mean.mean()
+        var = channel_var.mean() + (channel_mean - mean).square().mean()
+        invstd = torch.rsqrt(var + eps)
+        channels = input.shape[1]
+        scale = invstd.expand(channels) if weight is None else invstd * weight.to(dtype)
+        shift = -mean * scale if bias is None else bias.to(dtype) - mean * scale
+        shape = _affine_shape(input)
+        output = torch.addcmul(shift.view(shape), input, scale.view(shape))
+        ctx.save_for_backward(input, weight, mean, var, invstd)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return output.to(input.dtype), mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight, mean, var, invstd = ctx.saved_tensors
+        channels, count = input.shape[1], input.numel()
+        # Per channel: the sums of g * (x - mean) * invstd and of g.
+        _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad_output,
+            input,
+            None,
+            mean.expand(channels).contiguous(),  # a stride-0 view is misread on (N, C) input
+            var.expand(channels).contiguous(),
+            None,
+            None,
+            False,
+            ctx.eps,
+            [False, True, True],
+        )
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            dtype = mean.dtype
+            w = invstd.new_ones(channels) if weight is None else weight.to(dtype)
+            mean_gw = (w * sum_g.to(dtype)).sum() / count
+            mean_gw_xhat = (w * sum_g_xhat.to(dtype)).sum() / count
+            # invstd * (g w_c - mean_gw - (x - mean) invstd mean_gw_xhat) = x k + c + g a_c
+            k = -invstd * invstd * mean_gw_xhat
+            c = -mean * k - invstd * mean_gw
+            grad_input = torch.addcmul(c, input, k)
+            grad_input.addcmul_(grad_output, (invstd * w).view(_affine_shape(input)))
+            grad_input = grad_input.to(input.dtype)
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = sum_g_xhat.to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = sum_g.to(ctx.bias_dtype)
+        return grad_input, grad_weight, grad_bias, None
 
 
 def _count_per_statistic(input: torch.Tensor, stats: Stats) -> int:
