@@ -7,6 +7,8 @@ not from each other, so it is independent of the library's derivation.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -109,7 +111,7 @@ TOL = {
     torch.float64: {"atol": 1e-10, "rtol": 1e-10},
     torch.float32: {"atol": 5e-5, "rtol": 5e-5},
 }
-SHAPES = {"4d": (4, C, 3, 5), "3d": (5, C, 7), "2d": (8, C)}
+SHAPES = {"4d": (4, C, 3, 5), "4d-channels-last": (4, C, 3, 5), "3d": (5, C, 7), "2d": (8, C)}
 
 
 def _check_step(module, ref, x, grad_out, training, tol):
@@ -132,7 +134,7 @@ def _check_step(module, ref, x, grad_out, training, tol):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("layout", ["4d", "3d", "2d"])
+@pytest.mark.parametrize("layout", list(SHAPES))
 def test_training_and_eval_match_luo_formula(layout, dtype):
     """Outputs, all gradients and running stats over steps, then eval with running BN stats."""
     shape = SHAPES[layout]
@@ -141,6 +143,9 @@ def test_training_and_eval_match_luo_formula(layout, dtype):
     tol = TOL[dtype]
     for step in range(3):
         x = _input(shape, seed=10 + step, dtype=dtype)
+        if layout.endswith("channels-last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+            assert copy.deepcopy(module)(x).is_contiguous(memory_format=torch.channels_last)
         grad_out = _input(shape, seed=30 + step, dtype=dtype)
         _check_step(module, ref, x, grad_out, True, tol)
         torch.testing.assert_close(module.running_mean.double(), ref.running_mean, **tol)

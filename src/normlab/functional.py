@@ -176,33 +176,169 @@ def switchable_norm(
     """
     if training:
         check_batch_statistics(input, "SwitchableNorm")
-    n, c = input.shape[:2]
-    compute_dtype = torch.promote_types(input.dtype, torch.float32)
-    x = input.reshape(n, c, -1).to(compute_dtype)
-    mean_in = x.mean(-1, keepdim=True)  # (N, C, 1)
-    var_in = (x - mean_in).square().mean(-1, keepdim=True)
-    mean_ln = mean_in.mean(1, keepdim=True)  # (N, 1, 1)
-    var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
-    if training:
-        mean_bn = mean_in.mean(0, keepdim=True)  # (1, C, 1)
-        var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
-        count = x.shape[0] * x.shape[2]
-        with torch.no_grad():
-            running_mean.lerp_(mean_bn.flatten().to(running_mean.dtype), momentum)
-            unbiased = var_bn.flatten() * (count / (count - 1))
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    else:
-        mean_bn = running_mean.to(compute_dtype).view(1, c, 1)
-        var_bn = running_var.to(compute_dtype).view(1, c, 1)
-    terms = slice(1, 3) if input.ndim == 2 else slice(0, 3)
-    mean_w = torch.softmax(mean_logits[terms].to(compute_dtype), 0)
-    var_w = torch.softmax(var_logits[terms].to(compute_dtype), 0)
-    means = (mean_in, mean_ln, mean_bn)[terms]
-    variances = (var_in, var_ln, var_bn)[terms]
-    mean = sum(w * m for w, m in zip(mean_w, means, strict=True))
-    var = sum(w * v for w, v in zip(var_w, variances, strict=True))
-    normalized = ((x - mean) * torch.rsqrt(var + eps)).view(input.shape)
-    return channel_affine(normalized.to(input.dtype), weight, bias)
+    return _SwitchableNorm.apply(
+        input,
+        weight,
+        bias,
+        mean_logits,
+        var_logits,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+    )
+
+
+class _SwitchableNorm(torch.autograd.Function):
+    """Switchable normalization with a hand-written backward.
+
+    The mixing works on per-(sample, channel) statistics of shape (N, C, 1, ...); what
+    touches every element is the instance moments and one ``x * scale + shift`` pass
+    forward, and backward the per-instance sums of g and g * (x - mu) and one
+    ``x * k1 + k0 + g * scale`` pass. With S values per instance, s = 1 / sqrt(var + eps)
+    and mixing weights w (means) and v (variances) over (IN, LN, BN)::
+
+        d mu     = -weight * s * sum_S(g)
+        d var    = -weight * s^3 * sum_S(g * (x - mu)) / 2
+        d mu_in  = w_in d mu + (w_ln sum_C(d mu) + 2 v_ln sum_C(d var) (mu_in - mu_ln)) / C
+                   + (w_bn sum_N(d mu) + 2 v_bn sum_N(d var) (mu_in - mu_bn)) / N
+        d var_in = v_in d var + v_ln sum_C(d var) / C + v_bn sum_N(d var) / N
+        dx       = g * weight * s + d mu_in / S + 2 d var_in (x - mu_in) / S
+
+    (the BN terms only in training: in eval the running statistics are constants). For
+    (N, C) input the instance statistics are x itself and 0: there is no IN term and
+    d mu_in is x's gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        input,
+        weight,
+        bias,
+        mean_logits,
+        var_logits,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+    ):
+        dtype = _compute_dtype(input)
+        x = input.to(dtype)
+        batch = x.shape[0]
+        spatial = tuple(range(2, x.ndim))
+        stat_shape = _affine_shape(x)
+        if spatial:
+            mean_in = x.mean(spatial, keepdim=True)  # (N, C, 1, ...)
+            var_in = _mean_squared_deviation(x, mean_in, spatial)
+        else:
+            mean_in, var_in = x, x.new_zeros(1, 1)
+        mean_ln = mean_in.mean(1, keepdim=True)  # (N, 1, ...)
+        var_ln = var_in.mean(1, keepdim=True) + _mean_squared_deviation(mean_in, mean_ln, (1,))
+        if training:
+            mean_bn = mean_in.mean(0, keepdim=True)  # (1, C, ...)
+            var_bn = var_in.mean(0, keepdim=True) + _mean_squared_deviation(mean_in, mean_bn, (0,))
+            count = batch * x[0, 0].numel()
+            with torch.no_grad():
+                running_mean.lerp_(mean_bn.flatten().to(running_mean.dtype), momentum)
+                unbiased = var_bn.flatten() * (count / (count - 1))
+                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+        else:
+            mean_bn = running_mean.to(dtype).view(stat_shape)
+            var_bn = running_var.to(dtype).view(stat_shape)
+        terms = (0, 1, 2) if spatial else (1, 2)
+        mean_w = _mixing_weights(mean_logits, terms, dtype)
+        var_w = _mixing_weights(var_logits, terms, dtype)
+        means, variances = (mean_in, mean_ln, mean_bn), (var_in, var_ln, var_bn)
+        mean = sum(mean_w[k] * means[k] for k in terms)
+        var = sum(var_w[k] * variances[k] for k in terms)
+        invstd = torch.rsqrt(var + eps)
+        gamma = x.new_ones(stat_shape) if weight is None else weight.to(dtype).view(stat_shape)
+        scale = invstd * gamma
+        shift = -mean * scale if bias is None else bias.to(dtype).view(stat_shape) - mean * scale
+        output = torch.addcmul(shift, x, scale)
+        ctx.save_for_backward(x, gamma, mean, invstd, mean_w, var_w, *means, *variances)
+        ctx.training, ctx.terms = training, terms
+        ctx.dtypes = tuple(
+            None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
+        )
+        return output.to(input.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, gamma, mean, invstd, mean_w, var_w, *stats = ctx.saved_tensors
+        means, variances = stats[:3], stats[3:]
+        mean_in, mean_ln, mean_bn = means
+        terms, dtypes = ctx.terms, ctx.dtypes
+        g = grad_output.to(x.dtype)
+        batch, channels = x.shape[:2]
+        spatial = tuple(range(2, x.ndim))
+        sum_g = g.sum(spatial, keepdim=True) if spatial else g
+        sum_g_centered = torch.sub(x, mean).mul_(g)
+        if spatial:
+            sum_g_centered = sum_g_centered.sum(spatial, keepdim=True)
+        d_mean = -(gamma * invstd) * sum_g
+        d_var = (-0.5 * gamma) * invstd.pow(3) * sum_g_centered
+        grads: list[torch.Tensor | None] = [None] * 10
+        if dtypes[1] is not None and ctx.needs_input_grad[1]:
+            grads[1] = (sum_g_centered * invstd).sum(0).flatten().to(dtypes[1])
+        if dtypes[2] is not None and ctx.needs_input_grad[2]:
+            grads[2] = sum_g.sum(0).flatten().to(dtypes[2])
+        for index, weights, d_stat, values in (
+            (3, mean_w, d_mean, means),
+            (4, var_w, d_var, variances),
+        ):
+            if ctx.needs_input_grad[index]:
+                d_weights = torch.stack(
+                    [
+                        (d_stat * values[k]).sum() if k in terms else d_stat.new_zeros(())
+                        for k in range(3)
+                    ]
+                )
+                grads[index] = (weights * (d_weights - (weights * d_weights).sum())).to(
+                    dtypes[index]
+                )
+        if not ctx.needs_input_grad[0]:
+            return tuple(grads)
+        d_mean_ln = mean_w[1] * d_mean.sum(1, keepdim=True)
+        d_var_ln = var_w[1] * d_var.sum(1, keepdim=True)
+        d_mean_in = (d_mean_ln + 2.0 * d_var_ln * (mean_in - mean_ln)) / channels
+        d_var_in = d_var_ln / channels
+        if ctx.training:
+            d_mean_bn = mean_w[2] * d_mean.sum(0, keepdim=True)
+            d_var_bn = var_w[2] * d_var.sum(0, keepdim=True)
+            d_mean_in = d_mean_in + (d_mean_bn + 2.0 * d_var_bn * (mean_in - mean_bn)) / batch
+            d_var_in = d_var_in + d_var_bn / batch
+        if spatial:
+            d_mean_in = d_mean_in + mean_w[0] * d_mean
+            d_var_in = d_var_in + var_w[0] * d_var
+            size = x[0, 0].numel()
+            k1 = d_var_in * (2.0 / size)
+            k0 = d_mean_in / size - k1 * mean_in
+            grad = torch.addcmul(k0, x, k1).addcmul_(g, gamma * invstd)
+        else:
+            grad = torch.addcmul(d_mean_in, g, gamma * invstd)
+        grads[0] = grad.to(dtypes[0])
+        return tuple(grads)
+
+
+def _mixing_weights(
+    logits: torch.Tensor, terms: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """(3,) softmax of ``logits`` over ``terms``, 0 for the terms left out."""
+    weights = logits.new_zeros(3, dtype=dtype)
+    weights[list(terms)] = torch.softmax(logits[list(terms)].to(dtype), 0)
+    return weights
+
+
+def _mean_squared_deviation(
+    x: torch.Tensor, mean: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """mean((x - mean)^2) over ``dims``, keeping them: the second pass of a two-pass variance."""
+    return F.mse_loss(x, mean.expand_as(x), reduction="none").mean(dims, keepdim=True)
 
 
 def weight_standardize(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
