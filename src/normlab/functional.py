@@ -259,7 +259,7 @@ class _SwitchableNorm(torch.autograd.Function):
         scale = invstd * gamma
         shift = -mean * scale if bias is None else bias.to(dtype).view(stat_shape) - mean * scale
         output = torch.addcmul(shift, x, scale)
-        ctx.save_for_backward(x, gamma, mean, invstd, mean_w, var_w, *means, *variances)
+        ctx.save_for_backward(x, gamma, mean, invstd, scale, mean_w, var_w, *means, *variances)
         ctx.training, ctx.terms = training, terms
         ctx.dtypes = tuple(
             None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
@@ -269,7 +269,7 @@ class _SwitchableNorm(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        x, gamma, mean, invstd, mean_w, var_w, *stats = ctx.saved_tensors
+        x, gamma, mean, invstd, scale, mean_w, var_w, *stats = ctx.saved_tensors
         means, variances = stats[:3], stats[3:]
         mean_in, mean_ln, mean_bn = means
         terms, dtypes = ctx.terms, ctx.dtypes
@@ -280,8 +280,8 @@ class _SwitchableNorm(torch.autograd.Function):
         sum_g_centered = torch.sub(x, mean).mul_(g)
         if spatial:
             sum_g_centered = sum_g_centered.sum(spatial, keepdim=True)
-        d_mean = -(gamma * invstd) * sum_g
-        d_var = (-0.5 * gamma) * invstd.pow(3) * sum_g_centered
+        d_mean = torch.mul(scale, sum_g).neg_()
+        d_var = invstd.pow(3).mul_(sum_g_centered).mul_(gamma * -0.5)
         grads: list[torch.Tensor | None] = [None] * 10
         if dtypes[1] is not None and ctx.needs_input_grad[1]:
             grads[1] = (sum_g_centered * invstd).sum(0).flatten().to(dtypes[1])
@@ -292,10 +292,12 @@ class _SwitchableNorm(torch.autograd.Function):
             (4, var_w, d_var, variances),
         ):
             if ctx.needs_input_grad[index]:
+                # sum(d_stat * stat) for each term, reducing d_stat to the term's shape first
                 d_weights = torch.stack(
                     [
-                        (d_stat * values[k]).sum() if k in terms else d_stat.new_zeros(())
-                        for k in range(3)
+                        (d_stat * values[0]).sum() if 0 in terms else d_stat.new_zeros(()),
+                        (d_stat.sum(1, keepdim=True) * values[1]).sum(),
+                        (d_stat.sum(0, keepdim=True) * values[2]).sum(),
                     ]
                 )
                 grads[index] = (weights * (d_weights - (weights * d_weights).sum())).to(
@@ -303,24 +305,26 @@ class _SwitchableNorm(torch.autograd.Function):
                 )
         if not ctx.needs_input_grad[0]:
             return tuple(grads)
-        d_mean_ln = mean_w[1] * d_mean.sum(1, keepdim=True)
-        d_var_ln = var_w[1] * d_var.sum(1, keepdim=True)
-        d_mean_in = (d_mean_ln + 2.0 * d_var_ln * (mean_in - mean_ln)) / channels
-        d_var_in = d_var_ln / channels
+        # (d mu_stat + 2 d var_stat (mu_in - mu_stat)) / count, one addcmul per statistic
+        d_mean_ln = mean_w[1] * d_mean.sum(1, keepdim=True) / channels
+        d_var_ln = var_w[1] * d_var.sum(1, keepdim=True) / channels
+        d_mean_in = torch.addcmul(d_mean_ln, mean_in - mean_ln, d_var_ln, value=2.0)
+        d_var_in = d_var_ln
         if ctx.training:
-            d_mean_bn = mean_w[2] * d_mean.sum(0, keepdim=True)
-            d_var_bn = var_w[2] * d_var.sum(0, keepdim=True)
-            d_mean_in = d_mean_in + (d_mean_bn + 2.0 * d_var_bn * (mean_in - mean_bn)) / batch
-            d_var_in = d_var_in + d_var_bn / batch
+            d_mean_bn = mean_w[2] * d_mean.sum(0, keepdim=True) / batch
+            d_var_bn = var_w[2] * d_var.sum(0, keepdim=True) / batch
+            d_mean_in += d_mean_bn
+            d_mean_in.addcmul_(mean_in - mean_bn, d_var_bn, value=2.0)
+            d_var_in = d_var_in + d_var_bn
         if spatial:
-            d_mean_in = d_mean_in + mean_w[0] * d_mean
-            d_var_in = d_var_in + var_w[0] * d_var
+            d_mean_in.add_(d_mean, alpha=float(mean_w[0]))
+            d_var_in = torch.add(d_var_in, d_var, alpha=float(var_w[0]))
             size = x[0, 0].numel()
             k1 = d_var_in * (2.0 / size)
-            k0 = d_mean_in / size - k1 * mean_in
-            grad = torch.addcmul(k0, x, k1).addcmul_(g, gamma * invstd)
+            k0 = d_mean_in.div_(size).sub_(k1 * mean_in)
+            grad = torch.addcmul(k0, x, k1).addcmul_(g, scale)
         else:
-            grad = torch.addcmul(d_mean_in, g, gamma * invstd)
+            grad = torch.addcmul(d_mean_in, g, scale)
         grads[0] = grad.to(dtypes[0])
         return tuple(grads)
 
