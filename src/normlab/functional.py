@@ -176,7 +176,8 @@ def switchable_norm(
     """
     if training:
         check_batch_statistics(input, "SwitchableNorm")
-    return _SwitchableNorm.apply(
+    function = _SwitchableNorm if input.ndim > 2 else _SwitchableNormFeatures
+    return function.apply(
         input,
         weight,
         bias,
@@ -326,6 +327,102 @@ class _SwitchableNorm(torch.autograd.Function):
         else:
             grad = torch.addcmul(d_mean_in, g, scale)
         grads[0] = grad.to(dtypes[0])
+        return tuple(grads)
+
+
+class _SwitchableNormFeatures(torch.autograd.Function):
+    """Switchable normalization of (N, C) input, which mixes the LN and BN terms only.
+
+    The mixed statistics are sums row[n] + column[c], so the only (N, C) tensors formed
+    are x_hat, the inverse std s and the output forward, and three products backward;
+    the rest is done in place (on CPU each fresh (N, C) buffer costs page faults). With
+    A = g * weight * s and B = A * x_hat * s, d mu = -A and d var = -B / 2, and::
+
+        dx = A + x * (a[n] + b[c]) + p[n] + q[c]
+        a = -v_ln sum_C(B) / C,   p = -w_ln sum_C(A) / C - a * mu_ln
+        b = -v_bn sum_N(B) / N,   q = -w_bn sum_N(A) / N - b * mu_bn   (training only)
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        input,
+        weight,
+        bias,
+        mean_logits,
+        var_logits,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+    ):
+        dtype = _compute_dtype(input)
+        x = input.to(dtype)
+        batch, channels = x.shape
+        mean_ln = x.mean(1, keepdim=True)  # (N, 1)
+        var_ln = _mean_squared_deviation(x, mean_ln, (1,))
+        if training:
+            mean_bn, var_bn = (s.view(1, channels) for s in _channel_moments(x))
+            with torch.no_grad():
+                running_mean.lerp_(mean_bn.flatten().to(running_mean.dtype), momentum)
+                unbiased = var_bn.flatten() * (batch / (batch - 1))
+                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+        else:
+            mean_bn = running_mean.to(dtype).view(1, channels)
+            var_bn = running_var.to(dtype).view(1, channels)
+        mean_w = _mixing_weights(mean_logits, (1, 2), dtype)
+        var_w = _mixing_weights(var_logits, (1, 2), dtype)
+        invstd = torch.add(var_w[1] * var_ln + eps, var_w[2] * var_bn).rsqrt_()
+        x_hat = torch.sub(x, mean_w[1] * mean_ln).sub_(mean_w[2] * mean_bn).mul_(invstd)
+        gamma = x.new_ones(1, channels) if weight is None else weight.to(dtype).view(1, -1)
+        if bias is None:
+            output = x_hat * gamma
+        else:
+            output = torch.addcmul(bias.to(dtype).view(1, -1), x_hat, gamma)
+        ctx.save_for_backward(
+            x, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn
+        )
+        ctx.training = training
+        ctx.dtypes = tuple(
+            None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
+        )
+        return output.to(input.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn = ctx.saved_tensors
+        dtypes = ctx.dtypes
+        g = grad_output.to(x.dtype)
+        batch, channels = x.shape
+        grads: list[torch.Tensor | None] = [None] * 10
+        if dtypes[1] is not None and ctx.needs_input_grad[1]:
+            grads[1] = (g * x_hat).sum(0).to(dtypes[1])
+        if dtypes[2] is not None and ctx.needs_input_grad[2]:
+            grads[2] = g.sum(0).to(dtypes[2])
+        a = torch.mul(g, gamma).mul_(invstd)
+        b = torch.mul(a, x_hat).mul_(invstd)
+        a_rows, a_cols = a.sum(1, keepdim=True), a.sum(0, keepdim=True)
+        b_rows, b_cols = b.sum(1, keepdim=True), b.sum(0, keepdim=True)
+        for index, weights, d_ln, d_bn in (
+            (3, mean_w, -(a_rows * mean_ln).sum(), -(a_cols * mean_bn).sum()),
+            (4, var_w, -0.5 * (b_rows * var_ln).sum(), -0.5 * (b_cols * var_bn).sum()),
+        ):
+            if ctx.needs_input_grad[index]:
+                d_weights = torch.stack([d_ln.new_zeros(()), d_ln, d_bn])
+                grads[index] = (weights * (d_weights - (weights * d_weights).sum())).to(
+                    dtypes[index]
+                )
+        if ctx.needs_input_grad[0]:
+            coefficient_rows = b_rows * (-var_w[1] / channels)
+            grad = a.addcmul_(x, coefficient_rows)
+            grad.add_(a_rows * (-mean_w[1] / channels) - coefficient_rows * mean_ln)
+            if ctx.training:
+                coefficient_cols = b_cols * (-var_w[2] / batch)
+                grad.addcmul_(x, coefficient_cols)
+                grad.add_(a_cols * (-mean_w[2] / batch) - coefficient_cols * mean_bn)
+            grads[0] = grad.to(dtypes[0])
         return tuple(grads)
 
 
