@@ -207,9 +207,9 @@ class _SwitchableNorm(torch.autograd.Function):
         d var_in = v_in d var + v_ln sum_C(d var) / C + v_bn sum_N(d var) / N
         dx       = g * weight * s + d mu_in / S + 2 d var_in (x - mu_in) / S
 
-    (the BN terms only in training: in eval the running statistics are constants). For
-    (N, C) input the instance statistics are x itself and 0: there is no IN term and
-    d mu_in is x's gradient.
+    (the BN terms only in training: in eval the running statistics are constants). Input
+    of shape (N, C, *) with at least one spatial dim; (N, C) input is
+    :class:`_SwitchableNormFeatures`'.
     """
 
     @staticmethod
@@ -229,13 +229,8 @@ class _SwitchableNorm(torch.autograd.Function):
         dtype = _compute_dtype(input)
         x = input.to(dtype)
         batch = x.shape[0]
-        spatial = tuple(range(2, x.ndim))
         stat_shape = _affine_shape(x)
-        if spatial:
-            mean_in = x.mean(spatial, keepdim=True)  # (N, C, 1, ...)
-            var_in = _mean_squared_deviation(x, mean_in, spatial)
-        else:
-            mean_in, var_in = x, x.new_zeros(1, 1)
+        mean_in, var_in = _instance_moments(x)  # (N, C, 1, ...)
         mean_ln = mean_in.mean(1, keepdim=True)  # (N, 1, ...)
         var_ln = var_in.mean(1, keepdim=True) + _mean_squared_deviation(mean_in, mean_ln, (1,))
         if training:
@@ -249,19 +244,19 @@ class _SwitchableNorm(torch.autograd.Function):
         else:
             mean_bn = running_mean.to(dtype).view(stat_shape)
             var_bn = running_var.to(dtype).view(stat_shape)
-        terms = (0, 1, 2) if spatial else (1, 2)
+        terms = (0, 1, 2)
         mean_w = _mixing_weights(mean_logits, terms, dtype)
         var_w = _mixing_weights(var_logits, terms, dtype)
         means, variances = (mean_in, mean_ln, mean_bn), (var_in, var_ln, var_bn)
-        mean = sum(mean_w[k] * means[k] for k in terms)
-        var = sum(var_w[k] * variances[k] for k in terms)
+        mean = sum(w * m for w, m in zip(mean_w, means, strict=True))
+        var = sum(v * s for v, s in zip(var_w, variances, strict=True))
         invstd = torch.rsqrt(var + eps)
         gamma = x.new_ones(stat_shape) if weight is None else weight.to(dtype).view(stat_shape)
         scale = invstd * gamma
         shift = -mean * scale if bias is None else bias.to(dtype).view(stat_shape) - mean * scale
         output = torch.addcmul(shift, x, scale)
         ctx.save_for_backward(x, gamma, mean, invstd, scale, mean_w, var_w, *means, *variances)
-        ctx.training, ctx.terms = training, terms
+        ctx.training = training
         ctx.dtypes = tuple(
             None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
         )
@@ -273,14 +268,10 @@ class _SwitchableNorm(torch.autograd.Function):
         x, gamma, mean, invstd, scale, mean_w, var_w, *stats = ctx.saved_tensors
         means, variances = stats[:3], stats[3:]
         mean_in, mean_ln, mean_bn = means
-        terms, dtypes = ctx.terms, ctx.dtypes
+        dtypes = ctx.dtypes
         g = grad_output.to(x.dtype)
         batch, channels = x.shape[:2]
-        spatial = tuple(range(2, x.ndim))
-        sum_g = g.sum(spatial, keepdim=True) if spatial else g
-        sum_g_centered = torch.sub(x, mean).mul_(g)
-        if spatial:
-            sum_g_centered = sum_g_centered.sum(spatial, keepdim=True)
+        sum_g, sum_g_centered = _instance_sums(g, x, mean)
         d_mean = torch.mul(scale, sum_g).neg_()
         d_var = invstd.pow(3).mul_(sum_g_centered).mul_(gamma * -0.5)
         grads: list[torch.Tensor | None] = [None] * 10
@@ -296,7 +287,7 @@ class _SwitchableNorm(torch.autograd.Function):
                 # sum(d_stat * stat) for each term, reducing d_stat to the term's shape first
                 d_weights = torch.stack(
                     [
-                        (d_stat * values[0]).sum() if 0 in terms else d_stat.new_zeros(()),
+                        (d_stat * values[0]).sum(),
                         (d_stat.sum(1, keepdim=True) * values[1]).sum(),
                         (d_stat.sum(0, keepdim=True) * values[2]).sum(),
                     ]
@@ -317,16 +308,12 @@ class _SwitchableNorm(torch.autograd.Function):
             d_mean_in += d_mean_bn
             d_mean_in.addcmul_(mean_in - mean_bn, d_var_bn, value=2.0)
             d_var_in = d_var_in + d_var_bn
-        if spatial:
-            d_mean_in.add_(d_mean, alpha=float(mean_w[0]))
-            d_var_in = torch.add(d_var_in, d_var, alpha=float(var_w[0]))
-            size = x[0, 0].numel()
-            k1 = d_var_in * (2.0 / size)
-            k0 = d_mean_in.div_(size).sub_(k1 * mean_in)
-            grad = torch.addcmul(k0, x, k1).addcmul_(g, scale)
-        else:
-            grad = torch.addcmul(d_mean_in, g, scale)
-        grads[0] = grad.to(dtypes[0])
+        d_mean_in.add_(d_mean, alpha=float(mean_w[0]))
+        d_var_in = torch.add(d_var_in, d_var, alpha=float(var_w[0]))
+        size = x[0, 0].numel()
+        k1 = d_var_in * (2.0 / size)
+        k0 = d_mean_in.div_(size).sub_(k1 * mean_in)
+        grads[0] = torch.addcmul(k0, x, k1).addcmul_(g, scale).to(dtypes[0])
         return tuple(grads)
 
 
@@ -424,6 +411,49 @@ class _SwitchableNormFeatures(torch.autograd.Function):
                 grad.add_(a_cols * (-mean_w[2] / batch) - coefficient_cols * mean_bn)
             grads[0] = grad.to(dtypes[0])
         return tuple(grads)
+
+
+def _instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of each (sample, channel) of (N, C, *) x, as (N, C, 1, ...)."""
+    n, c = x.shape[:2]
+    stat_shape = (n, c) + (1,) * (x.ndim - 2)
+    if x.is_contiguous():
+        # Each instance is a channel of the (1, N * C, S) view: torch's statistics kernel,
+        # without an (N, C, *) temporary.
+        mean, var = _channel_moments(x.view(1, n * c, -1))
+        return mean.view(stat_shape), var.view(stat_shape)
+    spatial = tuple(range(2, x.ndim))
+    mean = x.mean(spatial, keepdim=True)
+    return mean, _mean_squared_deviation(x, mean, spatial)
+
+
+def _instance_sums(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of g and of g * (x - mean) over each (sample, channel) of (N, C, *) tensors,
+    as (N, C, 1, ...); ``mean`` is (N, C, 1, ...)."""
+    n, c = x.shape[:2]
+    if x.is_contiguous() and g.is_contiguous():
+        # torch's batch-norm backward kernel on the (1, N * C, S) views: in eval mode with
+        # unit variance and eps 0 it returns exactly these sums, without a temporary.
+        _, sum_centered, sum_g = torch.ops.aten.native_batch_norm_backward(
+            g.view(1, n * c, -1),
+            x.view(1, n * c, -1),
+            None,
+            mean.reshape(n * c).contiguous(),
+            x.new_ones(n * c),
+            None,
+            None,
+            False,
+            0.0,
+            [False, True, True],
+        )
+        return sum_g.view(mean.shape), sum_centered.view(mean.shape)
+    spatial = tuple(range(2, x.ndim))
+    return (
+        g.sum(spatial, keepdim=True),
+        torch.sub(x, mean).mul_(g).sum(spatial, keepdim=True),
+    )
 
 
 def _mixing_weights(
