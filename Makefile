@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow accuracy lint clean browser
+.PHONY: demo test test-slow accuracy lint clean browser bench bench-train
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,26 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 # The lab on the built-in digits: 4 norms x 3 batch sizes x 3 seeds, into runs/<timestamp>/.
 demo: $(VENV)/.installed
 	$(BIN)/normlab compare --norms none,bn,bn-scalar,ln --batch-sizes 4,32,256 --seeds 3
+
+# Each kind's speed as a ratio to torch's native layer (a few minutes on 2 cores).
+bench: $(VENV)/.installed
+	$(BIN)/normlab bench
+
+# TensorFlow for bench-train's TF-Keras side, in a virtual environment of its own.
+.venv-tf/.installed: benchmarks/requirements-tf.txt
+	rm -f $@
+	$(PYTHON) -m venv .venv-tf
+	.venv-tf/bin/python -m pip install --quiet --disable-pip-version-check -r $< \
+	  > .venv-tf/install.log 2>&1 || { tail -n 3 .venv-tf/install.log; exit 1; }
+	touch $@
+
+# Training speed end to end on MNIST (../shared/data/mnist): the lab's loop vs a hand-written
+# one and TF-Keras, --jobs 2 vs 1, peak memory (about 5 minutes on 2 cores). Without TensorFlow
+# (its install failed) the benchmark still runs and says why TF-Keras was skipped.
+bench-train: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory .venv-tf/.installed || \
+	  echo "could not install TensorFlow into .venv-tf: the benchmark skips TF-Keras"
+	$(BIN)/python benchmarks/train_speed.py --data-dir ../shared/data/mnist --json bench-train.json
 
 # pytest exits 5 when it collects no test: say so and succeed.
 define pytest

@@ -1,0 +1,543 @@
+"""End-to-end training speed of the tutorials' MLP on MNIST, three ways, plus sweep scaling
+and peak memory.
+
+The MLP is 784-128-64-10 with ``none``, ``bn`` or ``ln`` before each hidden ReLU (normlab's
+``mlp``, ``placement="before"``), trained with Adam (lr 1e-3) at batch 32:
+
+(a) lab: ``normlab.experiment.train.train_model``, the loop ``normlab compare`` runs;
+(b) hand-written: a minimal eager loop on the same tensors and the same initial model
+    (``normlab.models.build_model``, same seed): ``for`` over slices of a ``randperm``,
+    ``x[idx]``, ``nn.CrossEntropyLoss``, ``torch.optim.Adam`` with its defaults;
+(c) TF-Keras: benchmarks/keras_tutorial_mlp.py, ``model.fit`` on numpy arrays, in a
+    subprocess of the TensorFlow virtual environment (.venv-tf, made by ``make
+    bench-train``); skipped, saying why, when that is missing or fails.
+
+What is timed: the training pass of each epoch, without validation. The lab's
+``EpochMetrics.seconds`` includes its validation pass, so the harness times
+``evaluate`` on the validation set separately (best of 3) and subtracts it; the Keras
+script subtracts its own validation (``on_test_begin``/``on_test_end``).
+
+Warm-up: the torch ways run in this process after its one-time costs (imports, torch's
+lazy imports on the first optimizer, an untimed warm-up epoch) are paid, so their first
+epoch is not special; lab and hand-written alternate ``--repeats`` times, each ``--epochs``
+epochs from the same fresh model. TF-Keras' first epoch includes tracing its
+``tf.function``; it is reported apart, and the Keras run lasts one epoch plus as many
+steady epochs as the torch ways get. Ratios compare steady-state epochs (every epoch of
+the torch ways; epochs 2+ of TF-Keras), best (fastest) of each: on a shared machine
+other processes only ever add time. Medians are shown beside the minimums.
+
+Then, unless switched off:
+--sweep: runs per minute of ``run_sweep`` with --jobs 1 and --jobs 2 (one torch thread
+    per job) on a digits sweep of 8 runs (norms none,bn x batch sizes 32,256 x 2 seeds)
+    for each of ``--sweep-epochs``, each repetition a fresh process, alternating; the
+    sweep's wall time (data load, warm-up, worker start-up, training), the sum of the runs'
+    own seconds, the ratio, and beside it this machine's ceiling for that ratio, measured
+    before each repetition: two processes of one-thread torch matrix products against one.
+--memory: peak resident memory of ``normlab compare --dataset mnist --norms bn
+    --batch-sizes 32 --seeds 1 --epochs 1``, and of the same with --seeds 2 --jobs 2 (two
+    runs, so that a worker process starts), over the process tree (Linux /proc): each
+    process's peak (VmHWM) summed, an upper bound of the tree's that counts the shared
+    dataset once per process, checked against 1.5 GB; and the largest sum of the processes'
+    proportional set sizes (PSS: shared pages split between their processes) seen at once,
+    sampled every 20 ms.
+
+    python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--epochs 1]
+        [--norms none,bn,ln] [--repeats 3] [--threads N] [--sweep-epochs 5,50]
+        [--json FILE] [--no-sweep] [--no-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from normlab.data import Dataset, load_dataset
+from normlab.experiment.config import RunConfig
+from normlab.experiment.sweep import available_cores
+from normlab.experiment.train import evaluate, train_model, warm_up
+from normlab.models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+KERAS_SCRIPT = Path(__file__).resolve().with_name("keras_tutorial_mlp.py")
+TF_VENV = ROOT / ".venv-tf"
+BATCH_SIZE = 32
+SEED = 0
+MEMORY_LIMIT_MB = 1536
+SWEEP_RUNS = {"norms": ["none", "bn"], "batch_sizes": [32, 256], "seeds": 2}
+
+
+@dataclass
+class Way:
+    """One way of training one norm: per-epoch training seconds and final val accuracy."""
+
+    name: str
+    norm: str
+    steps_per_epoch: int
+    first: list[float] = field(default_factory=list)  # epochs that pay one-time costs
+    steady: list[float] = field(default_factory=list)
+    val_acc: float | None = None
+    skipped: str | None = None
+
+    @property
+    def best(self) -> float:
+        return min(self.steady)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.steady)
+
+
+def hand_written_epochs(data: Dataset, norm: str, epochs: int) -> tuple[list[float], nn.Module]:
+    """The plain eager loop: training seconds of each of ``epochs`` epochs, and the model."""
+    torch.manual_seed(SEED)
+    model = build_model("mlp", data.input_shape, data.num_classes, norm=norm)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    x, y = data.train_x, data.train_y
+    model.train()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), BATCH_SIZE):
+            idx = order[i : i + BATCH_SIZE]
+            loss = criterion(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds, model
+
+
+def lab_epochs(data: Dataset, norm: str, epochs: int) -> tuple[list[float], float]:
+    """The lab's loop: training seconds of each epoch (its seconds less the validation
+    pass, timed apart on the trained model) and the last validation accuracy."""
+    config = RunConfig(
+        dataset="mnist", model="mlp", norm=norm, batch_size=BATCH_SIZE, epochs=epochs, seed=SEED
+    )
+    model, record = train_model(config, data)
+    validation = []
+    for _ in range(3):
+        start = time.perf_counter()
+        evaluate(model, data.val_x, data.val_y)
+        validation.append(time.perf_counter() - start)
+    seconds = [epoch["seconds"] - min(validation) for epoch in record["history"]]
+    return seconds, record["final"]["val_acc"]
+
+
+def time_torch(data: Dataset, norm: str, epochs: int, repeats: int) -> tuple[Way, Way]:
+    """Lab and hand-written loop, alternating, ``repeats`` times each."""
+    steps = -(-len(data.train_x) // BATCH_SIZE)
+    lab, hand = Way("lab", norm, steps), Way("hand-written", norm, steps)
+    for _ in range(repeats):
+        seconds, lab.val_acc = lab_epochs(data, norm, epochs)
+        lab.steady += seconds
+        seconds, model = hand_written_epochs(data, norm, epochs)
+        hand.steady += seconds
+        hand.val_acc = evaluate(model, data.val_x, data.val_y)[1]
+    return lab, hand
+
+
+def _install_failure() -> str:
+    """The last line of a failed TensorFlow install's log, if there is one."""
+    log = TF_VENV / "install.log"
+    if (TF_VENV / ".installed").exists() or not log.exists():
+        return ""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return f"; installing TensorFlow failed ({log}): {lines[-1]}" if lines else ""
+
+
+def tf_skip_reason(tf_python: Path) -> str | None:
+    """Why TF-Keras cannot run (None when it can)."""
+    if tf_python.exists():
+        return None
+    return (
+        f"{tf_python} does not exist (`make bench-train` installs TensorFlow into .venv-tf)"
+        + _install_failure()
+    )
+
+
+def time_keras(
+    tf_python: Path, data_dir: str, norm: str, steady_epochs: int, threads: int | None
+) -> Way:
+    """The Keras script for one epoch plus ``steady_epochs`` more, on ``threads`` intra-op
+    threads (None: TensorFlow's default, every core)."""
+    way = Way("TF-Keras", norm, steps_per_epoch=0)  # the script reports its steps
+    reason = tf_skip_reason(tf_python)
+    if reason is not None:
+        way.skipped = reason
+        return way
+    command = [str(tf_python), str(KERAS_SCRIPT), "--data-dir", data_dir, "--norm", norm]
+    command += ["--epochs", str(1 + steady_epochs), "--seed", str(SEED)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        way.skipped = (
+            f"the Keras script failed (exit {result.returncode}): {tail}" + _install_failure()
+        )
+        return way
+    report = json.loads(lines[-1])
+    way.steps_per_epoch = report["steps_per_epoch"]
+    seconds = [epoch["train_seconds"] for epoch in report["epochs"]]
+    way.first, way.steady = seconds[:1], seconds[1:]
+    way.val_acc = report["epochs"][-1]["val_acc"]
+    return way
+
+
+# --- sweep scaling ----------------------------------------------------------
+
+SWEEP_CHILD = textwrap.dedent(
+    """
+    import json, sys, tempfile, time
+    from normlab.experiment.config import plan_runs
+    from normlab.experiment.store import ResultsStore
+    from normlab.experiment.sweep import run_sweep
+
+    if __name__ == "__main__":
+        jobs, epochs = int(sys.argv[1]), int(sys.argv[2])
+        runs = plan_runs(epochs=epochs, **json.loads(sys.argv[3]))
+        with tempfile.TemporaryDirectory() as directory:
+            start = time.perf_counter()
+            outcome = run_sweep(runs, ResultsStore(directory), jobs=jobs, threads=1)
+            wall = time.perf_counter() - start
+        print(json.dumps({
+            "wall": wall,
+            "runs": len(outcome.records),
+            "failed": len(outcome.failed),
+            "run_seconds": sum(record["seconds"] for record in outcome.records),
+        }))
+    """
+)
+
+
+BURN = """
+import time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(256, 256), torch.randn(256, 256)
+start = time.perf_counter()
+for _ in range(1500):
+    a @ b
+print(time.perf_counter() - start)
+"""
+
+
+def parallel_ceiling() -> float:
+    """What a second training process adds on this machine: the throughput of two processes
+    doing one-thread torch matrix products at once over that of one alone (2.0 on two free
+    cores; about 1.0 where the two cores share one core's vector units or are taken by
+    others), the bound on any --jobs 2 speed-up."""
+
+    def loop_seconds(count: int) -> float:
+        processes = [
+            subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
+            for _ in range(count)
+        ]
+        return max(float(process.communicate()[0]) for process in processes)
+
+    return 2 * loop_seconds(1) / loop_seconds(2)
+
+
+def time_sweeps(epochs: int, repeats: int) -> dict[str, Any]:
+    """--jobs 1 and --jobs 2 alternating, each repetition a fresh process."""
+    results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    ceiling = []
+    with tempfile.TemporaryDirectory() as directory:
+        child = Path(directory) / "sweep_child.py"  # spawn needs a main module on disk
+        child.write_text(SWEEP_CHILD)
+        for _ in range(repeats):
+            ceiling.append(parallel_ceiling())
+            for jobs in (1, 2):
+                command = [sys.executable, str(child), str(jobs), str(epochs)]
+                command.append(json.dumps(SWEEP_RUNS))
+                done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the sweep with --jobs {jobs} failed:\n{done.stderr}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                if result["failed"]:
+                    raise RuntimeError(f"{result['failed']} runs of the sweep failed")
+                results[jobs].append(result)
+    summary: dict[str, Any] = {"epochs": epochs, "repeats": repeats, "ceiling": ceiling}
+    for jobs, rows in results.items():
+        walls = [row["wall"] for row in rows]
+        summary[f"jobs{jobs}"] = {
+            "walls": walls,
+            "runs": rows[0]["runs"],
+            "runs_per_minute": [60 * row["runs"] / row["wall"] for row in rows],
+            "run_seconds": [row["run_seconds"] for row in rows],
+        }
+    one, two = summary["jobs1"], summary["jobs2"]
+    summary["ratio_median"] = statistics.median(two["runs_per_minute"]) / statistics.median(
+        one["runs_per_minute"]
+    )
+    summary["ratio_best"] = max(two["runs_per_minute"]) / max(one["runs_per_minute"])
+    return summary
+
+
+# --- peak memory ------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                queue += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
+def _proc_kb(pid: int, file: str, key: str) -> int:
+    """A ``key: <n> kB`` value of /proc/<pid>/<file>; 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def peak_memory(data_dir: str, jobs: int, seeds: int) -> dict[str, Any]:
+    """Peak resident memory of one ``normlab compare`` on MNIST, sampled every 20 ms."""
+    with tempfile.TemporaryDirectory() as directory:
+        command = [sys.executable, "-m", "normlab.cli", "compare", "--dataset", "mnist"]
+        command += ["--data-dir", data_dir, "--norms", "bn", "--batch-sizes", "32"]
+        command += ["--seeds", str(seeds), "--epochs", "1", "--jobs", str(jobs)]
+        command += ["--out", directory]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peaks: dict[int, int] = {}  # pid -> VmHWM, kB
+        pss = 0  # largest sum of the processes' proportional set sizes at one instant, kB
+        while process.poll() is None:
+            tree = _tree(process.pid)
+            for pid in tree:
+                peaks[pid] = max(peaks.get(pid, 0), _proc_kb(pid, "status", "VmHWM"))
+            pss = max(pss, sum(_proc_kb(pid, "smaps_rollup", "Pss") for pid in tree))
+            time.sleep(0.02)
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        if process.returncode != 0:
+            raise RuntimeError(f"normlab compare --jobs {jobs} failed:\n{stderr}")
+    return {
+        "jobs": jobs,
+        "seeds": seeds,
+        "processes": len(peaks),
+        "sum_of_peaks_mb": sum(peaks.values()) / 1024,
+        "largest_process_mb": max(peaks.values()) / 1024,
+        "pss_together_mb": pss / 1024,
+    }
+
+
+# --- report -----------------------------------------------------------------
+
+
+def ratios(ways: dict[str, list[Way]]) -> dict[str, dict[str, float | None]]:
+    """Per norm, lab / hand-written and TF-Keras / lab on the best steady epochs."""
+    result = {}
+    for norm, (lab, hand, keras) in ways.items():
+        result[norm] = {
+            "lab_over_hand": lab.best / hand.best,
+            "tf_keras_over_lab": None if keras.skipped else keras.best / lab.best,
+            "lab_over_hand_median": lab.median / hand.median,
+            "tf_keras_over_lab_median": None if keras.skipped else keras.median / lab.median,
+        }
+    return result
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{min(values):.2f} / {statistics.median(values):.2f}"
+
+
+def speed_table(ways: dict[str, list[Way]]) -> Table:
+    table = Table(
+        title="One epoch of MNIST at batch 32, training pass only (best / median of steady epochs)"
+    )
+    for column in (
+        "norm",
+        "way",
+        "first epoch s",
+        "steady epoch s",
+        "ms/step",
+        "val acc",
+        "lab / hand",
+        "TF-Keras / lab",
+    ):
+        table.add_column(column, justify="left" if column in ("norm", "way") else "right")
+    for norm, rows in ways.items():
+        by_name = {way.name: way for way in rows}
+        lab, hand, keras = by_name["lab"], by_name["hand-written"], by_name["TF-Keras"]
+        for way in rows:
+            if way.skipped:
+                table.add_row(norm, way.name, "skipped", "", "", "", "", "")
+                continue
+            lab_hand = tf_lab = ""
+            if way is lab:
+                lab_hand = f"{lab.best / hand.best:.2f}"
+                if not keras.skipped:
+                    tf_lab = f"{keras.best / lab.best:.2f}"
+            table.add_row(
+                norm,
+                way.name,
+                _cell(way.first),
+                _cell(way.steady),
+                f"{1000 * way.best / way.steps_per_epoch:.3f}",
+                "-" if way.val_acc is None else f"{way.val_acc:.4f}",
+                lab_hand,
+                tf_lab,
+            )
+    return table
+
+
+def _per_minute(values: list[float]) -> str:
+    return f"{max(values):.0f} / {statistics.median(values):.0f}"
+
+
+def sweep_table(sweeps: list[dict[str, Any]]) -> Table:
+    table = Table(title="Digits sweep of 8 runs, one torch thread per job (best / median)")
+    columns = ("epochs", "jobs", "sweep wall s", "sum of runs' s", "runs/min", "2 / 1")
+    for column in (*columns, "ceiling"):
+        table.add_column(column, justify="right")
+    for sweep in sweeps:
+        for jobs in (1, 2):
+            row = sweep[f"jobs{jobs}"]
+            ratio = ceiling = ""
+            if jobs == 2:
+                ratio = f"{sweep['ratio_best']:.2f} / {sweep['ratio_median']:.2f}"
+                ceiling = f"{max(sweep['ceiling']):.2f} / {statistics.median(sweep['ceiling']):.2f}"
+            table.add_row(
+                str(sweep["epochs"]),
+                str(jobs),
+                _cell(row["walls"]),
+                _cell(row["run_seconds"]),
+                _per_minute(row["runs_per_minute"]),
+                ratio,
+                ceiling,
+            )
+    return table
+
+
+def memory_table(memory: list[dict[str, Any]]) -> Table:
+    table = Table(title="Peak resident memory of normlab compare on MNIST (bn, batch 32, 1 epoch)")
+    columns = ("jobs", "seeds", "processes", "sum of peaks MB", "largest MB", "PSS MB")
+    for column in (*columns, "under 1.5 GB"):
+        table.add_column(column, justify="right")
+    for row in memory:
+        table.add_row(
+            str(row["jobs"]),
+            str(row["seeds"]),
+            str(row["processes"]),
+            f"{row['sum_of_peaks_mb']:.0f}",
+            f"{row['largest_process_mb']:.0f}",
+            f"{row['pss_together_mb']:.0f}",
+            "yes" if row["sum_of_peaks_mb"] < MEMORY_LIMIT_MB else "NO",
+        )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per torch run (default 1)")
+    parser.add_argument("--norms", default="none,bn,ln")
+    parser.add_argument("--repeats", type=int, default=3, help="torch runs per way (default 3)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=available_cores(),
+        help="torch threads, and TensorFlow's intra-op threads (default: every core)",
+    )
+    parser.add_argument("--tf-python", type=Path, default=TF_VENV / "bin" / "python")
+    parser.add_argument(
+        "--sweep-epochs", default="5,50", help="epochs of the sweep's runs, one sweep each"
+    )
+    parser.add_argument("--sweep-repeats", type=int, default=3)
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args()
+    console = Console()
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset("mnist", args.data_dir)
+    warm_up("adam")
+    hand_written_epochs(data, "bn", 1)  # untimed: the process's first epoch
+    norms = [norm.strip() for norm in args.norms.split(",")]
+    ways: dict[str, list[Way]] = {}
+    for norm in norms:
+        lab, hand = time_torch(data, norm, args.epochs, args.repeats)
+        tf_threads = None if args.threads == available_cores() else args.threads
+        keras = time_keras(args.tf_python, args.data_dir, norm, len(lab.steady), tf_threads)
+        ways[norm] = [lab, hand, keras]
+        tf_seconds = "skipped" if keras.skipped else f"{keras.best:.2f} s"
+        console.print(
+            f"{norm}: lab {lab.best:.2f} s, hand-written {hand.best:.2f} s, TF-Keras {tf_seconds}"
+        )
+    console.print(speed_table(ways))
+    skipped = {way.skipped for rows in ways.values() for way in rows if way.skipped}
+    for reason in skipped:
+        console.print(f"TF-Keras skipped: {reason}")
+    console.print(
+        f"torch {torch.__version__}, {args.threads} threads. Every torch epoch is steady (this "
+        "process's warm-up was paid first); TF-Keras' first epoch traces its tf.function. "
+        "Ratios from the best steady epochs."
+    )
+
+    sweeps: list[dict[str, Any]] = []
+    if not args.no_sweep:
+        for epochs in [int(e) for e in args.sweep_epochs.split(",")]:
+            sweeps.append(time_sweeps(epochs, args.sweep_repeats))
+        console.print(sweep_table(sweeps))
+        console.print(
+            "ceiling: what two processes of one-thread torch matrix products get done together "
+            "over one alone, measured before each repetition (2.00 on two free cores)"
+        )
+    memory: list[dict[str, Any]] = []
+    if not args.no_memory:
+        if Path("/proc/self/task").exists():
+            # --jobs 2 needs two runs to start a worker process: two seeds
+            memory = [peak_memory(args.data_dir, 1, 1), peak_memory(args.data_dir, 2, 2)]
+            console.print(memory_table(memory))
+        else:
+            console.print("memory skipped: it reads the process tree from Linux's /proc")
+
+    if args.json:
+        report = {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "cores": os.cpu_count(),
+            "speed": {norm: [asdict(way) for way in rows] for norm, rows in ways.items()},
+            "ratios": ratios(ways),
+            "sweeps": sweeps,
+            "memory": memory,
+        }
+        args.json.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
