@@ -236,11 +236,15 @@ class _SwitchableNorm(torch.autograd.Function):
         if training:
             mean_bn = mean_in.mean(0, keepdim=True)  # (1, C, ...)
             var_bn = var_in.mean(0, keepdim=True) + _mean_squared_deviation(mean_in, mean_bn, (0,))
-            count = batch * x[0, 0].numel()
-            with torch.no_grad():
-                running_mean.lerp_(mean_bn.flatten().to(running_mean.dtype), momentum)
-                unbiased = var_bn.flatten() * (count / (count - 1))
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+            _update_running_stats(
+                running_mean,
+                running_var,
+                mean_bn.flatten(),
+                var_bn.flatten(),
+                batch * x[0, 0].numel(),
+                momentum,
+                "torch",
+            )
         else:
             mean_bn = running_mean.to(dtype).view(stat_shape)
             var_bn = running_var.to(dtype).view(stat_shape)
@@ -351,10 +355,15 @@ class _SwitchableNormFeatures(torch.autograd.Function):
         var_ln = _mean_squared_deviation(x, mean_ln, (1,))
         if training:
             mean_bn, var_bn = (s.view(1, channels) for s in _channel_moments(x))
-            with torch.no_grad():
-                running_mean.lerp_(mean_bn.flatten().to(running_mean.dtype), momentum)
-                unbiased = var_bn.flatten() * (batch / (batch - 1))
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+            _update_running_stats(
+                running_mean,
+                running_var,
+                mean_bn.flatten(),
+                var_bn.flatten(),
+                batch,
+                momentum,
+                "torch",
+            )
         else:
             mean_bn = running_mean.to(dtype).view(1, channels)
             var_bn = running_var.to(dtype).view(1, channels)
