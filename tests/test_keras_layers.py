@@ -490,27 +490,29 @@ def test_fit_updates_and_trainable_false_freezes_the_moving_statistics():
 # 8. Masks
 
 
-@pytest.mark.parametrize(("stats", "axis"), [("channel", -1), ("channel", 1), ("scalar", -1)])
+@pytest.mark.parametrize(
+    ("stats", "axis"), [("channel", -1), ("channel", 1), ("scalar", -1), ("scalar", 1)]
+)
 def test_mask_excludes_positions_from_batch_statistics(stats, axis):
     """Masked-out positions do not count in the mean and variance (float64 formula on the kept
-    values); channels-last channel statistics also equal Keras' layer with the same mask."""
+    values). As in Keras, the mask has the input's shape without its last axis and is broadcast
+    over that axis, whatever the channel axis; channel statistics also equal Keras' layer."""
     gen = torch.Generator().manual_seed(50)
     shape = (5, 6, C) if axis == -1 else (5, C, 6)
     x = make_batch(shape, gen, axis)
-    mask = torch.rand(5, 6, generator=gen) > 0.3
+    mask = torch.rand(shape[:-1], generator=gen) > 0.3
     layer = nlk.BatchNormalization(axis=axis, stats=stats, momentum=0.0, dtype="float64")
     y = layer(x, training=True, mask=mask)
-    channels_last = x if axis == -1 else x.movedim(1, -1)
-    kept = channels_last[mask]  # (kept positions, C)
-    _, mean, var = bn_formula(kept, -1, stats, layer.epsilon)
-    assert_close(value(layer.moving_mean), mean, **F64)
-    assert_close(value(layer.moving_variance), var, **F64)
-    view = [1, 1, -1] if axis == -1 else [1, -1, 1]
-    mean_b = mean.view(view) if stats == "channel" else mean
-    var_b = var.view(view) if stats == "channel" else var
-    assert_close(y, (x - mean_b) / torch.sqrt(var_b + layer.epsilon), **F64)
-    if stats == "channel" and axis == -1:
-        keras_layer = keras.layers.BatchNormalization(momentum=0.0, dtype="float64")
+    weights = mask[..., None].expand(shape).double()
+    dims = (0, 1, 2) if stats == "scalar" else tuple(d for d in range(3) if d != axis % 3)
+    count = weights.sum(dims, keepdim=True)
+    mean = (x * weights).sum(dims, keepdim=True) / count
+    var = ((x - mean).square() * weights).sum(dims, keepdim=True) / count
+    assert_close(value(layer.moving_mean), mean.flatten(), **F64)
+    assert_close(value(layer.moving_variance), var.flatten(), **F64)
+    assert_close(y, (x - mean) / torch.sqrt(var + layer.epsilon), **F64)
+    if stats == "channel":
+        keras_layer = keras.layers.BatchNormalization(axis=axis, momentum=0.0, dtype="float64")
         expected = keras_layer(float32_values(x), training=True, mask=mask)
         assert_close(layer(float32_values(x), training=True, mask=mask), expected.double(), **F32)
 

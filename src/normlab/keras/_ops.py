@@ -125,3 +125,24 @@ def check_batch_statistics(shape: Sequence[int | None], axes: Sequence[int], lay
             f"shape {tuple(shape)}. Call it with training=False, use LayerNormalization or "
             "GroupNormalization, or a larger batch."
         )
+
+
+def check_mask(
+    mask_shape: Sequence[int | None], input_shape: Sequence[int | None], layer: str
+) -> None:
+    """Refuse a Keras mask that does not broadcast to the input's shape without its last axis.
+
+    Keras' BatchNormalization reads a mask that way whatever its channel
+    axis: a (batch, steps) mask for (batch, steps, features) input is
+    broadcast over the features. Sizes not known when tracing (None) pass.
+    """
+    leading = tuple(input_shape)[:-1]
+    fits = len(mask_shape) == len(leading) and all(
+        m in (1, s) or None in (m, s) for m, s in zip(mask_shape, leading, strict=True)
+    )
+    if not fits:
+        raise ValueError(
+            f"{layer}'s mask must be broadcastable to the input's shape without its last axis, "
+            f"{leading} (one dimension less; Keras' convention, whatever the channel axis); got "
+            f"mask shape {tuple(mask_shape)} for input shape {tuple(input_shape)}."
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -13,6 +14,7 @@ from normlab.keras._ops import (
     assign_moving_average,
     channel_axis,
     check_batch_statistics,
+    check_mask,
     compute_dtype,
     moments,
 )
@@ -43,8 +45,14 @@ class BatchNormalization(keras.layers.Layer):
       float16 and bfloat16 input is upcast to float32, as Keras does;
     - a training batch with one value per statistic raises a ValueError
       (its output would be ``beta`` whatever the input);
-    - there are no ``renorm`` arguments (see ``BatchRenormalization``) and no
-      ``synchronized`` (TensorFlow-only in Keras).
+    - ``renorm=True`` is refused: Keras' batch renormalization keeps a second
+      pair of moving statistics; ``BatchRenormalization`` is the paper's
+      algorithm, and the error names its arguments for the given
+      ``renorm_clipping``. ``renorm=False``, ``renorm_clipping`` and
+      ``renorm_momentum`` are accepted and serialized, as Keras does;
+    - ``synchronized=True`` is refused (Keras supports it on TensorFlow only;
+      in PyTorch use ``normlab.SyncBatchNorm``); ``synchronized=False`` is
+      accepted and serialized.
 
     Input shape: any rank >= 2, channels on ``axis`` (last by default).
 
@@ -56,8 +64,11 @@ class BatchNormalization(keras.layers.Layer):
             moving ones; False (the default) normalizes with the moving
             statistics. With ``layer.trainable = False`` the layer always
             runs in inference mode and its state never changes.
-        mask: optional boolean tensor of the input's shape without ``axis``;
-            masked-out positions do not count in the batch statistics.
+        mask: optional boolean tensor broadcastable to the input's shape
+            without its last axis (Keras' convention, whatever ``axis`` is:
+            a (batch, steps) mask for (batch, steps, features) input), which
+            is broadcast over the last axis; masked-out positions do not
+            count in the batch statistics. Inference ignores it.
 
     Args:
         axis: the channel axis (e.g. 1 for ``data_format="channels_first"``).
@@ -87,12 +98,26 @@ class BatchNormalization(keras.layers.Layer):
         gamma_regularizer: Any = None,
         beta_constraint: Any = None,
         gamma_constraint: Any = None,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float] | None = None,
+        renorm_momentum: float = 0.99,
+        synchronized: bool = False,
         *,
         stats: Stats = "channel",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_choice("stats", stats, STATS)
+        if synchronized:
+            raise ValueError(
+                f"{type(self).__name__} does not synchronize batch statistics across devices "
+                "(synchronized=True); each replica normalizes with its own batch. Keras' own "
+                "keras.layers.BatchNormalization(synchronized=True) does it on the TensorFlow "
+                "backend only; in PyTorch use normlab.SyncBatchNorm (or "
+                "normlab.convert_sync_batchnorm(model)) under torch.distributed."
+            )
+        if renorm:
+            raise ValueError(_renorm_refusal(momentum, renorm_clipping, renorm_momentum))
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1]; got {momentum}.")
         if epsilon <= 0:
@@ -103,6 +128,10 @@ class BatchNormalization(keras.layers.Layer):
         self.center = center
         self.scale = scale
         self.stats = stats
+        self.renorm = False
+        self.renorm_clipping = renorm_clipping
+        self.renorm_momentum = renorm_momentum
+        self.synchronized = False
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
@@ -173,16 +202,12 @@ class BatchNormalization(keras.layers.Layer):
         return input_shape
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
-        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
-            raise ValueError(
-                f"{type(self).__name__}'s mask must have the input's shape without the channel "
-                f"axis (one dimension less); got mask shape {tuple(mask.shape)} for input "
-                f"shape {tuple(inputs.shape)}."
-            )
+        if mask is not None:
+            check_mask(mask.shape, inputs.shape, type(self).__name__)
         x = ops.cast(inputs, compute_dtype(inputs.dtype))
         if training and self.trainable:
             check_batch_statistics(inputs.shape, self._reduction_axes, type(self).__name__)
-            weights = None if mask is None else ops.expand_dims(mask, self._channel_axis)
+            weights = None if mask is None else ops.expand_dims(mask, -1)
             mean, variance = moments(x, self._reduction_axes, weights)
             r, d = self._update_moving_statistics(mean, variance)
         else:
@@ -237,6 +262,36 @@ class BatchNormalization(keras.layers.Layer):
             "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
             "beta_constraint": constraints.serialize(self.beta_constraint),
             "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            "renorm": self.renorm,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
+            "synchronized": self.synchronized,
             "stats": self.stats,
         }
         return {**super().get_config(), **config}
+
+
+def _renorm_refusal(
+    momentum: float, clipping: dict[str, float] | None, renorm_momentum: float
+) -> str:
+    """The error for Keras' ``renorm=True``, naming the BatchRenormalization it maps to."""
+    clipping = clipping or {}
+    r_max = float(clipping.get("rmax", math.inf))
+    d_max = float(clipping.get("dmax", math.inf))
+    notes = []
+    rmin = clipping.get("rmin")
+    if rmin is not None and not math.isclose(rmin * r_max, 1.0):
+        notes.append(f"its r is clipped to [1 / r_max, r_max], not to your rmin={rmin}")
+    if renorm_momentum != momentum:
+        notes.append(
+            f"it corrects toward its moving statistics (momentum={momentum}), with no separate "
+            f"renorm_momentum={renorm_momentum}"
+        )
+    notes.append("see its docstring for what else differs")
+    return (
+        "normlab.keras.BatchNormalization does not implement Keras' batch renormalization "
+        "(renorm=True, with a second pair of moving statistics, renorm_mean and renorm_stddev). "
+        f"Use normlab.keras.BatchRenormalization(r_max={r_max}, d_max={d_max}, "
+        f"momentum={momentum}), the paper's algorithm: Keras' renorm_clipping rmax and dmax are "
+        f"its r_max and d_max; {'; '.join(notes)}."
+    )

@@ -85,6 +85,12 @@ class BatchRenormalization(BatchNormalization):
         d_max_steps: int = 0,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("stats", "channel") != "channel":
+            raise ValueError(
+                f"BatchRenormalization keeps per-channel statistics only (as normlab.BatchRenorm); "
+                f"got stats={kwargs['stats']!r}. For scalar statistics use "
+                "normlab.keras.BatchNormalization(stats='scalar')."
+            )
         super().__init__(
             axis,
             momentum,
