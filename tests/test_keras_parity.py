@@ -134,7 +134,7 @@ def test_synchronized_false_is_accepted_and_serialized():
 
 def test_synchronized_true_is_refused_with_what_to_use_instead():
     """Keras' own layer refuses it outside TensorFlow; normlab's never synchronizes."""
-    with pytest.raises(ValueError, match="synchronized=True.*SyncBatchNorm"):
+    with pytest.raises(ValueError, match=r"synchronized=True.*SyncBatchNorm"):
         nlk.BatchNormalization(synchronized=True)
 
 
