@@ -8,11 +8,11 @@ import keras
 from keras import ops
 
 from normlab.keras._ops import assign_moving_average, clip
-from normlab.keras.batch_normalization import BatchNormalization
+from normlab.keras.base import MovingStatisticsNormalization
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class BatchRenormalization(BatchNormalization):
+class BatchRenormalization(MovingStatisticsNormalization):
     """Batch renormalization (Ioffe 2017, Algorithm 1), per-channel statistics.
 
     The Keras counterpart of ``normlab.BatchRenorm``. Training normalizes
@@ -55,29 +55,23 @@ class BatchRenormalization(BatchNormalization):
     Output shape: same as the input.
 
     Call arguments: as ``BatchNormalization`` (training=False, or
-    ``trainable=False``, is batch norm with the moving statistics).
+    ``trainable=False``, is batch norm with the moving statistics; the
+    mask counts in training only).
 
     Args:
-        as ``BatchNormalization`` without ``stats``, plus ``r_max`` (>= 1),
-        ``d_max`` (>= 0), ``warmup_steps``, ``r_max_steps``, ``d_max_steps``.
+        *args, **kwargs: the thirteen arguments of
+        ``keras.layers.BatchNormalization`` from ``axis`` to
+        ``gamma_constraint`` (positional in Keras' order or by keyword; see
+        ``MovingStatisticsNormalization``) and the base layer's, plus, by
+        keyword, ``r_max`` (>= 1), ``d_max`` (>= 0), ``warmup_steps``,
+        ``r_max_steps``, ``d_max_steps``. Statistics
+        are per channel only (no ``stats``); Keras' ``renorm`` arguments
+        belong to its BatchNormalization and are not taken here.
     """
 
     def __init__(
         self,
-        axis: int = -1,
-        momentum: float = 0.99,
-        epsilon: float = 1e-3,
-        center: bool = True,
-        scale: bool = True,
-        beta_initializer: Any = "zeros",
-        gamma_initializer: Any = "ones",
-        moving_mean_initializer: Any = "zeros",
-        moving_variance_initializer: Any = "ones",
-        beta_regularizer: Any = None,
-        gamma_regularizer: Any = None,
-        beta_constraint: Any = None,
-        gamma_constraint: Any = None,
-        *,
+        *args: Any,
         r_max: float = 3.0,
         d_max: float = 5.0,
         warmup_steps: int = 0,
@@ -91,26 +85,13 @@ class BatchRenormalization(BatchNormalization):
                 f"got stats={kwargs['stats']!r}. For scalar statistics use "
                 "normlab.keras.BatchNormalization(stats='scalar')."
             )
-        super().__init__(
-            axis,
-            momentum,
-            epsilon,
-            center,
-            scale,
-            beta_initializer,
-            gamma_initializer,
-            moving_mean_initializer,
-            moving_variance_initializer,
-            beta_regularizer,
-            gamma_regularizer,
-            beta_constraint,
-            gamma_constraint,
-            **kwargs,
-        )
+        kwargs.pop("stats", None)
+        super().__init__(*args, **kwargs)
         if r_max < 1.0 or d_max < 0.0:
             raise ValueError(f"need r_max >= 1 and d_max >= 0; got r_max={r_max}, d_max={d_max}.")
         if min(warmup_steps, r_max_steps, d_max_steps) < 0:
             raise ValueError("warmup_steps, r_max_steps and d_max_steps must be >= 0.")
+        self.supports_masking = True
         self.r_max = float(r_max)
         self.d_max = float(d_max)
         self.warmup_steps = int(warmup_steps)
@@ -119,7 +100,10 @@ class BatchRenormalization(BatchNormalization):
         self.steps = None
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        super().build(input_shape)
+        axis, channels = self._channels(input_shape)
+        self._add_affine_weights(channels)
+        self._add_moving_weights((channels,))
+        self._finish_build(len(input_shape), axis, channels)
         self.steps = self.add_weight(
             shape=(), name="steps", initializer="zeros", dtype="int", trainable=False
         )
@@ -143,10 +127,8 @@ class BatchRenormalization(BatchNormalization):
         return ops.stop_gradient(r), ops.stop_gradient(d)
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["stats"]  # always per channel
         return {
-            **config,
+            **super().get_config(),
             "r_max": self.r_max,
             "d_max": self.d_max,
             "warmup_steps": self.warmup_steps,

@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import ops
 
 from normlab.keras._ops import (
     assign_moving_average,
-    channel_axis,
     check_batch_statistics,
     compute_dtype,
     mean,
     moments,
 )
+from normlab.keras.base import MovingStatisticsNormalization
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class SwitchableNormalization(keras.layers.Layer):
+class SwitchableNormalization(MovingStatisticsNormalization):
     """Switchable normalization: a learned mix of instance, layer and batch statistics.
 
     The Keras counterpart of ``normlab.SwitchableNorm``, channels last. With
@@ -65,105 +65,23 @@ class SwitchableNormalization(keras.layers.Layer):
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
     """
 
-    def __init__(
-        self,
-        axis: int = -1,
-        momentum: float = 0.99,
-        epsilon: float = 1e-3,
-        center: bool = True,
-        scale: bool = True,
-        beta_initializer: Any = "zeros",
-        gamma_initializer: Any = "ones",
-        moving_mean_initializer: Any = "zeros",
-        moving_variance_initializer: Any = "ones",
-        beta_regularizer: Any = None,
-        gamma_regularizer: Any = None,
-        beta_constraint: Any = None,
-        gamma_constraint: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1]; got {momentum}.")
-        if epsilon <= 0:
-            raise ValueError(f"epsilon must be positive; got {epsilon}.")
-        self.axis = int(axis)
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
-        self.center = center
-        self.scale = scale
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
-        self.gamma = None
-        self.beta = None
-
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        ndim = len(input_shape)
-        axis = channel_axis(self.axis, ndim, type(self).__name__)
+        axis, channels = self._channels(input_shape)
         if axis == 0:
             raise ValueError(
                 f"{type(self).__name__} needs the batch on axis 0 and the channels elsewhere; "
                 f"got axis={self.axis}. Use axis=-1 for channels last or 1 for channels first."
             )
-        channels = input_shape[axis]
-        if channels is None:
-            raise ValueError(
-                f"{type(self).__name__} needs the size of the channel axis {self.axis} when it "
-                f"is built; got input shape {tuple(input_shape)}."
-            )
-        shape = (channels,)
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                autocast=False,
-            )
+        self._add_affine_weights(channels)
         self.mean_logits = self.add_weight(
             shape=(3,), name="mean_logits", initializer="ones", autocast=False
         )
         self.var_logits = self.add_weight(
             shape=(3,), name="var_logits", initializer="ones", autocast=False
         )
-        self.moving_mean = self.add_weight(
-            shape=shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.input_spec = keras.InputSpec(ndim=ndim, axes={self.axis: channels})
-        self._channel_axis = axis
-        self._spatial_axes = [a for a in range(1, ndim) if a != axis]
-        self._broadcast_shape = [channels if a == axis else 1 for a in range(ndim)]
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        channel_axis(self.axis, len(input_shape), type(self).__name__)
-        return input_shape
+        self._add_moving_weights((channels,))
+        self._finish_build(len(input_shape), axis, channels)
+        self._spatial_axes = [a for a in range(1, len(input_shape)) if a != axis]
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         x = ops.cast(inputs, compute_dtype(inputs.dtype))
@@ -178,8 +96,8 @@ class SwitchableNormalization(keras.layers.Layer):
             assign_moving_average(self.moving_mean, mean_bn, self.momentum)
             assign_moving_average(self.moving_variance, var_bn, self.momentum)
         else:
-            mean_bn = ops.reshape(ops.cast(self.moving_mean, x.dtype), self._broadcast_shape)
-            var_bn = ops.reshape(ops.cast(self.moving_variance, x.dtype), self._broadcast_shape)
+            mean_bn = self._broadcast(self.moving_mean, x.dtype)
+            var_bn = self._broadcast(self.moving_variance, x.dtype)
         first = 0 if self._spatial_axes else 1
         mean_weights = ops.softmax(ops.cast(self.mean_logits, x.dtype)[first:])
         var_weights = ops.softmax(ops.cast(self.var_logits, x.dtype)[first:])
@@ -188,29 +106,7 @@ class SwitchableNormalization(keras.layers.Layer):
         mixed_mean = sum(mean_weights[k] * m for k, m in enumerate(means))
         mixed_var = sum(var_weights[k] * v for k, v in enumerate(variances))
         outputs = (x - mixed_mean) * ops.rsqrt(mixed_var + self.epsilon)
-        if self.scale:
-            outputs = outputs * ops.reshape(ops.cast(self.gamma, x.dtype), self._broadcast_shape)
-        if self.center:
-            outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), self._broadcast_shape)
-        return ops.cast(outputs, self.compute_dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        config = {
-            "axis": self.axis,
-            "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
-            "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
-        }
-        return {**super().get_config(), **config}
+        return ops.cast(self._scale_and_offset(outputs), self.compute_dtype)
 
 
 def _pooled(mean_in: Any, var_in: Any, axis: int) -> tuple[Any, Any]:
