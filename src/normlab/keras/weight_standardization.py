@@ -19,7 +19,8 @@ class WeightStandardizedConv2D(keras.layers.Conv2D):
     are standardized over their fan-in with the biased variance and
     ``epsilon`` inside the square root (eq. 5 of the paper, as timm's
     StdConv2d). Gradients flow through the standardization to the raw
-    ``kernel``, which is what the layer stores and saves.
+    ``kernel``, which is what the layer stores and saves. With ``lora_rank``,
+    the kernel plus its LoRA update is standardized.
 
     Input shape: as ``keras.layers.Conv2D`` (channels last by default).
 
@@ -28,7 +29,8 @@ class WeightStandardizedConv2D(keras.layers.Conv2D):
     Training vs inference: identical (no statistics of the input are kept).
 
     Args:
-        filters, kernel_size, ...: as ``keras.layers.Conv2D``.
+        filters, kernel_size, ...: every argument of ``keras.layers.Conv2D``,
+            positionally in its order or by keyword, with its meaning.
         epsilon: added to the variance of the weights, keyword only (1e-5, as
             ``normlab.WSConv2d``).
     """
@@ -55,7 +57,9 @@ class WeightStandardizedDense(keras.layers.Dense):
     The Keras counterpart of ``normlab.WSLinear``: each output unit's
     weights, ``kernel[:, o]`` of the (in, units) kernel, are standardized over
     the inputs as in :class:`WeightStandardizedConv2D`. Like every Dense
-    subclass, it cannot be quantized.
+    subclass, it cannot be quantized (``quantization_config`` other than
+    None is refused). With ``lora_rank``, the kernel plus its LoRA update
+    is standardized.
 
     Input shape: (batch, ..., in).
 
@@ -64,11 +68,19 @@ class WeightStandardizedDense(keras.layers.Dense):
     Training vs inference: identical.
 
     Args:
-        units, ...: as ``keras.layers.Dense``.
+        units, ...: every argument of ``keras.layers.Dense``, positionally in its
+            order or by keyword, with its meaning.
         epsilon: added to the variance of the weights, keyword only (1e-5).
     """
 
     def __init__(self, units: int, *args: Any, epsilon: float = 1e-5, **kwargs: Any) -> None:
+        if kwargs.get("quantization_config") is not None:
+            raise ValueError(
+                "WeightStandardizedDense cannot be quantized (quantization_config): a quantized "
+                "Dense computes with its quantized kernel, so the kernel would no longer be "
+                "standardized. Pass quantization_config=None, or fold the standardization into "
+                "a plain keras.layers.Dense (kernel = the standardized kernel) and quantize that."
+            )
         super().__init__(units, *args, **kwargs)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be positive; got {epsilon}.")
