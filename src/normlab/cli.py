@@ -15,10 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
-from normlab.experiment import ResultsStore, check_runs, plan_runs, read_results, run_sweep
+from normlab.experiment import (
+    ResultsStore,
+    RunConfig,
+    check_runs,
+    plan_runs,
+    read_results,
+    run_sweep,
+)
 from normlab.experiment.config import OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.progress import SweepProgress
+from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.sweep import available_cores
 from normlab.models import CELLS, MODELS, PLACEMENTS
 from normlab.registry import KINDS, make_norm
@@ -98,10 +106,19 @@ def _comma_list(convert: Callable[[str], object], what: str) -> Callable[[str], 
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more; got {text!r}")
     return value
+
+
+def _path(text: str) -> Path:
+    """A path option: ``~`` and ``~user`` expand as the shell would have (every path option
+    alike, quoted or not)."""
+    return Path(text).expanduser()
 
 
 def _console() -> Console:
@@ -152,6 +169,7 @@ def _compare(args: argparse.Namespace) -> int:
                 "--nproc, --jobs and --executor."
             )
         args.nproc, args.executor = world, "torchrun"
+    data_dir = None if args.data_dir is None else str(args.data_dir)
     runs = plan_runs(
         norms=args.norms,
         batch_sizes=args.batch_sizes,
@@ -182,17 +200,49 @@ def _compare(args: argparse.Namespace) -> int:
             "--jobs and --nproc both ask for several processes: with --nproc each run uses "
             "that many processes and runs go one at a time; drop --jobs."
         )
-    if args.data_dir is not None and dataset_name(args.dataset) == "digits":
+    if data_dir is not None and dataset_name(args.dataset) == "digits":
         raise ValueError(
             "--data-dir was given, but --dataset digits is built in and reads no files; "
             "add --dataset mnist, fashion-mnist or cifar10 to use the files there."
         )
-    data = load_dataset(args.dataset, args.data_dir)
-    check_runs(runs, data)
     store = ResultsStore(args.out)
     if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
         console.quiet = True
-    dropped = store.repair() if rank == 0 else None
+        return _sweep_and_report(args, console, store, runs, data_dir)
+    _check_compare_outputs(args)
+    with store.lock():  # a second sweep on this --out is refused here, before any work
+        return _sweep_and_report(args, console, store, runs, data_dir)
+
+
+def _check_compare_outputs(args: argparse.Namespace) -> None:
+    """Fail unless every file compare writes into --out can be written there."""
+    from normlab.report.render import BATCH_SIZE_FILE, CURVES_FILE, HTML_FILE
+
+    check_output_directory(
+        args.out,
+        files=(CURVES_FILE, BATCH_SIZE_FILE, HTML_FILE),
+        directories=("models",) if args.save_models else (),
+    )
+
+
+def _sweep_and_report(
+    args: argparse.Namespace,
+    console: Console,
+    store: ResultsStore,
+    runs: list[RunConfig],
+    data_dir: str | None,
+) -> int:
+    """The rest of compare, on checked options and outputs: load and check, resume, train,
+    report."""
+    data = load_dataset(args.dataset, data_dir)
+    check_runs(runs, data)
+    rank, _ = torchrun_rank()
+    dropped = None
+    if rank == 0:
+        from normlab.report.render import check_records
+
+        dropped = store.repair()
+        check_records(store.directory)  # a record the report cannot read fails now, not after
     if dropped is not None:
         console.print(
             f"removed an unfinished record at the end of {store.path} "
@@ -224,7 +274,7 @@ def _compare(args: argparse.Namespace) -> int:
         outcome = run_sweep(
             runs,
             store,
-            data_dir=args.data_dir,
+            data_dir=data_dir,
             jobs=jobs,
             threads=threads,
             listener=progress,
@@ -269,6 +319,8 @@ def _bench(args: argparse.Namespace) -> int:
     from normlab.bench import bench, results_table, summary_table
 
     console = _console()
+    if args.json is not None:
+        check_output_file(args.json)  # before minutes of timing, not after
     result = bench(console, args.kinds, args.shapes, args.dtype, args.threads, args.min_run_time)
     console.print(results_table(result))
     console.print(summary_table(result))
@@ -346,7 +398,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--json",
-        type=Path,
+        type=_path,
         default=None,
         metavar="FILE",
         help="also write the environment, every row and the summary here as JSON",
@@ -368,7 +420,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help=f"one of {', '.join(DATASETS)} (default digits, built in)",
     )
     compare.add_argument(
-        "--data-dir", help="directory holding the dataset's files (mnist, fashion-mnist, cifar10)"
+        "--data-dir",
+        type=_path,
+        help="directory holding the dataset's files (mnist, fashion-mnist, cifar10)",
     )
     compare.add_argument("--model", default="mlp", choices=MODELS, help="model (default mlp)")
     compare.add_argument(
@@ -407,7 +461,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer (default adam)"
     )
     compare.add_argument(
-        "--out", type=Path, default=None, help="output directory (default runs/<timestamp>)"
+        "--out", type=_path, default=None, help="output directory (default runs/<timestamp>)"
     )
     compare.add_argument(
         "--jobs",
@@ -476,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="re-render the table, plots and report.html of a compare run's results"
     )
-    report.add_argument("directory", type=Path, help="the --out directory of a compare run")
+    report.add_argument("directory", type=_path, help="the --out directory of a compare run")
     report.set_defaults(run=_report)
     inspect = commands.add_parser(
         "inspect",
@@ -486,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layers) and their running statistics. Files are loaded with weights_only=True: "
         "nothing in them runs.",
     )
-    inspect.add_argument("checkpoint", type=Path, help="a .pt file, e.g. OUT/models/<run_id>.pt")
+    inspect.add_argument("checkpoint", type=_path, help="a .pt file, e.g. OUT/models/<run_id>.pt")
     inspect.set_defaults(run=_inspect)
     _add_bench(commands)
     return parser
@@ -498,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = _default_out()
     try:
         return args.run(args)
-    except (ValueError, TypeError, DataError) as error:
+    except (ValueError, DataError) as error:  # a usage error; anything else is a bug: traceback
         print(f"normlab {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -158,14 +158,53 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-# Exactly the globals a pickled numpy array needs, numpy 1 and numpy 2 spellings,
-# plus the latin1 bytes constructor of Python 3 protocol-2 pickles.
+def _empty_bytes(*args: Any) -> bytes:
+    """What a protocol-2 pickle calls for ``b""`` (an empty array's data): bytes()."""
+    if args:
+        raise pickle.UnpicklingError(f"bytes{args!r} called in a pickle; only bytes() is allowed")
+    return b""
+
+
+def _array_from_buffer(
+    buffer: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None
+) -> np.ndarray:
+    """What a protocol-5 pickle of a numpy array calls (numpy's ``_frombuffer``), with its
+    arguments checked to be what numpy writes: a bytes-like buffer, a dtype without Python
+    objects, a shape of non-negative ints, an order of C, F or K, and for K a permutation
+    of the axes."""
+    if not isinstance(buffer, bytes | bytearray | pickle.PickleBuffer):
+        raise pickle.UnpicklingError(f"array buffer is a {type(buffer).__name__}, not bytes")
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"array dtype {dtype!r} is not a plain numeric dtype")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(size, int) and size >= 0 for size in shape
+    ):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    if order not in ("C", "F", "K"):
+        raise pickle.UnpicklingError(f"array order {order!r} is not C, F or K")
+    if axis_order is not None and sorted(axis_order) != list(range(len(shape))):
+        raise pickle.UnpicklingError(
+            f"array axis order {axis_order!r} is not a permutation of the {len(shape)} axes"
+        )
+    array = np.frombuffer(buffer, dtype=dtype)
+    if order == "K" and axis_order is not None:
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
+
+
+# Exactly the globals a pickled numpy array needs, numpy 1 and numpy 2 spellings:
+# _reconstruct for protocols 0-4, _frombuffer for protocol 5, plus the latin1 bytes
+# constructor of Python 3 protocol-2 pickles and its empty-bytes case.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+    ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
     ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -232,6 +271,8 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} has {described} under b'data'. {shape_fix}")
     if data.shape[1] != IMAGE_BYTES:
         raise DataError(f"{path} has data of shape {data.shape}. {shape_fix}")
+    if data.shape[0] == 0:
+        raise DataError(f"{path} holds no images (data of shape {data.shape}). {_REPLACE}")
     try:
         label_array = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as error:

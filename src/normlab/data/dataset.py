@@ -27,7 +27,8 @@ class Dataset:
             resolved path of the file or directory that was read.
 
     Raises:
-        ValueError: the tensors do not have the shapes and dtypes above.
+        ValueError: the tensors do not have the shapes and dtypes above, or a
+            split has no images.
     """
 
     name: str
@@ -45,6 +46,11 @@ class Dataset:
                 raise ValueError(
                     f"Dataset.{split}_x must be a (N, C, H, W) float32 tensor; got shape "
                     f"{tuple(images.shape)} and dtype {images.dtype}."
+                )
+            if images.shape[0] == 0:
+                raise ValueError(
+                    f"Dataset.{split}_x has no images; a run can neither train nor validate "
+                    "on an empty split."
                 )
             if labels.shape != images.shape[:1] or labels.dtype != torch.int64:
                 raise ValueError(

@@ -222,8 +222,8 @@ def _checked_split(
     """(N, 28, 28) uint8 images and (N,) labels -> (N, 1, 28, 28) float32 in [0, 1], (N,) int64.
 
     Raises:
-        DataError: wrong shape or dtype, image and label counts differ, or a
-            label is outside 0..9; the message names both sources.
+        DataError: wrong shape or dtype, no images, image and label counts differ,
+            or a label is outside 0..9; the message names both sources.
     """
     expected = f"{layout.title} images are (N, {IMAGE_SIZE}, {IMAGE_SIZE}) uint8"
     if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -235,6 +235,11 @@ def _checked_split(
         raise DataError(
             f"{labels_source} holds {labels.dtype} values of shape {tuple(labels.shape)}; "
             f"{layout.title} labels are (N,) uint8. Is it the right file (labels, not images)?"
+        )
+    if images.shape[0] == 0:
+        raise DataError(
+            f"{images_source} holds no images (its header says 0); no run can train or "
+            "validate on an empty split. Download or copy it again."
         )
     if images.shape[0] != labels.shape[0]:
         raise DataError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,21 @@ from normlab.models import PLACEMENTS
 from normlab.registry import get_kind
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+def _whole(name: str, value: Any, least: int, option: str | None = None) -> None:
+    """Fail unless ``value`` is an int (not a bool) of at least ``least``; ``option`` is the
+    command-line option it comes from, if one does."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        where = f" ({option})" if option else ""
+        raise ValueError(f"{name}{where} must be a whole number of {least} or more; got {value!r}.")
+
+
+def _positive_finite(name: str, value: Any) -> None:
+    """Fail unless ``value`` is a finite real number above 0."""
+    real = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} (--{name}) must be a finite number above 0; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -47,8 +63,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_kind(self.norm).name)
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
-        if self.nproc < 1:
-            raise ValueError(f"--nproc must be at least 1; got {self.nproc}.")
+        # Every number is checked here, where it enters, so a bad one never reaches a run.
+        _whole("batch_size", self.batch_size, 1, "--batch-sizes")
+        _whole("seed", self.seed, 0)
+        _whole("epochs", self.epochs, 1, "--epochs")
+        _whole("nproc", self.nproc, 1, "--nproc")
+        _positive_finite("lr", self.lr)
         if self.sync_bn and self.nproc == 1:
             raise ValueError(
                 "--sync-bn synchronizes batch norm across --nproc processes; add --nproc 2 or more."

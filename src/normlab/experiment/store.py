@@ -2,25 +2,43 @@
 
 Each record is appended with a single ``write`` on a file opened with
 O_APPEND and then fsync'ed, so a record is either wholly there or, if the
-process died mid-write, a partial last line without its newline. Such a tail
-was never a finished run; ``ResultsStore.repair`` cuts it off (and says so)
-before anything new is appended. A malformed line anywhere else is an error:
-it is somebody's finished result and is never dropped silently.
+process died mid-write, a partial last line. A last line that parses as a
+whole record lost only its newline: it is a finished run, kept, and the
+newline is restored before anything is appended. Any other tail was never a
+finished run; ``ResultsStore.repair`` cuts it off (and says so). A malformed
+line anywhere else is an error naming the file and line: it is somebody's
+finished result and is never dropped silently.
+
+One process writes to a directory at a time: ``ResultsStore.lock`` takes an
+exclusive ``flock`` on ``directory/.normlab.lock`` and writes who holds it
+there (pid, host, start time), so a second sweep on the same directory is
+refused before it trains anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import socket
+import warnings
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.jsonl"
+LOCK_FILE = ".normlab.lock"
 
 
 class ResultsError(ValueError):
-    """results.jsonl holds a line that is not a run record."""
+    """results.jsonl holds a line that is not a run record, or its directory cannot be used."""
+
+
+class StoreBusyError(ResultsError):
+    """Another process (or another store object in this one) is writing to the directory."""
 
 
 def _finite(value: Any) -> Any:
@@ -40,47 +58,157 @@ def results_path(directory: str | os.PathLike) -> Path:
     return path if path.suffix == ".jsonl" else path / RESULTS_FILE
 
 
-def read_results(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record in ``directory/results.jsonl``, in the order they were written.
+def _problem(line: bytes) -> str | None:
+    """Why ``line`` (without its newline) is not a run record, or None when it is one."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"is not UTF-8 text (byte 0x{line[error.start]:02x} at column {error.start + 1})"
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"is not valid JSON ({error.msg})"
+    if not isinstance(record, dict) or "run_id" not in record or "config" not in record:
+        return "is not a run record (no run_id/config)"
+    return None
 
-    A partial last line (an interrupted write) is skipped. A missing file
-    gives an empty list.
+
+def _whole_record(tail: bytes) -> bool:
+    """Whether ``tail`` (a last line without its newline) is a complete run record."""
+    return bool(tail.strip()) and _problem(tail) is None
+
+
+def numbered_records(directory: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """Every record in ``directory/results.jsonl`` with its line number (from 1), in order.
+
+    A last line without its newline is a record when it parses as one (a
+    write that lost only its newline) and is skipped otherwise (an
+    interrupted write). A missing file gives an empty list.
 
     Raises:
-        ResultsError: a complete line that is not a JSON object with a run_id;
-            the message names the file and line.
+        ResultsError: a complete line that is not UTF-8, not JSON, or not an
+            object with a run_id and config; the message names the file and line.
     """
     path = results_path(directory)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
+    if not path.is_file():
+        raise ResultsError(f"{path} is not a file; move it away, then run again.")
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # b"" after a final newline
+    if _whole_record(tail):
+        lines.append(tail)
     records = []
-    for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is "" or a partial tail
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
+        problem = _problem(line)
+        if problem is not None:
             raise ResultsError(
-                f"{path} line {number} is not valid JSON ({error.msg}); "
-                "fix or delete that line, then run again."
-            ) from None
-        if not isinstance(record, dict) or "run_id" not in record or "config" not in record:
-            raise ResultsError(
-                f"{path} line {number} is not a run record (no run_id/config); "
-                "fix or delete that line, then run again."
+                f"{path} line {number} {problem}; it is not a finished run's record. Fix or "
+                "delete that line, then run again."
             )
-        records.append(record)
+        records.append((number, json.loads(line)))
     return records
 
 
+def read_results(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record in ``directory/results.jsonl``, in the order they were written
+    (see :func:`numbered_records`)."""
+    return [record for _, record in numbered_records(directory)]
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(path: Path) -> None:
+    """Fail unless ``path`` (which may not exist yet) can be created as a directory or is one
+    that can be written: its nearest existing ancestor is a writable directory."""
+    existing = _first_existing(path.absolute())
+    if not existing.is_dir():
+        where = "is a file" if existing == path.absolute() else f"lies under the file {existing}"
+        raise ResultsError(f"{path} {where}; the output must be a directory. Use another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ResultsError(
+            f"cannot write to {existing} (permission denied), so {path} cannot hold the "
+            "output; use another directory."
+        )
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Fail unless a file can be written at ``path`` (its directory created if needed).
+    Changes nothing on disk.
+
+    Raises:
+        ResultsError: ``path`` is a directory, or its directory cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"{path} is a directory; name a file to write.")
+    _check_writable(path.parent)
+
+
+def check_output_directory(
+    directory: str | os.PathLike, *, files: Iterable[str] = (), directories: Iterable[str] = ()
+) -> None:
+    """Fail unless ``directory`` can hold a results store and the named outputs in it.
+
+    Changes nothing on disk: call it before any work starts. ``files`` and
+    ``directories`` are names inside ``directory`` that will be written
+    (``results.jsonl`` is always checked).
+
+    Raises:
+        ResultsError: ``directory`` names a ``.jsonl`` file, is a file, lies
+            under a file, cannot be written, or one of the outputs in it has
+            the wrong type (a directory where a file goes, or the reverse).
+    """
+    path = Path(directory)
+    if path.suffix == ".jsonl":
+        raise ResultsError(
+            f"{path} names a .jsonl file, but the results store is a directory: pass the "
+            f"directory ({path.with_suffix('')}); its results go to DIRECTORY/{RESULTS_FILE}."
+        )
+    _check_writable(path)
+    for name in (RESULTS_FILE, *files):
+        if (path / name).is_dir():
+            raise ResultsError(
+                f"{path / name} is a directory, but normlab writes a file there; move it away."
+            )
+    for name in directories:
+        if (path / name).exists() and not (path / name).is_dir():
+            raise ResultsError(
+                f"{path / name} is not a directory, but normlab writes files into it; move it away."
+            )
+
+
+def _holder_text(data: bytes) -> str:
+    """Who holds a lock, from its file's contents: 'pid P on host H, started T'."""
+    try:
+        holder = json.loads(data.decode("utf-8"))
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return "another process"
+
+
 class ResultsStore:
-    """Append-only run records in ``directory/results.jsonl``."""
+    """Append-only run records in ``directory/results.jsonl``.
+
+    Raises:
+        ResultsError: ``directory`` names a ``.jsonl`` file instead of a directory.
+    """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        if self.directory.suffix == ".jsonl":
+            check_output_directory(self.directory)  # raises, saying what to pass instead
         self.path = self.directory / RESULTS_FILE
+        self.lock_path = self.directory / LOCK_FILE
+        self._lock_descriptor: int | None = None
+        self._lock_depth = 0
 
     def records(self) -> list[dict[str, Any]]:
         return read_results(self.directory)
@@ -88,31 +216,112 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return {record["run_id"] for record in self.records()}
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory for writing: create it if needed and take an exclusive lock.
+
+        Re-entrant for this store object; another store object or process
+        asking for the same directory is refused. The lock file records who
+        holds it; the lock ends with the block (or the process).
+
+        Raises:
+            StoreBusyError: another writer holds the directory; the message says who.
+            ResultsError: the directory cannot be created or written.
+        """
+        if self._lock_descriptor is not None:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        check_output_directory(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ResultsError(
+                f"cannot write to {self.directory} ({error.strerror}); use another directory."
+            ) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(os.pread(descriptor, 4096, 0))
+            os.close(descriptor)
+            raise StoreBusyError(
+                f"{self.directory} is in use by another sweep ({holder}); wait for it to "
+                "finish, or stop it, or use another output directory."
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode("utf-8") + b"\n", 0)
+        self._lock_descriptor = descriptor
+        try:
+            yield
+        finally:
+            self._lock_descriptor = None
+            os.ftruncate(descriptor, 0)  # nobody holds it now
+            os.close(descriptor)  # releases the flock
+
     def repair(self) -> str | None:
-        """Cut off a partial last line left by an interrupted write.
+        """Make the file end with a newline after its last whole record.
+
+        A last line that is a whole record gets its newline back; any other
+        tail (a write interrupted mid-line) is cut off.
 
         Returns:
-            The text that was removed, or None when the file was whole.
+            The text that was removed, or None when nothing was.
         """
-        if not self.path.exists():
+        if not self.path.is_file():
             return None
-        data = self.path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return None
-        keep = data.rfind(b"\n") + 1
-        with open(self.path, "r+b") as file:
-            file.truncate(keep)
-            file.flush()
-            os.fsync(file.fileno())
-        return data[keep:].decode("utf-8", errors="replace")
+        with self._opened() as descriptor:
+            return self._mend_tail(descriptor)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write ``record`` as one line, atomically with respect to other records."""
+        """Write ``record`` as one line, atomically with respect to other records.
+
+        A whole last record without its newline gets it back first; a partial
+        tail is cut off with a warning (see :meth:`repair`).
+        """
         line = json.dumps(_finite(record), allow_nan=False, separators=(",", ":")) + "\n"
         self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
+        with self._opened() as descriptor:
+            dropped = self._mend_tail(descriptor)
             os.write(descriptor, line.encode("utf-8"))
             os.fsync(descriptor)
+        if dropped is not None:
+            warnings.warn(
+                f"removed an unfinished record at the end of {self.path} (a write interrupted "
+                f"mid-line, {len(dropped)} characters) before appending",
+                stacklevel=2,
+            )
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[int]:
+        """results.jsonl opened for appending, under an exclusive flock of its own, so
+        appenders never see each other's half-written lines."""
+        descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield descriptor
         finally:
             os.close(descriptor)
+
+    def _mend_tail(self, descriptor: int) -> str | None:
+        """Restore a whole last record's newline or cut a partial tail; the cut text or None."""
+        size = os.fstat(descriptor).st_size
+        if size == 0 or os.pread(descriptor, 1, size - 1) == b"\n":
+            return None
+        data = os.pread(descriptor, size, 0)
+        keep = data.rfind(b"\n") + 1
+        if _whole_record(data[keep:]):
+            os.write(descriptor, b"\n")
+            os.fsync(descriptor)
+            return None
+        os.ftruncate(descriptor, keep)
+        os.fsync(descriptor)
+        return data[keep:].decode("utf-8", errors="replace")

@@ -114,6 +114,10 @@ def run_sweep(
             trains every run together, see normlab.experiment.ddp).
         address: with ``"ray"``, the cluster to use; None starts a local one.
 
+    The store's directory is locked for the whole sweep (see ResultsStore.lock):
+    a sweep on a directory that another sweep is writing to raises
+    normlab.experiment.store.StoreBusyError before training anything.
+
     A run that raises is reported to the listener and in the outcome, and
     the sweep goes on. Ctrl-C stops the sweep: the outcome says it was
     interrupted and the store keeps every run finished before it. A worker
@@ -128,25 +132,26 @@ def run_sweep(
         except KeyboardInterrupt:
             outcome.interrupted = True
         return outcome
-    todo = pending_runs(runs, store)
-    outcome = SweepOutcome(skipped=len(runs) - len(todo))
-    if not todo:
-        return outcome
-    datasets = {run.dataset for run in todo}
-    if len(datasets) != 1:
-        raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
-    try:
-        if executor == "ray":
-            from normlab.experiment.ray_executor import run_on_ray  # Ray is optional
+    with store.lock():  # one writer per directory: a second sweep is refused, not doubled
+        todo = pending_runs(runs, store)
+        outcome = SweepOutcome(skipped=len(runs) - len(todo))
+        if not todo:
+            return outcome
+        datasets = {run.dataset for run in todo}
+        if len(datasets) != 1:
+            raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
+        try:
+            if executor == "ray":
+                from normlab.experiment.ray_executor import run_on_ray  # Ray is optional
 
-            run_on_ray(todo, store, data_dir, threads, listener, outcome, models_dir, address)
-        elif jobs == 1:
-            _run_here(todo, store, data_dir, threads, listener, outcome, models_dir)
-        else:
-            _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome, models_dir)
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-    return outcome
+                run_on_ray(todo, store, data_dir, threads, listener, outcome, models_dir, address)
+            elif jobs == 1:
+                _run_here(todo, store, data_dir, threads, listener, outcome, models_dir)
+            else:
+                _run_in_pool(todo, store, data_dir, jobs, threads, listener, outcome, models_dir)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        return outcome
 
 
 def _finish(

@@ -35,6 +35,7 @@ from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
 from normlab.layers.batch_norm import convert_sync_batchnorm
 from normlab.models import build_model
+from normlab.modes import eval_mode
 
 SCHEMA = 1
 EVAL_BATCH = 1024
@@ -76,18 +77,16 @@ def make_optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimiz
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` in eval mode on (N, C, H, W) images.
 
-    The model's mode is restored afterwards.
+    Each module's mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
-    for start in range(0, len(images), EVAL_BATCH):
-        logits = model(images[start : start + EVAL_BATCH])
-        target = labels[start : start + EVAL_BATCH]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(1) == target).sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(images), EVAL_BATCH):
+            logits = model(images[start : start + EVAL_BATCH])
+            target = labels[start : start + EVAL_BATCH]
+            loss_sum += F.cross_entropy(logits, target, reduction="sum")
+            correct += (logits.argmax(1) == target).sum()
     return loss_sum.item() / len(images), correct.item() / len(images)
 
 

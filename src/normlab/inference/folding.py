@@ -38,6 +38,41 @@ FOLDABLE_LAYERS: tuple[type[nn.Module], ...] = (
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
+
+@fx.wrap
+def features_last_only(output: torch.Tensor, norm: str) -> torch.Tensor:
+    """``output`` of a Linear that a batch norm (named ``norm``) was folded into, checked to
+    be (N, features): the only shape on which the fold is exact.
+
+    Raises:
+        ValueError: ``output`` has another rank; the unfolded norm would have
+            normalized its dim 1, and the Linear's features are its last dim.
+    """
+    if output.dim() != 2:
+        raise ValueError(
+            f"batch norm {norm!r} was folded into the Linear before it, which is exact only "
+            f"for (N, features) outputs; this one is {tuple(output.shape)}, where the norm "
+            "normalized dim 1 and the Linear's features are the last dim. Run the unfolded "
+            "model on such inputs."
+        )
+    return output
+
+
+class FoldedLinearCheck(nn.Module):
+    """What replaces a batch norm folded into a Linear (in a model that could not be traced):
+    passes (N, features) through and refuses any other shape (see features_last_only)."""
+
+    def __init__(self, norm: str) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
+        return features_last_only(output, self.norm)
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm!r}"
+
+
 EVAL_MODE_REQUIRED = (
     "fold_batchnorm folds eval-mode batch norm (it uses the running statistics); "
     "call model.eval() first"
@@ -57,8 +92,12 @@ def fold_batchnorm(model: nn.Module, *, strict: bool = False) -> nn.Module:
     BatchNorm1d/2d/3d and SyncBatchNorm, normlab's ``BatchNorm`` (``bn`` and
     ``bn-scalar``, torch or Keras convention) and its subclasses
     ``BatchRenorm`` and ``SyncBatchNorm``, and ``FrozenBatchNorm``; each
-    must have running statistics. A Linear's output is taken to be
-    (N, features), so that the norm's channels are its features.
+    must have running statistics. The fold into a Linear is exact only when
+    the Linear's output is (N, features), so that the norm's channels (dim 1)
+    are its features (the last dim): the folded model checks that shape where
+    the norm was and raises ``ValueError`` on any other (a (N, C, L) input,
+    where the unfolded norm would normalize dim 1), never computing something
+    else silently.
 
     The model is first traced with ``torch.fx`` (normlab's layers are kept
     as single calls), which finds the pairs in any forward; the result is
@@ -321,13 +360,25 @@ def _first_line(error: Exception) -> str:
 def _apply(plan: _Plan) -> nn.Module:
     model = plan.model
     for pair in plan.pairs:
-        _fold_into(model.get_submodule(pair.layer), model.get_submodule(pair.norm))
+        layer = model.get_submodule(pair.layer)
+        _fold_into(layer, model.get_submodule(pair.norm))
+        # A norm normalizes dim 1; a Linear's features are the last dim: the fold is exact
+        # only for (N, features), so a Linear's fold checks the shape where the norm was.
+        linear = isinstance(layer, nn.Linear)
         if pair.norm_node is None:
-            model.set_submodule(pair.norm, nn.Identity())
-        else:
-            pair.norm_node.replace_all_uses_with(pair.norm_node.args[0])
-            model.graph.erase_node(pair.norm_node)
-            model.delete_submodule(pair.norm)
+            model.set_submodule(
+                pair.norm, FoldedLinearCheck(pair.norm) if linear else nn.Identity()
+            )
+            continue
+        replacement = pair.norm_node.args[0]
+        if linear:
+            with model.graph.inserting_after(pair.norm_node):
+                replacement = model.graph.call_function(
+                    features_last_only, (pair.norm_node.args[0], pair.norm)
+                )
+        pair.norm_node.replace_all_uses_with(replacement)
+        model.graph.erase_node(pair.norm_node)
+        model.delete_submodule(pair.norm)
     if isinstance(model, fx.GraphModule):
         model.graph.lint()
         model.recompile()

@@ -14,6 +14,7 @@ from torch import nn
 
 from normlab.inference.layers import batch_norm_layers, statistics_kind, tracks_running_stats
 from normlab.inference.statistics import batch_input, batch_statistics_mode, recording_inputs
+from normlab.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,13 @@ def eval_parity(model: nn.Module, batch: Any) -> ParityReport:
     Args:
         model: a module with torch's or normlab's batch-norm layers, all
             keeping running statistics.
-        batch: a tensor of shape (N, ...) or an (input, target) pair.
+        batch: a tensor of shape (N, ...), N >= 1, or an (input, target) pair.
 
     Raises:
-        ValueError: no batch-norm layer with running statistics, or a batch
-            the layers cannot normalize in training mode (one sample).
+        TypeError: ``batch`` is neither a tensor nor an (input, target) pair.
+        ValueError: no batch-norm layer with running statistics, an empty
+            batch, or a batch the layers cannot normalize in training mode
+            (one sample).
     """
     layers = [
         (name, layer) for name, layer in batch_norm_layers(model) if tracks_running_stats(layer)
@@ -112,14 +115,8 @@ def eval_parity(model: nn.Module, batch: Any) -> ParityReport:
         _recording_outputs(chosen) as train_outputs,
     ):
         out_train = trial(input)
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad(), _recording_outputs(layers) as eval_outputs:
-            out_eval = model(input)
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_mode(model), torch.no_grad(), _recording_outputs(layers) as eval_outputs:
+        out_eval = model(input)
     report = []
     for name, layer in layers:
         stats = moments[name]

@@ -17,18 +17,54 @@ from normlab.inference.layers import (
     stores_unbiased_variance,
     tracks_running_stats,
 )
+from normlab.modes import modes_restored
 
 
-def batch_input(batch: Any) -> torch.Tensor:
+def batch_input(batch: Any, where: str = "the batch") -> torch.Tensor:
     """The model input of a batch: the batch itself, or the first item of an (input, target)
-    tuple or list, as a DataLoader yields."""
+    tuple or list, as a DataLoader yields.
+
+    Raises:
+        TypeError: ``batch`` is neither.
+        ValueError: the input has no samples (N = 0); ``where`` names it in the message.
+    """
     if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise TypeError(
-        f"a batch must be a tensor or an (input, target) tuple/list; got {type(batch).__name__}."
-    )
+        input = batch
+    elif isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
+        input = batch[0]
+    else:
+        raise TypeError(
+            f"{where} must be a tensor or an (input, target) tuple/list; got "
+            f"{type(batch).__name__}."
+        )
+    if input.ndim == 0 or input.shape[0] == 0:
+        raise ValueError(
+            f"{where} has no samples (shape {tuple(input.shape)}); batch statistics need at "
+            "least one sample per batch. Leave empty batches out."
+        )
+    return input
+
+
+def check_batches(batches: Any, max_batches: int | None) -> None:
+    """Fail unless ``batches`` is an iterable of batches (not one tensor) and ``max_batches``
+    is None or a positive integer."""
+    if isinstance(batches, torch.Tensor):
+        raise TypeError(
+            f"batches must be an iterable of batches (a DataLoader, a list of tensors); got one "
+            f"tensor of shape {tuple(batches.shape)}, whose rows would each be taken as a "
+            "batch. Pass [x] for one batch, or x.split(size) for several."
+        )
+    if not isinstance(batches, Iterable):
+        raise TypeError(
+            f"batches must be an iterable of batches (a DataLoader, a list of tensors); got "
+            f"{type(batches).__name__}."
+        )
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(
+            f"max_batches must be a positive integer, or None for every batch; got {max_batches!r}."
+        )
 
 
 class Moments:
@@ -46,6 +82,8 @@ class Moments:
         self.m2: torch.Tensor | None = None
 
     def add(self, input: torch.Tensor) -> None:
+        if input.numel() == 0:  # an empty call adds nothing (and must not add NaN)
+            return
         values = input.detach().double()
         if self.stats == "channel":
             values = values.transpose(0, 1).reshape(values.shape[1], -1)
@@ -64,32 +102,40 @@ class Moments:
         self.count = total
 
     def variance(self, unbiased: bool) -> torch.Tensor:
+        """The population variance (biased, / n) or the unbiased one (/ (n - 1)).
+
+        Raises:
+            ValueError: too few values for it (none, or one for the unbiased variance).
+        """
+        if self.m2 is None or self.count < (2 if unbiased else 1):
+            raise ValueError(
+                f"a batch-norm layer saw {self.count} value(s) per statistic; its "
+                f"{'unbiased ' if unbiased else ''}variance needs at least "
+                f"{2 if unbiased else 1}. Use more or larger batches."
+            )
         return self.m2 / (self.count - 1 if unbiased else self.count)
 
 
 @contextmanager
 def batch_statistics_mode(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
     """Within: the model's batch-norm layers normalize with batch statistics (training mode)
-    and every other module is in eval mode (no dropout). Afterwards each module's mode and
-    each layer's ``num_batches_tracked`` are what they were."""
+    and every other module is in eval mode (no dropout). Afterwards, even after an error,
+    each module's mode and each layer's buffers (running statistics, ``num_batches_tracked``)
+    are what they were: the forward passes within change nothing that stays."""
     layers = batch_norm_layers(model)
-    modes = {module: module.training for module in model.modules()}
-    counters = {
-        name: layer.num_batches_tracked.clone()
-        for name, layer in layers
-        if getattr(layer, "num_batches_tracked", None) is not None
-    }
-    try:
-        model.eval()
-        for _, layer in layers:
-            layer.train()
-        yield layers
-    finally:
-        for module, training in modes.items():
-            module.training = training
-        for name, layer in layers:
-            if name in counters:
-                layer.num_batches_tracked.copy_(counters[name])
+    buffers = [
+        (buffer, buffer.clone()) for _, layer in layers for buffer in layer.buffers(recurse=False)
+    ]
+    with modes_restored(model):
+        try:
+            model.eval()
+            for _, layer in layers:
+                layer.train()
+            yield layers
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
 
 
 @contextmanager
@@ -125,17 +171,22 @@ def recalibrate(
 
     Args:
         model: any module containing torch's or normlab's batch-norm layers.
-        batches: tensors of shape (N, ...) or (input, target) pairs.
-        max_batches: use at most this many batches.
+        batches: an iterable (a DataLoader, a list) of tensors of shape
+            (N, ...) with N >= 1, or of (input, target) pairs.
+        max_batches: use at most this many batches (a positive integer), or
+            None for all.
 
     Returns:
-        ``model``.
+        ``model``. When anything fails, its statistics are left as they were.
 
     Raises:
+        TypeError: ``batches`` is one tensor (pass ``[x]``) or not iterable,
+            or a batch is neither a tensor nor an (input, target) pair.
         ValueError: no batch-norm layer, a layer without running statistics
             (``track_running_stats=False``: recalibration does not turn them
-            on), or no batches.
+            on), no batches, an empty batch, or ``max_batches`` below 1.
     """
+    check_batches(batches, max_batches)
     layers = batch_norm_layers(model)
     if not layers:
         raise ValueError("the model has no batch-norm layer to recalibrate.")
@@ -153,14 +204,18 @@ def recalibrate(
         for batch in batches:
             if max_batches is not None and seen >= max_batches:
                 break
-            model(batch_input(batch))
+            model(batch_input(batch, f"batch {seen} of batches"))
             seen += 1
     if seen == 0:
         raise ValueError("batches is empty: recalibration needs at least one batch.")
+    statistics = [
+        (layer, moments[name].mean, moments[name].variance(stores_unbiased_variance(layer)))
+        for name, layer in layers
+    ]  # all computed (and checked) before any layer changes
     with torch.no_grad():
-        for name, layer in layers:
-            layer.running_mean.copy_(moments[name].mean)
-            layer.running_var.copy_(moments[name].variance(stores_unbiased_variance(layer)))
+        for layer, mean, variance in statistics:
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(variance)
     return model
 
 

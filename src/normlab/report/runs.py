@@ -81,8 +81,9 @@ class Run:
 def _fail(record: Mapping[str, Any], problem: str) -> RecordError:
     run_id = record.get("run_id", "?")
     return RecordError(
-        f"results record {run_id!r} {problem}; re-run that configuration with "
-        "normlab compare, or delete its line from results.jsonl."
+        f"results record {run_id!r} {problem}. normlab compare counts that run as finished: "
+        "delete its line from results.jsonl, then run normlab compare again with the same "
+        "--out to retrain it."
     )
 
 
