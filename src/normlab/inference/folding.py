@@ -55,8 +55,8 @@ def fold_batchnorm(model: nn.Module, *, strict: bool = False) -> nn.Module:
     (computed in float64, stored in the layer's dtype; a layer without bias
     gets one) and the norm disappears. Foldable norms: ``torch.nn``'s
     BatchNorm1d/2d/3d and SyncBatchNorm, normlab's ``BatchNorm`` (``bn`` and
-    ``bn-scalar``, torch or Keras convention) and its subclasses
-    ``BatchRenorm`` and ``SyncBatchNorm``, and ``FrozenBatchNorm``; each
+    ``bn-scalar``, torch or Keras convention), ``SyncBatchNorm``,
+    ``BatchRenorm`` and ``FrozenBatchNorm``; each
     must have running statistics. A Linear's output is taken to be
     (N, features), so that the norm's channels are its features.
 
