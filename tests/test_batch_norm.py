@@ -631,11 +631,7 @@ def test_float32_statistics_are_stable_for_large_means(kind, convention, shape):
 @pytest.mark.parametrize(
     ("kind", "options"),
     [
-        *[
-            (k, {"convention": c})
-            for k in ("bn", "bn-scalar", "sync-bn")
-            for c in ("torch", "keras")
-        ],
+        *[(k, {"convention": c}) for k in ("bn", "sync-bn") for c in ("torch", "keras")],
         ("brn", {}),
         ("switch", {}),
     ],
@@ -665,14 +661,34 @@ def test_one_value_per_channel_works_in_eval_mode(kind, shape):
     assert_close(norm(x), expected.detach())
 
 
-@pytest.mark.parametrize("kind", ["bn", "bn-scalar"])
-def test_eval_without_running_stats_needs_more_than_one_value_like_torch(kind):
+def test_eval_without_running_stats_needs_more_than_one_value_like_torch():
     """Without running stats eval uses batch stats, so (1, C) is refused, as in torch."""
     with pytest.raises(ValueError):
         nn.BatchNorm1d(C, track_running_stats=False).eval()(torch.randn(1, C))
-    norm = nl.make_norm(kind, C, track_running_stats=False).eval()
+    norm = nl.make_norm("bn", C, track_running_stats=False).eval()
     with pytest.raises(ValueError, match="more than one value per channel"):
         norm(torch.randn(1, C))
+
+
+@pytest.mark.parametrize("convention", ["torch", "keras"])
+@pytest.mark.parametrize("shape", [(1, C), (1, C, 1), (1, C, 1, 1)], ids=str)
+def test_scalar_stats_train_on_one_sample_whose_statistic_sees_c_values(shape, convention):
+    """Issue 18 item 15: bn-scalar's single statistic sees all C values of a (1, C) batch, so it
+    trains on it (float64 formula), as the Keras layer does; only a batch with one value in
+    all is refused, and a refused batch changes no state."""
+    gen = torch.Generator().manual_seed(2)
+    norm = nl.make_norm("bn-scalar", C, convention=convention, dtype=torch.float64)
+    randomize_affine(gen, norm)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    expected, _, _ = reference_batch_norm(x, norm.weight, norm.bias, norm.eps)
+    assert_close(norm(x), expected.detach())
+    assert int(norm.num_batches_tracked) == 1
+    single = nl.make_norm("bn-scalar", 1, convention=convention)
+    before = {name: t.clone() for name, t in single.state_dict().items()}
+    with pytest.raises(ValueError, match="more than one value in the whole batch"):
+        single(torch.randn((1, 1, *shape[2:])))
+    for name, tensor in single.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
 
 
 def test_one_sample_with_several_positions_trains_like_torch():

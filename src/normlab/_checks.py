@@ -65,16 +65,20 @@ def check_input(
         )
 
 
-def check_batch_statistics(x: torch.Tensor, layer: str) -> None:
-    """Refuse a training-mode batch that has one value per channel.
+def check_batch_statistics(x: torch.Tensor, layer: str, stats: str = "channel") -> None:
+    """Refuse a training-mode batch whose statistics would each see a single value.
 
-    With one value per channel the batch variance is zero and the output is
-    the bias alone, whatever the input; torch raises for the same case.
+    With one value per statistic the batch variance is zero and the output is
+    the bias alone, whatever the input; torch raises for the same case. A
+    per-channel statistic sees N * prod(spatial) values; a scalar one
+    (``stats="scalar"``) every element of the batch. An empty batch is not
+    refused (torch's batch norm returns an empty output for it).
     """
-    values_per_channel = x.shape[0] * math.prod(x.shape[2:])
-    if values_per_channel == 1:
+    per_statistic = x.numel() if stats == "scalar" else x.shape[0] * math.prod(x.shape[2:])
+    if per_statistic == 1:
+        what = "value in the whole batch" if stats == "scalar" else "value per channel"
         raise ValueError(
-            f"{layer} in training mode needs more than one value per channel; "
+            f"{layer} in training mode needs more than one {what}; "
             f"got input of shape {tuple(x.shape)}. Use eval mode, "
             "LayerNorm/GroupNorm, or a larger batch."
         )
@@ -98,6 +102,37 @@ def check_values_per_group(x: torch.Tensor, values_per_group: int, layer: str, f
 def check_num_features(num_features: int) -> None:
     if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"num_features must be a positive int; got {num_features!r}.")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_eps(eps: float) -> None:
+    """eps is added to a variance before a square root: a finite number > 0."""
+    if not _is_real(eps) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(
+            f"eps must be a finite number > 0 (it is added to the variance); got {eps!r}. "
+            "Use e.g. 1e-5."
+        )
+
+
+def check_momentum(momentum: float | None, *, allow_none: bool = True) -> None:
+    """momentum weighs a running-statistics update: a finite number in [0, 1], or None for
+    torch's cumulative average where the layer has one."""
+    if momentum is None and allow_none:
+        return
+    if not _is_real(momentum) or not 0.0 <= momentum <= 1.0:
+        none = " or None (cumulative average)" if allow_none else ""
+        raise ValueError(f"momentum must be a number in [0, 1]{none}; got {momentum!r}.")
+
+
+def check_channel_dim(channel_dim: int) -> None:
+    if channel_dim not in (1, -1) or isinstance(channel_dim, bool):
+        raise ValueError(
+            f"channel_dim must be 1 for (N, C, *) input or -1 for (N, *, C) input; "
+            f"got {channel_dim!r}."
+        )
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

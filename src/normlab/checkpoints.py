@@ -35,7 +35,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from normlab import layers as normlab_layers
 from normlab.inference.layers import is_batch_norm, statistics_kind, tracks_running_stats
-from normlab.layers import BatchNorm, BatchRenorm, FrozenBatchNorm, SwitchableNorm
+from normlab.layers import FrozenBatchNorm, SwitchableNorm
 from normlab.models import RowRNN, _FeaturesAsChannels
 
 #: Keys under which training loops commonly store the model's state_dict, tried in order.
@@ -338,9 +338,10 @@ def _module_notes(module: nn.Module) -> list[str]:
     tracking = tracks_running_stats(module)
     if is_batch_norm(module) and not tracking:
         notes.append("track_running_stats=False")
-    if isinstance(module, BatchRenorm):
+    holds = getattr(module, "running_var_holds", None)
+    if holds == "sigma2_minus_eps":
         notes.append("running_var holds sigma^2 - eps (brn)")
-    elif isinstance(module, BatchNorm) and module.convention == "keras":
+    elif holds == "biased":
         notes.append("convention=keras: running_var is biased, momentum weighs the old value")
     if tracking and getattr(module, "momentum", 0.0) is None:
         notes.append("momentum=None: cumulative average")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from normlab.functional import Stats, _count_per_statistic
+from normlab.functional import Stats, count_per_statistic, merge_moments
 
 
 def world_size(group: Any = None) -> int:
@@ -59,7 +59,7 @@ def global_moments(
     compute = torch.promote_types(input.dtype, torch.float32)
     values = input.to(compute)
     dims = _reduced_dims(input, stats)
-    count = float(_count_per_statistic(input, stats)) if input.numel() else 0.0
+    count = float(count_per_statistic(input, stats)) if input.numel() else 0.0
     size = 1 if stats == "scalar" else input.shape[1]
     if count:
         mean = values.mean(dims).reshape(size)
@@ -70,11 +70,7 @@ def global_moments(
     gathered = [torch.empty_like(local) for _ in range(world_size(group))]
     dist.all_gather(gathered, local, group=group)
     table = torch.stack(gathered)  # (W, 1 + 2 * size)
-    counts, means, m2s = table[:, :1], table[:, 1 : 1 + size], table[:, 1 + size :]
-    total = counts.sum()
-    mean = (counts * means).sum(0) / total
-    m2 = (m2s + counts * (means - mean).square()).sum(0)
-    return total, mean, m2
+    return merge_moments(table[:, :1], table[:, 1 : 1 + size], table[:, 1 + size :])
 
 
 class _SyncNormalize(torch.autograd.Function):

@@ -8,6 +8,7 @@ a two-pass mean and centered sum of squares, never E[x^2] - E[x]^2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -59,10 +60,11 @@ def batch_norm(
     Returns:
         Tensor of the input's shape, dtype and memory format.
     """
-    if training:
-        check_batch_statistics(input, "BatchNorm")
     if not training:
         return _batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    check_batch_statistics(input, "BatchNorm", stats)
+    if input.numel() == 0:
+        return _empty_batch(input, weight, bias, eps)
     if stats == "scalar":
         _check_parameter_dtype(input, weight if weight is not None else running_mean)
         output, mean, var = _ScalarBatchNorm.apply(input, weight, bias, eps)
@@ -84,6 +86,14 @@ def batch_norm(
     with torch.no_grad():
         torch.mul(unbiased_var, (count - 1) / count, out=running_var)
     return output
+
+
+def _empty_batch(
+    input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """The output of an empty training batch, as torch's batch norm: empty, with zero
+    gradients for the affine, and no running statistics touched."""
+    return F.batch_norm(input, None, None, weight, bias, True, 0.0, eps)
 
 
 def batch_renorm(
@@ -115,6 +125,8 @@ def batch_renorm(
     if not training:
         return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
     check_batch_statistics(input, "BatchRenorm")
+    if input.numel() == 0:
+        return _empty_batch(input, weight, bias, eps)
     with torch.no_grad():
         batch_mean, batch_var = _channel_moments(input)
         batch_std = (batch_var + eps).sqrt()
@@ -176,6 +188,8 @@ def switchable_norm(
     """
     if training:
         check_batch_statistics(input, "SwitchableNorm")
+    if input.numel() == 0:
+        return _empty_batch(input, weight, bias, eps)
     function = _SwitchableNorm if input.ndim > 2 else _SwitchableNormFeatures
     return function.apply(
         input,
@@ -312,8 +326,8 @@ class _SwitchableNorm(torch.autograd.Function):
             d_mean_in += d_mean_bn
             d_mean_in.addcmul_(mean_in - mean_bn, d_var_bn, value=2.0)
             d_var_in = d_var_in + d_var_bn
-        d_mean_in.add_(d_mean, alpha=float(mean_w[0]))
-        d_var_in = torch.add(d_var_in, d_var, alpha=float(var_w[0]))
+        d_mean_in.addcmul_(d_mean, mean_w[0])  # a tensor weight: no host read
+        d_var_in = torch.addcmul(d_var_in, d_var, var_w[0])
         size = x[0, 0].numel()
         k1 = d_var_in * (2.0 / size)
         k0 = d_mean_in.div_(size).sub_(k1 * mean_in)
@@ -687,6 +701,42 @@ class _ScalarBatchNorm(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-def _count_per_statistic(input: torch.Tensor, stats: Stats) -> int:
+def count_per_statistic(input: torch.Tensor, stats: Stats) -> int:
     """Number of values behind each mean: N * prod(spatial), or numel for scalar stats."""
     return input.numel() if stats == "scalar" else input.numel() // input.shape[1]
+
+
+def merge_moments(
+    counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge K partial moments into those of the union (Chan et al.'s parallel variance).
+
+    Stable: no E[x^2] - E[x]^2. Parts with count 0 contribute nothing.
+
+    Args:
+        counts: (K, 1) numbers of values behind each part's statistics.
+        means: (K, S) means of each part (S statistics, e.g. one per channel).
+        m2s: (K, S) centered sums of squares of each part.
+
+    Returns:
+        (count, mean, m2): a 0-d total count and (S,) mean and centered sum of squares;
+        the biased variance is m2 / count, the unbiased one m2 / (count - 1).
+    """
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    m2 = (m2s + counts * (means - mean).square()).sum(0)
+    return total, mean, m2
+
+
+def with_channels_first(
+    function: Callable[[torch.Tensor], torch.Tensor], input: torch.Tensor, channel_dim: int
+) -> torch.Tensor:
+    """``function`` of (N, C, *) input applied to input with channels on ``channel_dim``.
+
+    For ``channel_dim=-1`` the channels of (N, *, C) input are moved to dim 1 (a view,
+    no copy) and the output's back, so a layer written for (N, C, *) reads the C features
+    of (N, L, C) tokens or NHWC images with unchanged parameters and buffers.
+    """
+    if channel_dim == 1 or input.ndim <= 2:
+        return function(input)
+    return function(input.movedim(-1, 1)).movedim(1, -1)

@@ -1,9 +1,10 @@
 """Normalization kinds by name: the one place where "bn", "ln", ... are defined.
 
 ``make_norm(kind, num_features, **options)`` builds the module for a kind;
-every module takes (N, C, *) input with channels on dim 1 and returns the
-same shape. Where torch already has the layer, the module is torch's
-(through a thin subclass that checks the input, see normlab.layers).
+every module takes (N, C, *) input with channels on dim 1 (or, with
+``channel_dim=-1``, (N, *, C) input) and returns the same shape. Where torch
+already has the layer, the module is torch's (through a thin subclass that
+checks the input, see normlab.layers).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from normlab._checks import check_num_features, did_you_mean, name_key
+from normlab._checks import check_channel_dim, check_num_features, did_you_mean, name_key
 from normlab.layers import (
     BatchNorm,
     BatchRenorm,
@@ -36,8 +37,12 @@ def default_groups(num_features: int, preferred: int = DEFAULT_GROUPS) -> int:
     return max(g for g in range(1, min(preferred, num_features) + 1) if num_features % g == 0)
 
 
-def _identity(num_features: int, *, device: Any = None, dtype: Any = None) -> nn.Module:
-    """Identity; it has no parameters, so device and dtype have nothing to place."""
+def _identity(
+    num_features: int, *, channel_dim: int = 1, device: Any = None, dtype: Any = None
+) -> nn.Module:
+    """Identity; it has no parameters, so device and dtype have nothing to place, and any
+    layout (``channel_dim``) is its own."""
+    check_channel_dim(channel_dim)
     return nn.Identity()
 
 
@@ -47,11 +52,22 @@ def _group_norm(
     groups: int | None = None,
     eps: float = 1e-5,
     affine: bool = True,
+    bias: bool = True,
+    channel_dim: int = 1,
     device: Any = None,
     dtype: Any = None,
 ) -> nn.Module:
     groups = default_groups(num_features) if groups is None else groups
-    return GroupNorm(groups, num_features, eps=eps, affine=affine, device=device, dtype=dtype)
+    return GroupNorm(
+        groups,
+        num_features,
+        eps=eps,
+        affine=affine,
+        bias=bias,
+        channel_dim=channel_dim,
+        device=device,
+        dtype=dtype,
+    )
 
 
 def _instance_norm(
@@ -61,6 +77,8 @@ def _instance_norm(
     momentum: float | None = 0.1,
     affine: bool = True,
     track_running_stats: bool = False,
+    bias: bool = True,
+    channel_dim: int = 1,
     device: Any = None,
     dtype: Any = None,
 ) -> nn.Module:
@@ -70,6 +88,8 @@ def _instance_norm(
         momentum,
         affine=affine,
         track_running_stats=track_running_stats,
+        bias=bias,
+        channel_dim=channel_dim,
         device=device,
         dtype=dtype,
     )

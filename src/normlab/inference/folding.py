@@ -90,14 +90,13 @@ def fold_batchnorm(model: nn.Module, *, strict: bool = False) -> nn.Module:
     (computed in float64, stored in the layer's dtype; a layer without bias
     gets one) and the norm disappears. Foldable norms: ``torch.nn``'s
     BatchNorm1d/2d/3d and SyncBatchNorm, normlab's ``BatchNorm`` (``bn`` and
-    ``bn-scalar``, torch or Keras convention) and its subclasses
-    ``BatchRenorm`` and ``SyncBatchNorm``, and ``FrozenBatchNorm``; each
-    must have running statistics. The fold into a Linear is exact only when
-    the Linear's output is (N, features), so that the norm's channels (dim 1)
-    are its features (the last dim): the folded model checks that shape where
-    the norm was and raises ``ValueError`` on any other (a (N, C, L) input,
-    where the unfolded norm would normalize dim 1), never computing something
-    else silently.
+    ``bn-scalar``, torch or Keras convention), ``SyncBatchNorm``,
+    ``BatchRenorm`` and ``FrozenBatchNorm``; each must have running
+    statistics. The fold into a Linear is exact only when the Linear's output
+    is (N, features), so that the norm's channels (dim 1) are its features
+    (the last dim): the folded model checks that shape where the norm was and
+    raises ``ValueError`` on any other (a (N, C, L) input, where the unfolded
+    norm would normalize dim 1), never computing something else silently.
 
     The model is first traced with ``torch.fx`` (normlab's layers are kept
     as single calls), which finds the pairs in any forward; the result is

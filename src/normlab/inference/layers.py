@@ -3,7 +3,8 @@
 The inference tools work on torch's ``BatchNorm1d/2d/3d`` and
 ``SyncBatchNorm`` and on normlab's ``BatchNorm`` (``bn``, ``bn-scalar``, either
 convention), ``BatchRenorm`` (``brn``), ``SyncBatchNorm`` and
-``SwitchableNorm`` (``switch``, whose batch term has running statistics).
+``SwitchableNorm`` (``switch``, whose batch term has running statistics): every
+normlab layer that declares what its running variance holds (``running_var_holds``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from normlab.layers import BatchNorm, BatchRenorm, SwitchableNorm
+from normlab.layers import RunningStatsNorm
 
-BatchNormLayer = _BatchNorm | BatchNorm | SwitchableNorm
+BatchNormLayer = _BatchNorm | RunningStatsNorm
 
 
 def is_batch_norm(module: nn.Module) -> bool:
     """True for a layer that normalizes with batch statistics in training mode and may keep
     running statistics for eval mode."""
-    return isinstance(module, _BatchNorm | BatchNorm | SwitchableNorm)
+    return isinstance(module, BatchNormLayer)
 
 
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -33,7 +34,7 @@ def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def statistics_kind(module: nn.Module) -> str:
     """``"scalar"`` for one mean and variance over the whole batch (``bn-scalar``), else
     ``"channel"``."""
-    return module.stats if isinstance(module, BatchNorm) else "channel"
+    return getattr(module, "stats", "channel")
 
 
 def stores_unbiased_variance(module: nn.Module) -> bool:
@@ -43,11 +44,7 @@ def stores_unbiased_variance(module: nn.Module) -> bool:
     unbiased variance; normlab's Keras convention stores the biased one, and
     ``brn`` stores sigma^2 - eps, the average of the biased variance.
     """
-    if isinstance(module, BatchRenorm):
-        return False
-    if isinstance(module, BatchNorm):
-        return module.convention == "torch"
-    return True
+    return getattr(module, "running_var_holds", "unbiased") == "unbiased"
 
 
 def tracks_running_stats(module: nn.Module) -> bool:

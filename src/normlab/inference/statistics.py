@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.functional import merge_moments
 from normlab.inference.layers import (
     batch_norm_layers,
     statistics_kind,
@@ -71,12 +72,13 @@ class Moments:
     """Count, mean and centered sum of squares of a layer's inputs, merged batch by batch
     in float64 with Chan et al.'s parallel formula (stable: no E[x^2] - E[x]^2).
 
-    ``stats="channel"`` keeps them per channel of (N, C, *) inputs, ``"scalar"``
-    over every element.
+    ``stats="channel"`` keeps them per channel of (N, C, *) inputs (channels on
+    ``channel_dim``: 1, or -1 for (N, *, C)), ``"scalar"`` over every element.
     """
 
-    def __init__(self, stats: str) -> None:
+    def __init__(self, stats: str, channel_dim: int = 1) -> None:
         self.stats = stats
+        self.channel_dim = channel_dim
         self.count = 0
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
@@ -86,7 +88,8 @@ class Moments:
             return
         values = input.detach().double()
         if self.stats == "channel":
-            values = values.transpose(0, 1).reshape(values.shape[1], -1)
+            values = values.movedim(self.channel_dim, 0)
+            values = values.reshape(values.shape[0], -1)
         else:
             values = values.reshape(1, -1)
         count = values.shape[1]
@@ -95,11 +98,11 @@ class Moments:
         if self.mean is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
-        self.count = total
+        counts = torch.tensor([[self.count], [count]], dtype=mean.dtype, device=mean.device)
+        _, self.mean, self.m2 = merge_moments(
+            counts, torch.stack([self.mean, mean]), torch.stack([self.m2, m2])
+        )
+        self.count += count
 
     def variance(self, unbiased: bool) -> torch.Tensor:
         """The population variance (biased, / n) or the unbiased one (/ (n - 1)).
@@ -141,7 +144,10 @@ def batch_statistics_mode(model: nn.Module) -> Iterator[list[tuple[str, nn.Modul
 @contextmanager
 def recording_inputs(layers: list[tuple[str, nn.Module]]) -> Iterator[dict[str, Moments]]:
     """Within: the moments of every input each layer sees, by layer name."""
-    moments = {name: Moments(statistics_kind(layer)) for name, layer in layers}
+    moments = {
+        name: Moments(statistics_kind(layer), getattr(layer, "channel_dim", 1))
+        for name, layer in layers
+    }
     handles = [
         layer.register_forward_pre_hook(lambda _, args, m=moments[name]: m.add(args[0]))
         for name, layer in layers

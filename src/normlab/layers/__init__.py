@@ -1,5 +1,6 @@
 """normlab's normalization modules; see normlab.registry for the kinds by name."""
 
+from normlab.layers.base import NormBase, RunningStatsNorm
 from normlab.layers.batch_norm import BatchNorm, SyncBatchNorm
 from normlab.layers.batch_renorm import BatchRenorm
 from normlab.layers.frozen_batch_norm import FrozenBatchNorm
@@ -14,7 +15,9 @@ __all__ = [
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "NormBase",
     "RMSNorm",
+    "RunningStatsNorm",
     "SwitchableNorm",
     "SyncBatchNorm",
     "WSConv2d",

@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from normlab import functional as NF
-from normlab._checks import check_batch_statistics, check_choice, check_input, check_num_features
+from normlab._checks import check_choice
 from normlab.distributed import check_global_count, global_moments, sync_batch_norm, world_size
-from normlab.layers._running_stats import (
-    register_affine,
-    register_running_stats,
-    step_momentum,
-)
+from normlab.layers.base import RunningStatsNorm, RunningVar
 
 
 class _Default(enum.Enum):
@@ -33,8 +29,13 @@ DEFAULT = _Default.CONVENTION
 CONVENTION_DEFAULTS: dict[str, tuple[float, float]] = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(RunningStatsNorm):
     """Batch normalization over (N, C, *) input with per-channel or scalar statistics.
+
+    A stand-in for ``torch.nn.BatchNorm1d/2d/3d``: the same positional
+    arguments (``num_features, eps, momentum, affine, track_running_stats,
+    device, dtype``, then keyword ``bias``), the same state_dict, and with
+    the defaults the same numbers. normlab's own options are keyword-only.
 
     ``stats="channel"`` (the standard, "2s") keeps one mean and variance per
     channel, reduced over the batch and spatial dims; it is numerically
@@ -58,45 +59,59 @@ class BatchNorm(nn.Module):
     Both normalize with the biased batch variance.
 
     Shape:
-        - Input: (N, C, *), channels on dim 1, any memory format.
+        - Input: (N, C, *), channels on dim 1, any memory format; or (N, *, C)
+          with ``channel_dim=-1`` (the C features of (N, L, C) tokens).
         - Output: same shape, dtype and memory format as the input.
 
     Training vs eval: in training mode the batch's statistics normalize the
-    input and update the running ones; a batch with one value per channel is
-    refused. In eval mode the running statistics normalize, so a sample's
-    output does not depend on the rest of the batch. With
-    ``track_running_stats=False`` there are no running statistics and the
-    batch's statistics are used in both modes.
+    input and update the running ones; a batch whose statistics would each
+    see one value is refused, and an empty batch gives an empty output and
+    changes no statistic (as torch). In eval mode the running statistics
+    normalize, so a sample's output does not depend on the rest of the batch.
+    With ``track_running_stats=False`` there are no running statistics and
+    the batch's statistics are used in both modes.
 
     Args:
         num_features: C, the number of channels.
-        stats: ``"channel"`` or ``"scalar"``.
+        eps: added to the variance for numerical stability (finite, > 0).
         momentum: running-statistics momentum, in the convention's sense;
             None for a cumulative average (torch convention only).
-        eps: added to the variance for numerical stability.
         affine: learn a per-channel ``weight`` and ``bias``.
         track_running_stats: keep ``running_mean``, ``running_var`` and
             ``num_batches_tracked`` buffers.
+        device, dtype: where and in which dtype to create parameters and buffers.
+        bias: with ``affine``, learn a ``bias`` too (False: a weight only, as torch).
+        stats: ``"channel"`` or ``"scalar"``.
         convention: ``"torch"`` or ``"keras"``.
+        channel_dim: 1 for (N, C, *) input, -1 for (N, *, C).
     """
+
+    _repr_fields = (
+        "stats",
+        "convention",
+        "eps",
+        "momentum",
+        "affine",
+        "track_running_stats",
+    )
 
     def __init__(
         self,
         num_features: int,
-        *,
-        stats: NF.Stats = "channel",
-        momentum: float | _Default | None = DEFAULT,
         eps: float | _Default = DEFAULT,
+        momentum: float | _Default | None = DEFAULT,
         affine: bool = True,
         track_running_stats: bool = True,
-        convention: NF.Convention = "torch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        stats: NF.Stats = "channel",
+        convention: NF.Convention = "torch",
+        channel_dim: int = 1,
     ) -> None:
-        super().__init__()
         check_choice("stats", stats, NF.STATS)
         check_choice("convention", convention, NF.CONVENTIONS)
-        check_num_features(num_features)
         default_momentum, default_eps = CONVENTION_DEFAULTS[convention]
         momentum = default_momentum if momentum is DEFAULT else momentum
         eps = default_eps if eps is DEFAULT else eps
@@ -105,74 +120,54 @@ class BatchNorm(nn.Module):
                 "momentum=None (cumulative average) exists only in the torch convention; "
                 "with convention='keras' pass a momentum in [0, 1], e.g. 0.99."
             )
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] or None; got {momentum}.")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive; got {eps}.")
-        self.num_features = num_features
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            bias=bias,
+            stat_size=num_features if stats == "channel" else 1,
+            channel_dim=channel_dim,
+            device=device,
+            dtype=dtype,
+        )
         self.stats = stats
         self.convention = convention
-        self.momentum = momentum
-        self.eps = eps
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        factory = {"device": device, "dtype": dtype}
-        register_affine(self, num_features, affine, factory)
-        stat_shape = (num_features,) if stats == "channel" else (1,)
-        register_running_stats(self, stat_shape if track_running_stats else None, factory)
 
-    def reset_running_stats(self) -> None:
-        """Set running_mean to 0, running_var to 1 and num_batches_tracked to 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-            self.num_batches_tracked.zero_()
+    @property
+    def running_var_holds(self) -> RunningVar:
+        """``"unbiased"`` in torch's convention, ``"biased"`` in Keras'."""
+        return "unbiased" if self.convention == "torch" else "biased"
 
-    def reset_parameters(self) -> None:
-        """Reset the running statistics and set weight to 1 and bias to 0."""
-        self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_features, type(self).__name__)
-        if self.training:  # before counting the step: a refused batch changes nothing
-            check_batch_statistics(input, type(self).__name__)
-        momentum = step_momentum(
-            self.momentum,
-            self.num_batches_tracked if self.track_running_stats else None,
-            self.training,
-        )
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         # As torch's _BatchNorm: batch statistics in training, and in eval
         # too when there are no running statistics.
         use_batch_stats = self.training or self.running_mean is None
         keep = not self.training or self.track_running_stats
-        return NF.batch_norm(
+        output = NF.batch_norm(
             input,
             self.running_mean if keep else None,
             self.running_var if keep else None,
             self.weight,
             self.bias,
             use_batch_stats,
-            momentum,
+            self._step_momentum(),
             self.eps,
             stats=self.stats,
             convention=self.convention,
         )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, stats={self.stats!r}, convention={self.convention!r}, "
-            f"eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+        self._count_step()
+        return output
 
 
 class SyncBatchNorm(BatchNorm):
     """Batch norm whose training statistics span every process of a torch.distributed group
     (``sync-bn``).
 
+    A stand-in for ``torch.nn.SyncBatchNorm``, with its positional arguments
+    (``num_features, eps, momentum, affine, track_running_stats,
+    process_group, device, dtype``, then keyword ``bias``).
     In training mode inside an initialized process group of more than one
     process, the mean and variance (per channel, or one for the whole batch
     with ``stats="scalar"``) are those of the batch of every process together,
@@ -186,7 +181,8 @@ class SyncBatchNorm(BatchNorm):
     ``normlab.convert_sync_batchnorm`` converts a model's batch-norm layers.
 
     Shape:
-        - Input: (N, C, *), this process's part of the batch.
+        - Input: (N, C, *), this process's part of the batch (or (N, *, C)
+          with ``channel_dim=-1``).
         - Output: same shape as the input.
 
     Args:
@@ -197,59 +193,61 @@ class SyncBatchNorm(BatchNorm):
     def __init__(
         self,
         num_features: int,
-        *,
-        stats: NF.Stats = "channel",
-        momentum: float | _Default | None = DEFAULT,
         eps: float | _Default = DEFAULT,
+        momentum: float | _Default | None = DEFAULT,
         affine: bool = True,
         track_running_stats: bool = True,
-        convention: NF.Convention = "torch",
         process_group: Any = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        stats: NF.Stats = "channel",
+        convention: NF.Convention = "torch",
+        channel_dim: int = 1,
     ) -> None:
         super().__init__(
             num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
             stats=stats,
-            momentum=momentum,
-            eps=eps,
-            affine=affine,
-            track_running_stats=track_running_stats,
             convention=convention,
-            device=device,
-            dtype=dtype,
+            channel_dim=channel_dim,
         )
         self.process_group = process_group
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and world_size(self.process_group) > 1):
-            return super().forward(input)
-        check_input(input, self.num_features, type(self).__name__)
+            return super()._normalize(input)
         moments = global_moments(input, self.stats, self.process_group)
         check_global_count(moments[0], input, self.stats)  # a refused batch counts no step
-        momentum = step_momentum(
-            self.momentum, self.num_batches_tracked if self.track_running_stats else None, True
-        )
-        return sync_batch_norm(
+        output = sync_batch_norm(
             input,
             self.running_mean if self.track_running_stats else None,
             self.running_var if self.track_running_stats else None,
             self.weight,
             self.bias,
-            momentum,
+            self._step_momentum(),
             self.eps,
             stats=self.stats,
             convention=self.convention,
             group=self.process_group,
             moments=moments,
         )
+        self._count_step()
+        return output
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
     """``module`` with its batch-norm layers replaced by :class:`SyncBatchNorm`.
 
     Converts normlab's ``BatchNorm`` (``bn`` and ``bn-scalar``, either
-    convention; not its subclasses ``BatchRenorm`` and ``SyncBatchNorm``) and
+    convention; not ``BatchRenorm``, nor ``SyncBatchNorm`` itself) and
     torch's ``BatchNorm1d/2d/3d``, keeping stats, convention, eps, momentum,
     affine, parameters and running statistics; a layer shared by several
     parents becomes one synchronized layer. Other modules are left alone, as
@@ -277,6 +275,8 @@ def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
     """A SyncBatchNorm with ``layer``'s settings, parameters, buffers and mode."""
     sync = SyncBatchNorm(
         layer.num_features,
+        bias=layer.bias is not None or layer.weight is None,
+        channel_dim=getattr(layer, "channel_dim", 1),
         stats=getattr(layer, "stats", "channel"),
         convention=getattr(layer, "convention", "torch"),
         eps=layer.eps,

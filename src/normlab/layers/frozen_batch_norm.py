@@ -7,65 +7,75 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab import functional as NF
-from normlab._checks import check_choice, check_input, check_num_features
+from normlab._checks import check_choice
+from normlab.layers.base import NormBase
 from normlab.layers.batch_norm import BatchNorm
+from normlab.layers.batch_renorm import BatchRenorm
 
 
-class FrozenBatchNorm(nn.Module):
+class FrozenBatchNorm(NormBase):
     """Batch norm whose statistics and affine are fixed buffers.
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` in
     every mode: nothing is updated and nothing receives a gradient (the
-    input still does). Used to fine-tune with small batches. Loads the
-    state_dict of a :class:`BatchNorm` or ``torch.nn.BatchNorm*d`` with the
-    same ``stats`` (``num_batches_tracked`` is ignored); build one from a
-    live layer with :meth:`from_batchnorm`, which also copies ``eps``.
+    input still does). Used to fine-tune with small batches. A stand-in for
+    torchvision's ``FrozenBatchNorm2d(num_features, eps)``, with its
+    buffers, and loads the state_dict of a :class:`BatchNorm` or
+    ``torch.nn.BatchNorm*d`` with the same ``stats`` (``num_batches_tracked``
+    is ignored); build one from a live layer with :meth:`from_batchnorm`,
+    which also copies ``eps``.
 
     Shape:
-        - Input: (N, C, *), channels on dim 1.
+        - Input: (N, C, *), channels on dim 1 (or (N, *, C) with
+          ``channel_dim=-1``).
         - Output: same shape and dtype as the input.
 
     Training vs eval: identical; ``train()`` changes nothing.
 
     Args:
         num_features: C, the number of channels.
+        eps: added to the variance before the square root (finite, > 0).
         stats: ``"channel"`` for (C,) statistics, ``"scalar"`` for (1,).
-        eps: added to the variance before the square root.
+        channel_dim: 1 for (N, C, *) input, -1 for (N, *, C).
     """
+
+    _repr_fields = ("stats", "eps")
 
     def __init__(
         self,
         num_features: int,
+        eps: float = 1e-5,
         *,
         stats: NF.Stats = "channel",
-        eps: float = 1e-5,
+        channel_dim: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        check_num_features(num_features)
         check_choice("stats", stats, NF.STATS)
-        self.num_features = num_features
+        super().__init__(num_features, eps, channel_dim=channel_dim)
         self.stats = stats
-        self.eps = eps
         factory = {"device": device, "dtype": dtype}
         stat_shape = (num_features,) if stats == "channel" else (1,)
-        self.register_buffer("weight", torch.ones(num_features, **factory))
-        self.register_buffer("bias", torch.zeros(num_features, **factory))
+        self._register_affine(True, True, factory, as_buffers=True)
         self.register_buffer("running_mean", torch.zeros(stat_shape, **factory))
         self.register_buffer("running_var", torch.ones(stat_shape, **factory))
+
+    def reset_running_stats(self) -> None:
+        """Set running_mean to 0 and running_var to 1."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:
         """Freeze a batch-norm layer with running statistics.
 
-        Accepts :class:`normlab.BatchNorm` (either convention, either stats,
-        and its subclasses BatchRenorm and SyncBatchNorm) and
+        Accepts :class:`normlab.BatchNorm` (either convention, either stats),
+        :class:`normlab.BatchRenorm`, :class:`normlab.SyncBatchNorm` and
         ``torch.nn.BatchNorm*d`` / ``SyncBatchNorm``; a layer without affine
         gets weight 1 and bias 0. The frozen layer's output equals ``bn``'s
         in eval mode.
         """
-        if not isinstance(bn, (BatchNorm, nn.modules.batchnorm._BatchNorm)):
+        if not isinstance(bn, BatchNorm | BatchRenorm | nn.modules.batchnorm._BatchNorm):
             raise TypeError(
                 f"from_batchnorm takes a batch-norm layer (normlab.BatchNorm, BatchRenorm or "
                 f"torch.nn.BatchNorm*d); got {type(bn).__name__}, whose eval output is not "
@@ -76,11 +86,11 @@ class FrozenBatchNorm(nn.Module):
                 f"cannot freeze {type(bn).__name__} without running statistics "
                 "(track_running_stats=False): there are no statistics to fix."
             )
-        stats = bn.stats if isinstance(bn, BatchNorm) else "channel"
         frozen = cls(
             bn.num_features,
-            stats=stats,
-            eps=bn.eps,
+            bn.eps,
+            stats=getattr(bn, "stats", "channel"),
+            channel_dim=getattr(bn, "channel_dim", 1),
             device=bn.running_mean.device,
             dtype=bn.running_mean.dtype,
         )
@@ -93,8 +103,7 @@ class FrozenBatchNorm(nn.Module):
                 frozen.bias.copy_(bn.bias)
         return frozen
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_features, type(self).__name__)
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         channels = self.num_features
         return F.batch_norm(
             input,
@@ -115,6 +124,3 @@ class FrozenBatchNorm(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, stats={self.stats!r}, eps={self.eps}"

@@ -6,15 +6,10 @@ import torch
 from torch import nn
 
 from normlab import functional as NF
-from normlab._checks import check_batch_statistics, check_input, check_num_features
-from normlab.layers._running_stats import (
-    register_affine,
-    register_running_stats,
-    step_momentum,
-)
+from normlab.layers.base import RunningStatsNorm
 
 
-class SwitchableNorm(nn.Module):
+class SwitchableNorm(RunningStatsNorm):
     """Switchable normalization over (N, C, *) input.
 
     Normalizes with a learned mix of instance, layer and batch statistics:
@@ -27,14 +22,18 @@ class SwitchableNorm(nn.Module):
     ``torch.nn.BatchNorm``.
 
     Shape:
-        - Input: (N, C, *), channels on dim 1.
+        - Input: (N, C, *), channels on dim 1 (or (N, *, C) with
+          ``channel_dim=-1``).
         - Output: same shape and dtype as the input.
 
     Training vs eval: in training the BN term uses the batch's statistics
     and updates the running ones; in eval it uses the running statistics,
     while the IN and LN terms always come from the sample itself, so a
-    sample's eval output does not depend on the rest of the batch.
+    sample's eval output does not depend on the rest of the batch. An empty
+    batch gives an empty output and changes no statistic.
     """
+
+    _repr_fields = ("eps", "momentum", "affine")
 
     def __init__(
         self,
@@ -43,27 +42,32 @@ class SwitchableNorm(nn.Module):
         momentum: float | None = 0.1,
         eps: float = 1e-5,
         affine: bool = True,
+        channel_dim: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        check_num_features(num_features)
-        self.num_features = num_features
-        self.momentum = momentum
-        self.eps = eps
-        self.affine = affine
-        factory = {"device": device, "dtype": dtype}
-        register_affine(self, num_features, affine, factory)
-        self.mean_logits = nn.Parameter(torch.ones(3, **factory))
-        self.var_logits = nn.Parameter(torch.ones(3, **factory))
-        register_running_stats(self, (num_features,), factory)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            True,
+            channel_dim=channel_dim,
+            device=device,
+            dtype=dtype,
+        )
+        self.mean_logits = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
+        self.var_logits = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_features, type(self).__name__)
-        if self.training:  # before counting the step: a refused batch changes nothing
-            check_batch_statistics(input, type(self).__name__)
-        momentum = step_momentum(self.momentum, self.num_batches_tracked, self.training)
-        return NF.switchable_norm(
+    def reset_parameters(self) -> None:
+        """Reset running statistics and affine, and the mixing logits to equal weights."""
+        super().reset_parameters()
+        with torch.no_grad():
+            self.mean_logits.fill_(1.0)
+            self.var_logits.fill_(1.0)
+
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
+        output = NF.switchable_norm(
             input,
             self.running_mean,
             self.running_var,
@@ -72,11 +76,8 @@ class SwitchableNorm(nn.Module):
             self.mean_logits,
             self.var_logits,
             self.training,
-            momentum,
+            self._step_momentum(),
             self.eps,
         )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
-        )
+        self._count_step()
+        return output

@@ -2,8 +2,9 @@
 
 Each class subclasses the torch module it names and keeps its signature,
 parameters and state_dict; the math is torch's kernel. What is added: input
-checks with clear errors, and for layer norm and RMSNorm the choice of which
-dims to normalize on (N, C, *) input.
+and argument checks with clear errors, ``channel_dim=-1`` for (N, *, C)
+input, and for layer norm and RMSNorm the choice of which dims to normalize
+on (N, C, *) input.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from normlab._checks import check_choice, check_input, check_num_features, check_values_per_group
-from normlab.functional import channel_affine
+from normlab._checks import (
+    check_channel_dim,
+    check_choice,
+    check_eps,
+    check_input,
+    check_momentum,
+    check_num_features,
+    check_values_per_group,
+)
+from normlab.functional import channel_affine, with_channels_first
 
 Over = Literal["channels", "all"]
 OVER: tuple[Over, ...] = ("channels", "all")
@@ -44,11 +53,7 @@ _LAYOUT_DOC = """
 
 def _check_layout(over: str, channel_dim: int) -> None:
     check_choice("over", over, OVER)
-    if channel_dim not in (1, -1):
-        raise ValueError(
-            f"channel_dim must be 1 for (N, C, *) input or -1 for (N, *, C) input; "
-            f"got {channel_dim}."
-        )
+    check_channel_dim(channel_dim)
 
 
 def _over_channels(
@@ -93,6 +98,7 @@ class LayerNorm(nn.LayerNorm):
         dtype: torch.dtype | None = None,
     ) -> None:
         check_num_features(num_features)
+        check_eps(eps)
         _check_layout(over, channel_dim)
         super().__init__(num_features, eps, elementwise_affine, bias, device=device, dtype=dtype)
         self.num_features = num_features
@@ -145,6 +151,8 @@ class RMSNorm(nn.RMSNorm):
         dtype: torch.dtype | None = None,
     ) -> None:
         check_num_features(num_features)
+        if eps is not None:
+            check_eps(eps)
         _check_layout(over, channel_dim)
         super().__init__(num_features, eps, elementwise_affine, device=device, dtype=dtype)
         self.num_features = num_features
@@ -163,19 +171,22 @@ class RMSNorm(nn.RMSNorm):
 
 
 class GroupNorm(nn.GroupNorm):
-    """``torch.nn.GroupNorm`` with input checks.
+    """``torch.nn.GroupNorm`` with input checks and a channels-last option.
 
     Splits the C channels into ``num_groups`` groups and normalizes each
     group of each sample over its channels and positions; per-channel
-    affine. Signature as torch: ``GroupNorm(num_groups, num_channels)``.
+    affine. Signature and state_dict as torch's:
+    ``GroupNorm(num_groups, num_channels, eps, affine, device, dtype, *, bias)``;
+    ``num_groups`` must divide ``num_channels`` (the error names the nearest
+    divisors). (The registry's ``"gn"`` picks the groups itself: 32, or the
+    largest divisor of C below 32.)
 
-    Each group must hold more than one value per sample: with the default
-    32 groups capped to a divisor, an (N, C) input with C <= 32 has one
-    channel per group, which would output the bias alone, and is refused
+    Each group must hold more than one value per sample: an (N, C) input
+    with one channel per group would output the bias alone, and is refused
     (in torch only when N == 1).
 
     Shape:
-        - Input: (N, C, *).
+        - Input: (N, C, *) (or (N, *, C) with ``channel_dim=-1``).
         - Output: same shape as the input.
 
     Training vs eval: identical; statistics come from each sample alone.
@@ -189,8 +200,13 @@ class GroupNorm(nn.GroupNorm):
         affine: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        channel_dim: int = 1,
     ) -> None:
         check_num_features(num_channels)
+        check_eps(eps)
+        check_channel_dim(channel_dim)
         if num_groups < 1 or num_channels % num_groups:
             divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
             nearest = sorted(divisors, key=lambda g: (abs(g - num_groups), -g))[:2]
@@ -199,10 +215,16 @@ class GroupNorm(nn.GroupNorm):
                 f"num_groups={num_groups}. Use a divisor of {num_channels}, e.g. "
                 f"{' or '.join(map(str, sorted(nearest)))}."
             )
-        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+        super().__init__(
+            num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias
+        )
+        self.channel_dim = channel_dim
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_channels, "GroupNorm")
+        check_input(input, self.num_channels, "GroupNorm", channel_dim=self.channel_dim)
+        return with_channels_first(self._normalize, input, self.channel_dim)
+
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         per_group = self.num_channels // self.num_groups * math.prod(input.shape[2:])
         check_values_per_group(
             input,
@@ -212,26 +234,68 @@ class GroupNorm(nn.GroupNorm):
         )
         return super().forward(input)
 
+    def extra_repr(self) -> str:
+        channel_dim = f", channel_dim={self.channel_dim}" if self.channel_dim != 1 else ""
+        return super().extra_repr() + channel_dim
+
 
 class InstanceNorm(_InstanceNorm):
     """``torch.nn.InstanceNorm1d/2d/3d`` as one module for (N, C, *) input, any rank >= 3.
 
-    Normalizes each channel of each sample over its positions. Arguments,
-    defaults (``affine=False``, ``track_running_stats=False``) and
-    state_dict as torch's; the registry's ``"in"`` turns ``affine`` on.
-    Unlike torch's, an unbatched (C, L) input is refused: channels are
-    always on dim 1.
+    Normalizes each channel of each sample over its positions. Arguments
+    (``num_features, eps, momentum, affine, track_running_stats, device,
+    dtype``, then keyword ``bias``), defaults (``affine=False``,
+    ``track_running_stats=False``) and state_dict as torch's; the registry's
+    ``"in"`` turns ``affine`` on. Unlike torch's, an unbatched (C, L) input
+    is refused: channels are always on dim 1 (or last, with ``channel_dim=-1``).
 
     Shape:
-        - Input: (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+        - Input: (N, C, L), (N, C, H, W) or (N, C, D, H, W); or (N, *, C)
+          with ``channel_dim=-1``.
         - Output: same shape as the input.
 
     Training vs eval: identical unless ``track_running_stats=True``, in
     which case eval mode normalizes with the running statistics, as torch.
+    An empty batch gives an empty output and changes no statistic (torch's
+    raises an internal IndexError for some options).
     """
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        channel_dim: int = 1,
+    ) -> None:
+        check_num_features(num_features)
+        check_eps(eps)
+        check_momentum(momentum)
+        check_channel_dim(channel_dim)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
+        self.channel_dim = channel_dim
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_features, "InstanceNorm", min_ndim=3)
+        check_input(
+            input, self.num_features, "InstanceNorm", min_ndim=3, channel_dim=self.channel_dim
+        )
+        return with_channels_first(self._normalize, input, self.channel_dim)
+
+    def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         if self.training or not self.track_running_stats:
             check_values_per_group(
                 input,
@@ -239,4 +303,13 @@ class InstanceNorm(_InstanceNorm):
                 "InstanceNorm",
                 "It needs more than one position per channel; for (N, C, 1, ...) use 'ln' or 'bn'.",
             )
+        if input.numel() == 0:
+            # torch's instance-norm kernel fails on some empty batches (IndexError); its
+            # batch-norm kernel gives what batch norm does: an empty output, zero affine
+            # gradients and no statistic touched.
+            return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return self._apply_instance_norm(input)
+
+    def extra_repr(self) -> str:
+        channel_dim = f", channel_dim={self.channel_dim}" if self.channel_dim != 1 else ""
+        return super().extra_repr() + channel_dim
