@@ -24,25 +24,34 @@ Shapes (``SHAPES``; every tensor is standard normal):
   (an early ResNet stage) and (256, 256, 14, 14) (a late one, large batch),
   each stored contiguous (NCHW) and channels_last (NHWC).
 - ``seq``: the tokens of a transformer block, (N, L, C) = (32, 512, 768).
-  ``ln`` and ``rms`` take it as transformers hold it, with
-  ``channel_dim=-1``, against ``nn.LayerNorm(768)`` / ``nn.RMSNorm(768)``
-  on that tensor; the channels-first kinds (the batch-norm family, ``gn``,
-  ``in``, ``switch``) take the same sizes as an (N, C, L) = (32, 768, 512)
-  tensor against BatchNorm1d / GroupNorm / InstanceNorm1d on it.
+  The kinds whose registry entry says ``tokens_last`` (``ln``, ``rms``) take
+  it as transformers hold it, with ``channel_dim=-1``, against
+  ``nn.LayerNorm(768)`` / ``nn.RMSNorm(768)`` on that tensor; the others
+  (the batch-norm family, ``gn``, ``in``, ``switch``) take the same sizes as
+  an (N, C, L) = (32, 768, 512) tensor against BatchNorm1d / GroupNorm /
+  InstanceNorm1d on it.
 
-Baselines (same dtype, same mode, same tensor; see :func:`build_cases`):
-torch's BatchNorm1d/2d for ``bn``, ``bn-scalar`` (torch has no scalar-
-statistics batch norm: the ratio is the price of that choice), ``brn``,
-``switch`` and ``sync-bn`` (one process); BatchNorm with ``eps=1e-3,
-momentum=0.01`` for ``bn (keras)``, torch's spelling of the Keras defaults;
-BatchNorm held in eval mode with its affine frozen for ``frozen-bn``, in
-every column, since frozen batch norm is that layer in both modes;
-GroupNorm with :func:`normlab.registry.default_groups` groups for ``gn``;
+Which kinds are timed, against what and by which target is the registry's
+(:class:`normlab.registry.NormKind`: ``baseline``, ``speed_target``,
+``variants``); every registered kind with a baseline is a row, so a kind
+registered with one is benchmarked with no change here. The built-in
+baselines (same dtype, same mode, same tensor): torch's BatchNorm1d/2d for
+``bn``, ``bn-scalar`` (torch has no scalar-statistics batch norm: the ratio
+is the price of that choice), ``brn``, ``switch`` and ``sync-bn`` (one
+process); BatchNorm with ``eps=1e-3, momentum=0.01`` for ``bn (keras)``,
+torch's spelling of the Keras defaults; BatchNorm held in eval mode with its
+affine frozen for ``frozen-bn``, in every column, since frozen batch norm is
+that layer in both modes; GroupNorm with
+:func:`normlab.registry.default_groups` groups for ``gn``;
 InstanceNorm1d/2d(affine=True) for ``in``. ``ln`` and ``rms`` on (N, C, H, W)
 normalize the C channels at each position; the native way to do that is
 timm's LayerNorm2d, ``LayerNorm(C)`` applied to ``x.movedim(1, -1)`` and
 moved back, so that is the baseline. Comparing with LayerNorm on a tensor
 already stored (N, H, W, C) would time the memory layout, not the layer.
+
+Targets: each kind's ``speed_target`` in the registry, a median train
+fwd+bwd ratio over the shapes in float32 at all threads; the summary table
+states it beside the measured median and the verdict.
 
 Jobs: ``train fwd`` is the forward pass in training mode as training runs it
 (autograd on, input and parameters requiring grad, running statistics
@@ -62,7 +71,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +84,13 @@ from torch.utils import benchmark
 
 import normlab
 from normlab._checks import did_you_mean, name_key
-from normlab.registry import default_groups, get_kind, make_norm, norm_kinds
+from normlab.registry import get_kind, make_norm, registered_kinds
 
 #: Seconds each of ours and the baseline is timed per job, by default.
 DEFAULT_MIN_RUN_TIME = 0.2
 
 JOBS: tuple[str, ...] = ("train fwd", "train fwd+bwd", "eval fwd")
-#: The job the issue's targets are set on.
+#: The job the speed targets (``NormKind.speed_target``) are judged on.
 TARGET_JOB = "train fwd+bwd"
 
 DTYPES: dict[str, torch.dtype] = {
@@ -91,9 +99,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
-
-#: Kinds normalized over the channels of each position (per token on ``seq``).
-_TOKEN_KINDS = ("ln", "rms")
 
 
 @dataclass(frozen=True)
@@ -130,34 +135,30 @@ class Variant:
             object.__setattr__(self, "label", self.kind)
 
 
-KERAS_BN = Variant("bn", {"convention": "keras"}, "bn (keras)")
+def _variant_target(kind: str, label: str) -> float | None:
+    entry = get_kind(kind)
+    for variant in entry.variants:
+        if label == f"{entry.name} ({variant.name})":
+            return variant.speed_target
+    return entry.speed_target
 
-#: The issue's target for each variant: median train fwd+bwd ratio, float32, all threads.
-#: Kinds that are torch's modules or dispatch to its kernels (frozen-bn to F.batch_norm,
-#: sync-bn in one process to bn) share bn's 1.05.
-TARGETS: dict[str, float] = {
-    "bn": 1.05,
-    "bn (keras)": 1.10,
-    "bn-scalar": 1.5,
-    "ln": 1.05,
-    "rms": 1.05,
-    "gn": 1.05,
-    "in": 1.05,
-    "brn": 2.0,
-    "switch": 2.0,
-    "frozen-bn": 1.05,
-    "sync-bn": 1.05,
-}
+
+def speed_targets() -> dict[str, float]:
+    """Each variant's label and its speed target, from the registry."""
+    return {v.label: _variant_target(v.kind, v.label) for v in default_variants()}
 
 
 def default_variants() -> list[Variant]:
-    """Every registered kind but ``none``, with ``bn (keras)`` right after ``bn``."""
+    """Every registered kind with a benchmark baseline, each followed by its variants
+    (``bn (keras)`` right after ``bn``)."""
     variants = []
-    for kind in norm_kinds():
-        if kind != "none":
-            variants.append(Variant(kind))
-        if kind == "bn":
-            variants.append(KERAS_BN)
+    for entry in registered_kinds():
+        if entry.baseline is None:
+            continue
+        variants.append(Variant(entry.name))
+        variants += [
+            Variant(entry.name, dict(v.options), f"{entry.name} ({v.name})") for v in entry.variants
+        ]
     return variants
 
 
@@ -169,27 +170,34 @@ def _items(text: str, what: str) -> list[str]:
 
 
 def parse_kinds(text: str) -> list[Variant]:
-    """Variants from a comma list of registry names or aliases; ``bn:keras`` is ``bn (keras)``.
+    """Variants from a comma list of registry names or aliases; ``kind:variant`` names one of
+    the kind's registered variants (``bn:keras`` is ``bn (keras)``).
 
     Raises:
-        ValueError: an unknown kind (the closest are named), ``none``, or a
-            ``:variant`` other than ``bn:keras``.
+        ValueError: an unknown kind (the closest are named), a kind without a
+            benchmark baseline (``none``), or an unknown ``:variant``.
     """
     variants = []
     for item in _items(text, "normalization kinds"):
         name, _, variant = item.partition(":")
-        kind = get_kind(name).name
-        if kind == "none":
-            raise ValueError("'none' is the identity and has no layer to time; drop it.")
-        if not variant:
-            variants.append(Variant(kind))
-        elif kind == "bn" and name_key(variant) == "keras":
-            variants.append(KERAS_BN)
-        else:
+        entry = get_kind(name)
+        if entry.baseline is None:
+            why = "is the identity" if entry.name == "none" else "declares no benchmark baseline"
             raise ValueError(
-                f"unknown variant {item!r}: the only one is bn:keras (batch norm in the Keras "
-                f"convention); write {kind!r} for the kind itself."
+                f"{entry.name!r} {why} and has no layer to time against torch's; drop it."
             )
+        if not variant:
+            variants.append(Variant(entry.name))
+            continue
+        known = {name_key(v.name): v for v in entry.variants}
+        if name_key(variant) not in known:
+            every = [f"{k.name}:{v.name}" for k in registered_kinds() for v in k.variants]
+            raise ValueError(
+                f"unknown variant {item!r}: the registered variants are "
+                f"{', '.join(every) or 'none'}; write {entry.name!r} for the kind itself."
+            )
+        chosen = known[name_key(variant)]
+        variants.append(Variant(entry.name, dict(chosen.options), f"{entry.name} ({chosen.name})"))
     return list(dict.fromkeys(variants))
 
 
@@ -254,18 +262,6 @@ def parse_threads(text: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
-class _ChannelsLast(nn.Module):
-    """torch's last-dim norm ``norm_cls(channels)`` on the channels of (N, C, *) input, as
-    timm's LayerNorm2d: move dim 1 last, normalize, move it back."""
-
-    def __init__(self, norm_cls: type[nn.Module], channels: int, **factory: Any) -> None:
-        super().__init__()
-        self.norm = norm_cls(channels, **factory)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
-
-
 @dataclass(frozen=True)
 class Case:
     """One variant on one input: how to build the tensor, our module and torch's.
@@ -314,53 +310,32 @@ class Case:
         return module
 
 
-_BATCH_NORM_KINDS = ("bn", "bn-scalar", "brn", "switch", "sync-bn", "frozen-bn")
-
-
 def _case(variant: Variant, shape: Shape) -> Case:
-    kind, options = variant.kind, dict(variant.options)
+    """``variant`` on ``shape`` against the baseline its registry entry names."""
+    entry, options = get_kind(variant.kind), dict(variant.options)
+    if entry.baseline is None:
+        raise ValueError(f"normlab bench has no baseline for kind {entry.name!r}.")
     size, layout = shape.size, shape.layout
     if shape.group == "seq":
-        if kind in _TOKEN_KINDS:
+        if entry.tokens_last:
             n, c, length = size
             size, layout = (n, length, c), "(N, L, C)"
             options["channel_dim"] = -1
         else:
             layout = "(N, C, L)"
-    ndim = len(size)
     channels = size[-1] if options.get("channel_dim") == -1 else size[1]
-    eval_only = False
-    if kind in _BATCH_NORM_KINDS:
-        cls = nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
-        baseline, factory = cls.__name__, partial(cls, channels)
-        if options.get("convention") == "keras":
-            baseline += "(eps=1e-3, momentum=0.01)"
-            factory = partial(cls, channels, eps=1e-3, momentum=0.01)
-        elif kind == "frozen-bn":
-            baseline, eval_only = f"{baseline}, eval, frozen affine", True
-    elif kind in _TOKEN_KINDS:
-        cls = nn.LayerNorm if kind == "ln" else nn.RMSNorm
-        if ndim == 2 or options.get("channel_dim") == -1:
-            baseline, factory = cls.__name__, partial(cls, channels)
-        else:
-            baseline = f"{cls.__name__} on movedim(1, -1)"
-            factory = partial(_ChannelsLast, cls, channels)
-    elif kind == "gn":
-        groups = default_groups(channels)
-        baseline, factory = (
-            f"GroupNorm({groups}, {channels})",
-            partial(nn.GroupNorm, groups, channels),
-        )
-    elif kind == "in":
-        if ndim < 3:
-            reason = "instance norm needs positions: (N, C) holds one value per channel per sample"
-            return Case(variant, shape, size, layout, options, "InstanceNorm", skipped=reason)
-        cls = nn.InstanceNorm2d if ndim == 4 else nn.InstanceNorm1d
-        baseline = f"{cls.__name__}(affine=True)"
-        factory = partial(cls, channels, affine=True)
-    else:
-        raise ValueError(f"normlab bench has no baseline for kind {kind!r}.")
-    return Case(variant, shape, size, layout, options, baseline, None, eval_only, factory)
+    baseline = entry.baseline(len(size), channels, options)
+    return Case(
+        variant,
+        shape,
+        size,
+        layout,
+        options,
+        baseline.name,
+        baseline.skipped,
+        baseline.eval_only,
+        baseline.build,
+    )
 
 
 def build_cases(
@@ -626,11 +601,13 @@ def summarize(result: BenchResult) -> list[dict[str, Any]]:
     """Per variant, the median train fwd+bwd ratio over the shapes timed in float32.
 
     Each entry holds ``median_ratio`` and ``shapes`` (how many shapes entered
-    it) at all threads, where the issue's ``target`` is set, ``met`` (None
-    when that was not measured), and ``median_ratio_by_threads``: the median
-    at each thread count of the run.
+    it) at all threads, where the kind's speed ``target`` (from the registry;
+    None for a kind no longer registered) is judged, ``met`` (None when either
+    is missing), and ``median_ratio_by_threads``: the median at each thread
+    count of the run.
     """
     every = result.environment["all_threads"]
+    targets = speed_targets()
     ratios: dict[str, dict[int, list[float]]] = {}
     for row in result.rows:
         by_threads = ratios.setdefault(row.kind, {})
@@ -645,8 +622,8 @@ def summarize(result: BenchResult) -> list[dict[str, Any]]:
                 "kind": kind,
                 "median_ratio": median,
                 "shapes": len(by_threads.get(every, [])),
-                "target": TARGETS[kind],
-                "met": None if median is None else median <= TARGETS[kind],
+                "target": targets.get(kind),
+                "met": None if median is None or kind not in targets else median <= targets[kind],
                 "median_ratio_by_threads": {
                     str(count): medians[count] for count in sorted(medians)
                 },
@@ -707,7 +684,7 @@ def results_table(result: BenchResult) -> Table:
 
 def summary_table(result: BenchResult) -> Table:
     """Per kind: the median train fwd+bwd ratio over the shapes (float32) at each thread
-    count, and the issue's target, judged at all threads."""
+    count, and the kind's speed target, judged at all threads."""
     every = result.environment["all_threads"]
     summary = summarize(result)
     counts = sorted({int(count) for entry in summary for count in entry["median_ratio_by_threads"]})
@@ -729,7 +706,7 @@ def summary_table(result: BenchResult) -> Table:
         table.add_row(
             entry["kind"],
             *(f"{medians[str(c)]:.3f}" if str(c) in medians else "n/a" for c in counts),
-            f"≤ {entry['target']:.2f}",
+            "n/a" if entry["target"] is None else f"≤ {entry['target']:.2f}",
             verdict,
         )
     return table

@@ -29,13 +29,14 @@ from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.sweep import available_cores
 from normlab.models import CELLS, MODELS, PLACEMENTS
-from normlab.registry import KINDS, make_norm
+from normlab.registry import make_norm, registered_kinds
 
 
 def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Table:
     """Apply every registered kind to one batch (mean 3, std 2) and tabulate the outputs.
 
-    Each module runs one training step, then eval mode, on the same batch;
+    The running-stats column is the registry's: per "channel", one "scalar" or
+    none. Each module runs one training step, then eval mode, on the same batch;
     the last column is the largest difference between those two outputs. A
     kind that cannot take the batch (instance norm on (N, C)) gets a row
     saying why.
@@ -50,11 +51,12 @@ def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Ta
     table.add_column("kind")
     table.add_column("aliases")
     table.add_column("module")
+    table.add_column("running stats")
     for column in ("params", "train mean/std", "eval mean/std", "max |train-eval|"):
         table.add_column(column, justify="right")
-    for kind in KINDS:
+    for kind in registered_kinds():
         module = make_norm(kind.name, batch_shape[1])
-        row = [kind.name, ", ".join(kind.aliases), type(module).__name__]
+        row = [kind.name, ", ".join(kind.aliases), type(module).__name__, kind.running_stats or ""]
         row.append(str(sum(p.numel() for p in module.parameters())))
         try:
             with torch.no_grad():

@@ -1,8 +1,10 @@
 """The lab's models, each built around one normalization kind from the registry.
 
 Every builder takes images of shape (N, C, H, W) and returns logits of shape
-(N, num_classes); ``norm`` is any name ``normlab.make_norm`` accepts and
-``placement`` puts it before or after each activation.
+(N, num_classes); ``norm`` is any name ``normlab.make_norm`` accepts, or any
+callable that takes a channel count C and returns a module for (N, C, *)
+input (as timm's ``get_norm_layer``), and ``placement`` puts it before or
+after each activation.
 
 =======  ==========================================================  ======================
 model    layers (``placement="before"``)                             after the activation
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from normlab._checks import did_you_mean
-from normlab.registry import make_norm
+from normlab.registry import NormSpec, norm_factory
 
 MODELS = ("mlp", "cnn", "rnn")
 PLACEMENTS = ("before", "after")
@@ -40,7 +42,8 @@ DEFAULT_HIDDEN = {"mlp": (128, 64), "cnn": (32, 64), "rnn": (128, 128)}
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-def _check_placement(placement: str) -> None:
+def check_placement(placement: str) -> None:
+    """Raise ValueError unless ``placement`` is one of :data:`PLACEMENTS`."""
     if placement not in PLACEMENTS:
         raise ValueError(
             f"placement must be 'before' or 'after' the activation; got {placement!r}."
@@ -56,15 +59,16 @@ def mlp(
     hidden: Sequence[int] = DEFAULT_HIDDEN["mlp"],
     num_classes: int = 10,
     *,
-    norm: str = "none",
+    norm: NormSpec = "none",
     placement: str = "before",
 ) -> nn.Sequential:
     """Multi-layer perceptron: input (N, *) flattened to (N, in_features) -> (N, num_classes)."""
-    _check_placement(placement)
+    check_placement(placement)
+    make = norm_factory(norm)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for out in hidden:
-        layers += [nn.Linear(width, out), *_normalized_activation(make_norm(norm, out), placement)]
+        layers += [nn.Linear(width, out), *_normalized_activation(make(out), placement)]
         width = out
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
@@ -75,7 +79,7 @@ def cnn(
     hidden: Sequence[int] = DEFAULT_HIDDEN["cnn"],
     num_classes: int = 10,
     *,
-    norm: str = "none",
+    norm: NormSpec = "none",
     placement: str = "before",
     dense: int = 64,
 ) -> nn.Sequential:
@@ -84,7 +88,7 @@ def cnn(
     Each width in ``hidden`` adds a 3x3 convolution (padding 1), the norm,
     ReLU and 2x2 max pooling, so H and W must be at least 2**len(hidden).
     """
-    _check_placement(placement)
+    check_placement(placement)
     channels, height, width = input_shape
     if min(height, width) < 2 ** len(hidden):
         raise ValueError(
@@ -92,11 +96,12 @@ def cnn(
             f"{2 ** len(hidden)}x{2 ** len(hidden)}; got {height}x{width}. "
             "Use fewer --hidden widths."
         )
+    make = norm_factory(norm)
     layers: list[nn.Module] = []
     for out in hidden:
         layers += [
             nn.Conv2d(channels, out, 3, padding=1),
-            *_normalized_activation(make_norm(norm, out), placement),
+            *_normalized_activation(make(out), placement),
             nn.MaxPool2d(2),
         ]
         channels, height, width = out, height // 2, width // 2
@@ -134,22 +139,23 @@ class RowRNN(nn.Module):
         hidden: Sequence[int] = DEFAULT_HIDDEN["rnn"],
         num_classes: int = 10,
         *,
-        norm: str = "none",
+        norm: NormSpec = "none",
         placement: str = "before",
         cell: str = "lstm",
     ) -> None:
         super().__init__()
-        _check_placement(placement)
+        check_placement(placement)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}.")
         channels, _, width = input_shape
         self.placement = placement
         self.norms = nn.ModuleList()
         self.layers = nn.ModuleList()
+        make = norm_factory(norm)
         features = channels * width
         for out in hidden:
             normalized = features if placement == "before" else out
-            self.norms.append(_FeaturesAsChannels(make_norm(norm, normalized)))
+            self.norms.append(_FeaturesAsChannels(make(normalized)))
             self.layers.append(CELLS[cell](features, out, batch_first=True))
             features = out
         self.head = nn.Linear(features, num_classes)
@@ -170,15 +176,16 @@ def build_model(
     input_shape: Sequence[int],
     num_classes: int,
     *,
-    norm: str = "none",
+    norm: NormSpec = "none",
     placement: str = "before",
     hidden: Sequence[int] | None = None,
     cell: str = "lstm",
 ) -> nn.Module:
     """The lab's model ``name`` for (N, *input_shape) images with ``num_classes`` classes.
 
-    ``hidden`` defaults to the tutorials' widths (see DEFAULT_HIDDEN); ``cell``
-    applies to ``rnn`` only.
+    ``norm`` is a kind's name or a callable ``C -> module`` (see
+    :func:`normlab.registry.norm_factory`); ``hidden`` defaults to the
+    tutorials' widths (see DEFAULT_HIDDEN); ``cell`` applies to ``rnn`` only.
     """
     if name not in MODELS:
         hint = did_you_mean(name, {model: model for model in MODELS})

@@ -5,15 +5,23 @@ every module takes (N, C, *) input with channels on dim 1 (or, with
 ``channel_dim=-1``, (N, *, C) input) and returns the same shape. Where torch
 already has the layer, the module is torch's (through a thin subclass that
 checks the input, see normlab.layers).
+
+A kind's entry (:class:`NormKind`) also carries every fact about it that a
+tool needs: the running statistics it keeps, torch's module that does its
+job and its speed target (``normlab bench``), and the layout it reads on
+transformer tokens. :func:`register_kind` adds a kind; ``normlab norms``,
+``compare``, ``bench`` and the report then know it with no other change.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 
 from normlab._checks import check_channel_dim, check_num_features, did_you_mean, name_key
@@ -95,15 +103,142 @@ def _instance_norm(
     )
 
 
+class ChannelsLast(nn.Module):
+    """torch's last-dim norm ``norm_cls(channels)`` on the channels of (N, C, *) input, as
+    timm's LayerNorm2d: move dim 1 last, normalize, move it back.
+
+    Shape:
+        - Input: (N, C, *).
+        - Output: same shape.
+    """
+
+    def __init__(self, norm_cls: type[nn.Module], channels: int, **factory: Any) -> None:
+        super().__init__()
+        self.norm = norm_cls(channels, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """torch's module that does a kind's job on one input: what ``normlab bench`` times the
+    kind against, in the same dtype and mode on the same tensor.
+
+    ``build(dtype=...)`` makes the module; ``eval_only`` keeps it in eval mode
+    with its affine frozen in every job (frozen batch norm is that layer in
+    both modes). ``skipped`` says why the kind has no job on this input (then
+    ``build`` is None).
+    """
+
+    name: str
+    build: Callable[..., nn.Module] | None = field(default=None, repr=False)
+    eval_only: bool = False
+    skipped: str | None = None
+
+
+#: A kind's baseline on an input: ``(ndim, channels, make_norm options) -> Baseline``.
+BaselineFor = Callable[[int, int, Mapping[str, Any]], Baseline]
+
+
+def _batch_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
+    """torch's BatchNorm1d/2d; with ``convention="keras"`` in torch's spelling of Keras'
+    defaults (eps 1e-3, momentum 0.01)."""
+    cls = nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
+    if options.get("convention") == "keras":
+        name = f"{cls.__name__}(eps=1e-3, momentum=0.01)"
+        return Baseline(name, partial(cls, channels, eps=1e-3, momentum=0.01))
+    return Baseline(cls.__name__, partial(cls, channels))
+
+
+def _frozen_batch_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
+    """torch's BatchNorm1d/2d held in eval mode with its affine frozen."""
+    cls = nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
+    return Baseline(f"{cls.__name__}, eval, frozen affine", partial(cls, channels), eval_only=True)
+
+
+def _last_dim_baseline(cls: type[nn.Module]) -> BaselineFor:
+    """torch's ``cls(C)`` on the last dim; on the channels of (N, C, *) input moved there
+    and back (:class:`ChannelsLast`)."""
+
+    def baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
+        if ndim == 2 or options.get("channel_dim") == -1:
+            return Baseline(cls.__name__, partial(cls, channels))
+        return Baseline(f"{cls.__name__} on movedim(1, -1)", partial(ChannelsLast, cls, channels))
+
+    return baseline
+
+
+def _group_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
+    groups = options.get("groups") or default_groups(channels)
+    return Baseline(f"GroupNorm({groups}, {channels})", partial(nn.GroupNorm, groups, channels))
+
+
+def _instance_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
+    if ndim < 3:
+        reason = "instance norm needs positions: (N, C) holds one value per channel per sample"
+        return Baseline("InstanceNorm", skipped=reason)
+    cls = nn.InstanceNorm2d if ndim == 4 else nn.InstanceNorm1d
+    return Baseline(f"{cls.__name__}(affine=True)", partial(cls, channels, affine=True))
+
+
+@dataclass(frozen=True)
+class KindVariant:
+    """A kind with fixed options that tools show as a row of its own, e.g. bn's Keras
+    convention, labelled ``"<kind> (<name>)"`` and written ``<kind>:<name>``."""
+
+    name: str
+    options: Mapping[str, Any]
+    speed_target: float
+
+
 @dataclass(frozen=True)
 class NormKind:
-    """A registered kind: its name, aliases, what builds it and a one-line summary."""
+    """A registered kind: how to build it and every fact about it that a tool reads.
+
+    Attributes:
+        name: the canonical name ("bn").
+        build: ``build(num_features, **preset, **options)`` returns the module.
+        summary: one line for ``normlab norms`` and the docs.
+        aliases: other names for it, resolved like the name.
+        preset: options the kind fixes (bn-scalar is BatchNorm with ``stats="scalar"``).
+        running_stats: the running statistics a module of the kind keeps with its
+            default options: ``"channel"`` (a mean and variance per channel, shape
+            (C,)), ``"scalar"`` (one of each, shape (1,)) or None (none). What its
+            ``running_var`` holds (unbiased, biased, sigma^2 - eps) depends on the
+            options, so the layer declares it.
+        tokens_last: on transformer tokens it reads the (N, L, C) layout, channels on
+            the last dim (``channel_dim=-1``), as torch's LayerNorm does; the other
+            kinds take the same sizes as (N, C, L).
+        baseline: torch's module that does its job on an input, for ``normlab bench``;
+            None when it has nothing to time (``none``).
+        speed_target: the median train fwd+bwd time as a ratio to the baseline,
+            float32, all threads, that ``normlab bench`` judges it against.
+        variants: option sets that ``normlab bench`` times as rows of their own.
+    """
 
     name: str
     build: Callable[..., nn.Module]
     summary: str
     aliases: tuple[str, ...] = ()
     preset: dict[str, Any] = field(default_factory=dict)
+    running_stats: str | None = None
+    tokens_last: bool = False
+    baseline: BaselineFor | None = field(default=None, repr=False)
+    speed_target: float | None = None
+    variants: tuple[KindVariant, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.running_stats not in (None, "channel", "scalar"):
+            raise ValueError(
+                f"running_stats of kind {self.name!r} must be 'channel', 'scalar' or None; "
+                f"got {self.running_stats!r}."
+            )
+        if (self.baseline is None) != (self.speed_target is None):
+            raise ValueError(
+                f"kind {self.name!r}: give both baseline= and speed_target= (normlab bench "
+                "times the kind against the baseline and judges it by the target), or neither."
+            )
 
     def options(self) -> list[str]:
         """The keyword options ``make_norm`` accepts for this kind."""
@@ -115,7 +250,7 @@ class NormKind:
         ]
 
 
-KINDS: tuple[NormKind, ...] = (
+BUILT_IN: tuple[NormKind, ...] = (
     NormKind("none", _identity, "no normalization (torch.nn.Identity)"),
     NormKind(
         "bn",
@@ -123,6 +258,10 @@ KINDS: tuple[NormKind, ...] = (
         "batch norm, per-channel statistics ('2s'); torch or Keras convention",
         ("batch", "bn-2s", "batchnorm"),
         {"stats": "channel"},
+        running_stats="channel",
+        baseline=_batch_norm_baseline,
+        speed_target=1.05,
+        variants=(KindVariant("keras", {"convention": "keras"}, speed_target=1.10),),
     ),
     NormKind(
         "bn-scalar",
@@ -130,50 +269,136 @@ KINDS: tuple[NormKind, ...] = (
         "batch norm, one mean and variance over the whole batch ('1s'), per-channel affine",
         ("bn-1s",),
         {"stats": "scalar"},
+        running_stats="scalar",
+        # torch has no scalar-statistics batch norm: the ratio is the price of that choice.
+        baseline=_batch_norm_baseline,
+        speed_target=1.5,
     ),
     NormKind(
-        "ln", LayerNorm, "layer norm (torch.nn.LayerNorm) over the channels", ("layer", "layernorm")
+        "ln",
+        LayerNorm,
+        "layer norm (torch.nn.LayerNorm) over the channels",
+        ("layer", "layernorm"),
+        tokens_last=True,
+        baseline=_last_dim_baseline(nn.LayerNorm),
+        speed_target=1.05,
     ),
-    NormKind("rms", RMSNorm, "RMSNorm (torch.nn.RMSNorm) over the channels", ("rmsnorm",)),
+    NormKind(
+        "rms",
+        RMSNorm,
+        "RMSNorm (torch.nn.RMSNorm) over the channels",
+        ("rmsnorm",),
+        tokens_last=True,
+        baseline=_last_dim_baseline(nn.RMSNorm),
+        speed_target=1.05,
+    ),
     NormKind(
         "gn",
         _group_norm,
         "group norm (torch.nn.GroupNorm), groups=32 or a divisor",
         ("group", "groupnorm"),
+        baseline=_group_norm_baseline,
+        speed_target=1.05,
     ),
     NormKind(
         "in",
         _instance_norm,
         "instance norm (torch.nn.InstanceNorm*d), affine=True; needs (N, C, L...) input",
         ("instance", "instancenorm"),
+        baseline=_instance_norm_baseline,
+        speed_target=1.05,
     ),
     NormKind(
-        "brn", BatchRenorm, "batch renormalization (Ioffe 2017), r/d clipping", ("batch-renorm",)
+        "brn",
+        BatchRenorm,
+        "batch renormalization (Ioffe 2017), r/d clipping",
+        ("batch-renorm",),
+        running_stats="channel",
+        baseline=_batch_norm_baseline,
+        speed_target=2.0,
     ),
     NormKind(
         "switch",
         SwitchableNorm,
         "switchable norm (Luo et al. 2018): learned mix of IN, LN and BN statistics",
         ("switchable",),
+        running_stats="channel",
+        baseline=_batch_norm_baseline,
+        speed_target=2.0,
     ),
-    NormKind("frozen-bn", FrozenBatchNorm, "batch norm with fixed statistics and affine"),
+    # Kinds that dispatch to torch's kernels (frozen-bn to F.batch_norm, sync-bn in
+    # one process to bn) share bn's target.
+    NormKind(
+        "frozen-bn",
+        FrozenBatchNorm,
+        "batch norm with fixed statistics and affine",
+        running_stats="channel",
+        baseline=_frozen_batch_norm_baseline,
+        speed_target=1.05,
+    ),
     NormKind(
         "sync-bn",
         SyncBatchNorm,
         "batch norm to be synchronized across processes; 'bn' within one process",
+        running_stats="channel",
+        baseline=_batch_norm_baseline,
+        speed_target=1.05,
     ),
 )
 
-
-_NAMES: dict[str, str] = {name_key(n): n for kind in KINDS for n in (kind.name, *kind.aliases)}
+_REGISTERED: dict[str, NormKind] = {kind.name: kind for kind in BUILT_IN}
 _BY_KEY: dict[str, NormKind] = {
-    name_key(name): kind for kind in KINDS for name in (kind.name, *kind.aliases)
+    name_key(name): kind for kind in BUILT_IN for name in (kind.name, *kind.aliases)
 }
+#: Each name and alias as spelled, under its key (for "did you mean").
+_NAMES: dict[str, str] = {name_key(n): n for kind in BUILT_IN for n in (kind.name, *kind.aliases)}
+
+
+def register_kind(kind: NormKind) -> NormKind:
+    """Add ``kind`` to the registry, after the kinds already there, and return it.
+
+    From then on, in this process, ``make_norm``, ``normlab norms``, ``compare``,
+    ``bench`` (when the kind has a baseline) and the report know it by its name
+    and aliases. Processes started afterwards by spawn (``compare --jobs N``,
+    Ray) import normlab afresh: register the kind in a module they import.
+
+    Raises:
+        ValueError: its name or an alias already names a kind.
+    """
+    taken = [name for name in (kind.name, *kind.aliases) if name_key(name) in _BY_KEY]
+    if taken:
+        owners = ", ".join(f"{name!r} ({_BY_KEY[name_key(name)].name})" for name in taken)
+        raise ValueError(
+            f"cannot register kind {kind.name!r}: {owners} already name(s) a registered kind. "
+            "Choose other names, or unregister_kind() the old one first."
+        )
+    _REGISTERED[kind.name] = kind
+    for name in (kind.name, *kind.aliases):
+        _BY_KEY[name_key(name)], _NAMES[name_key(name)] = kind, name
+    return kind
+
+
+def unregister_kind(name: str) -> NormKind:
+    """Remove the kind called ``name`` (or an alias of it) and return its entry.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    kind = get_kind(name)
+    del _REGISTERED[kind.name]
+    for alias in (kind.name, *kind.aliases):
+        del _BY_KEY[name_key(alias)], _NAMES[name_key(alias)]
+    return kind
+
+
+def registered_kinds() -> tuple[NormKind, ...]:
+    """Every registered kind's entry, in registry order (the built-in kinds first)."""
+    return tuple(_REGISTERED.values())
 
 
 def norm_kinds() -> list[str]:
     """Canonical names of the registered kinds, in registry order."""
-    return [kind.name for kind in KINDS]
+    return list(_REGISTERED)
 
 
 def get_kind(name: str) -> NormKind:
@@ -226,3 +451,29 @@ def make_norm(kind: str, num_features: int, **options: Any) -> nn.Module:
             f"it accepts: {', '.join(allowed) or 'no options'}."
         )
     return entry.build(num_features, **entry.preset, **options)
+
+
+#: A norm as the models take it: a kind's name, or any callable building the module for C.
+NormSpec = str | Callable[[int], nn.Module]
+
+
+def norm_factory(norm: NormSpec) -> Callable[[int], nn.Module]:
+    """A callable ``num_features -> module`` for ``norm``, as timm's ``get_norm_layer``.
+
+    Args:
+        norm: a kind's name or alias (checked now), or any callable that takes
+            the channel count C and returns a module mapping (N, C, *) input to
+            the same shape (returned as it is).
+
+    Raises:
+        ValueError: an unknown kind name (the closest are named).
+        TypeError: ``norm`` is neither a name nor callable.
+    """
+    if isinstance(norm, str):
+        return partial(make_norm, get_kind(norm).name)
+    if callable(norm):
+        return norm
+    raise TypeError(
+        f"norm must be a kind's name (one of {', '.join(norm_kinds())}) or a callable "
+        f"taking the channel count and returning a module; got {type(norm).__name__}."
+    )

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from normlab.data import dataset_name
-from normlab.models import PLACEMENTS
+from normlab.models import check_placement
 from normlab.registry import get_kind
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -123,8 +123,7 @@ def plan_runs(
         raise ValueError(f"--seeds must be at least 1; got {seeds}.")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; choose 'before' or 'after'.")
+    check_placement(placement)
     bad = [b for b in batch_sizes if b < 1]
     if bad:
         raise ValueError(f"batch sizes must be positive integers; got {bad}.")
