@@ -8,6 +8,7 @@ from torch import nn
 
 from normlab.inference.layers import batch_norm_layers
 from normlab.layers import FrozenBatchNorm, SwitchableNorm
+from normlab.module_tree import replace_modules
 
 
 def _selected(model: nn.Module, modules: Iterable[str | nn.Module] | None) -> list[nn.Module]:
@@ -72,15 +73,7 @@ def freeze(model: nn.Module, *, modules: Iterable[str | nn.Module] | None = None
     frozen = {}
     for layer in selected:
         try:
-            frozen[id(layer)] = FrozenBatchNorm.from_batchnorm(layer)
+            frozen[layer] = FrozenBatchNorm.from_batchnorm(layer)
         except ValueError as error:
             raise ValueError(f"{names[id(layer)] or 'model'}: {error}") from None
-    if id(model) in frozen:
-        return frozen[id(model)]
-    places = [
-        name for name, module in model.named_modules(remove_duplicate=False) if id(module) in frozen
-    ]
-    for name in places:
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, frozen[id(model.get_submodule(name))])
-    return model
+    return replace_modules(model, frozen)

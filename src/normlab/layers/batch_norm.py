@@ -12,6 +12,7 @@ from normlab import functional as NF
 from normlab._checks import check_choice
 from normlab.distributed import check_global_count, global_moments, sync_batch_norm, world_size
 from normlab.layers.base import RunningStatsNorm, RunningVar
+from normlab.module_tree import replace_modules
 
 
 class _Default(enum.Enum):
@@ -256,19 +257,12 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
     Returns:
         ``module`` converted in place, or the new layer when ``module`` is itself one.
     """
-    converted: dict[int, nn.Module] = {}
-    places = []
-    for name, layer in module.named_modules(remove_duplicate=False):
-        if type(layer) is BatchNorm or type(layer) in _TORCH_BATCH_NORMS:
-            places.append(name)
-            if id(layer) not in converted:
-                converted[id(layer)] = _synchronized(layer, process_group)
-    if id(module) in converted:
-        return converted[id(module)]
-    for name in places:
-        parent, _, attribute = name.rpartition(".")
-        setattr(module.get_submodule(parent), attribute, converted[id(module.get_submodule(name))])
-    return module
+    converted = {
+        layer: _synchronized(layer, process_group)
+        for layer in module.modules()
+        if type(layer) is BatchNorm or type(layer) in _TORCH_BATCH_NORMS
+    }
+    return replace_modules(module, converted)
 
 
 def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
