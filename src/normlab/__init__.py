@@ -16,6 +16,7 @@ from normlab.layers import (
 )
 from normlab.layers.batch_norm import convert_sync_batchnorm
 from normlab.registry import make_norm, norm_kinds
+from normlab.swap import replace_norms
 
 try:
     __version__ = version("normlab")
@@ -37,5 +38,6 @@ __all__ = [
     "make_norm",
     "models",
     "norm_kinds",
+    "replace_norms",
     "spectral_norm",
 ]

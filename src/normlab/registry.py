@@ -240,6 +240,19 @@ class NormKind:
                 "times the kind against the baseline and judges it by the target), or neither."
             )
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise TypeError naming the accepted options if ``options`` has one the kind does
+        not take (or one its preset fixes)."""
+        allowed = self.options()
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            fixed = [name for name in unknown if name in self.preset]
+            why = f" ({', '.join(fixed)} is fixed by the kind)" if fixed else ""
+            raise TypeError(
+                f"make_norm({self.name!r}) got unknown option(s) {', '.join(unknown)}{why}; "
+                f"it accepts: {', '.join(allowed) or 'no options'}."
+            )
+
     def options(self) -> list[str]:
         """The keyword options ``make_norm`` accepts for this kind."""
         params = list(inspect.signature(self.build).parameters.values())[1:]
@@ -441,15 +454,7 @@ def make_norm(kind: str, num_features: int, **options: Any) -> nn.Module:
     """
     entry = get_kind(kind)
     check_num_features(num_features)
-    allowed = entry.options()
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        fixed = [name for name in unknown if name in entry.preset]
-        why = f" ({', '.join(fixed)} is fixed by the kind)" if fixed else ""
-        raise TypeError(
-            f"make_norm({entry.name!r}) got unknown option(s) {', '.join(unknown)}{why}; "
-            f"it accepts: {', '.join(allowed) or 'no options'}."
-        )
+    entry.check_options(options)
     return entry.build(num_features, **entry.preset, **options)
 
 
