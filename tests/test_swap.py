@@ -22,8 +22,6 @@ from normlab.swap import Replaced
 from spec import CANONICAL_KINDS
 
 KINDS = list(CANONICAL_KINDS)
-#: Kinds that read channels on the last dim (channel_dim=-1) today.
-LAST_DIM_KINDS = ["none", "ln", "rms"]
 C = 8
 
 
@@ -199,7 +197,7 @@ VARIANCE_OF_KIND = {
     "bn-scalar": "unbiased",
     "sync-bn": "unbiased",
     "switch": "unbiased",
-    "brn": "sigma^2 - eps",
+    "brn": "sigma2_minus_eps",
     "frozen-bn": "fixed",
 }
 
@@ -313,15 +311,26 @@ def test_channels_first_layers_become_any_kind_with_their_state(source, kind):
         _check_swap(source, kind)
 
 
-@pytest.mark.parametrize("kind", LAST_DIM_KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("source", SOURCES_LAST_DIM)
-def test_last_dim_layers_become_kinds_reading_the_last_dim(source, kind):
+def test_last_dim_layers_become_any_kind_reading_the_last_dim(source, kind):
+    """LayerNorm(C) / RMSNorm(C) on (N, L, C) tokens: every kind with channel_dim=-1, so
+    batch norm in a transformer normalizes each of the C features over N and L."""
     _check_swap(source, kind)
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k not in LAST_DIM_KINDS])
-def test_kinds_that_cannot_read_the_last_dim_are_refused_naming_each_layer(kind):
-    _check_refused("vit-like (pre-norm)", kind, "layers.0.norm1 .*channel_dim=-1")
+def test_a_kind_on_tokens_normalizes_the_last_dim_as_on_moved_dims():
+    """The new batch norm in the encoder computes what the same kind computes on the tokens
+    moved to (N, C, L): layout kept, not reread."""
+    model, x = _source("vit-like (pre-norm)")
+    nl.replace_norms(model, "bn", example_input=x)
+    layer = model.layers[0].norm1
+    tokens = torch.randn(4, 5, C, generator=_gen(5))
+    reference = nl.make_norm("bn", C)
+    reference.load_state_dict(layer.state_dict())
+    expected = reference(tokens.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(layer.train()(tokens), expected)
+    torch.testing.assert_close(layer.running_var, reference.running_var)
 
 
 def test_a_shared_norm_is_replaced_once_at_every_place():

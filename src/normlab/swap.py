@@ -21,8 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from normlab.inference.layers import is_batch_norm, stores_unbiased_variance
-from normlab.layers import BatchNorm, BatchRenorm, FrozenBatchNorm, SwitchableNorm
+from normlab.inference.layers import is_batch_norm
+from normlab.layers import BatchNorm, FrozenBatchNorm, SwitchableNorm
 from normlab.module_tree import module_paths, replace_modules
 from normlab.registry import NormSpec, get_kind, make_norm
 
@@ -149,10 +149,9 @@ def _unmatched(items: list[type | str], layers: dict[nn.Module, list[str]]) -> l
 
 
 def _variance_held(module: nn.Module) -> str:
-    """What ``running_var`` holds: the unbiased or biased variance, or sigma^2 - eps."""
-    if isinstance(module, BatchRenorm):
-        return "sigma^2 - eps"
-    return "unbiased variance" if stores_unbiased_variance(module) else "biased variance"
+    """What ``running_var`` holds, as the layer declares it (``running_var_holds``:
+    "unbiased", "biased", "sigma2_minus_eps"); torch's layers store the unbiased variance."""
+    return getattr(module, "running_var_holds", "unbiased")
 
 
 def _batch_norm_like(module: nn.Module) -> bool:
@@ -190,7 +189,7 @@ def _carry(old: nn.Module, new: nn.Module) -> tuple[list[str], str]:
                     f"{tuple(new_mean.shape)}"
                 )
             elif not frozen and held[0] != held[1]:
-                why = f"running_var holds the {held[0]}; the new layer keeps the {held[1]}"
+                why = f"running_var holds {held[0]!r} variance; the new layer keeps {held[1]!r}"
             else:
                 new_mean.copy_(old_mean)
                 new_var.copy_(old_var)
