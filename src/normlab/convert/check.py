@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from normlab.convert.common import ConversionError, to_numpy
+from normlab.modes import eval_mode
 
 #: Largest |keras - torch| accepted by the conversion check, relative to max(1, max |output|).
 CHECK_TOLERANCE = 1e-4
@@ -42,7 +42,7 @@ def max_abs_difference(
     Returns:
         The largest absolute difference, computed in float64.
     """
-    with _eval_mode(torch_model):
+    with eval_mode(torch_model):
         expected = torch_model(inputs).double().cpu().numpy()
     keras_inputs = inputs.detach().cpu().numpy()
     if channels_last and keras_inputs.ndim > 2:
@@ -58,18 +58,6 @@ def max_abs_difference(
     return float(np.abs(actual - expected).max(initial=0.0))
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode; each submodule's own mode is restored on exit."""
-    modes = [(submodule, submodule.training) for submodule in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for submodule, training in modes:
-            submodule.training = training
-
-
 def check_outputs(
     keras_model: Any,
     torch_model: nn.Module,
@@ -81,7 +69,7 @@ def check_outputs(
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(tuple(shape), generator=generator, dtype=torch.float64).to(dtype)
     difference = max_abs_difference(keras_model, torch_model, inputs, channels_last=channels_last)
-    with torch.no_grad(), _eval_mode(torch_model):
+    with torch.no_grad(), eval_mode(torch_model):
         scale = max(1.0, float(torch_model(inputs).abs().max()))
     if not difference <= CHECK_TOLERANCE * scale:  # also catches NaN
         raise ConversionError(

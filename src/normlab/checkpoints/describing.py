@@ -1,29 +1,20 @@
-"""What a saved checkpoint holds about normalization: ``normlab inspect CHECKPOINT``.
+"""What a loaded checkpoint holds about normalization: ``normlab inspect CHECKPOINT``.
 
-A checkpoint is loaded with ``torch.load(..., weights_only=True)`` and nothing
-else: a file can never run code here. A state_dict (or a training loop's dict
-holding one) loads as plain tensors. A whole module saved with
-``torch.save(model)`` loads only when every class it names is on an explicit
-allow-list: torch.nn's modules, normlab's layers and the lab's models (see
-:func:`allowed_classes`). Anything else is refused with a
-:class:`CheckpointError` that names the refused class and says to save the
-state_dict instead.
-
-:func:`norm_layers` then lists the normalization layers with their running
-statistics and affine as (mean, min, max) summaries, :func:`norm_layers_table`
-renders them with rich, and :func:`describe` does both for a path.
+:func:`norm_layers` lists the normalization layers of a checkpoint loaded by
+:mod:`normlab.checkpoints.loading` with their running statistics and affine as
+(mean, min, max) summaries, :func:`norm_layers_table` renders them with rich,
+and :func:`describe` does both for a path. Whatever a loaded file holds that a
+layer should not (complex statistics, an eps that is not a number, statistics
+whose lengths disagree) becomes a note in the table, never an exception.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from pickle import UnpicklingError
 
 import torch
 from rich import box
@@ -33,205 +24,12 @@ from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.parameter import UninitializedTensorMixin
 
-from normlab import layers as normlab_layers
+from normlab.checkpoints.loading import locate_checkpoint
 from normlab.inference.layers import is_batch_norm, statistics_kind, tracks_running_stats
 from normlab.layers import FrozenBatchNorm, SwitchableNorm
-from normlab.models import RowRNN, _FeaturesAsChannels
-
-#: Keys under which training loops commonly store the model's state_dict, tried in order.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 
 #: (mean, min, max) of a tensor's values.
 Summary = tuple[float, float, float]
-
-_SAVE_STATE_DICT = (
-    "If you wrote this file, save the model's state_dict instead: "
-    "`torch.save(model.state_dict(), PATH)`, and inspect that."
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or may not be loaded safely; the message says why."""
-
-
-@cache
-def allowed_classes() -> tuple[type, ...]:
-    """The classes a pickled module may name: what ``torch.load`` is allowed to construct.
-
-    - every ``nn.Module`` subclass exported by ``torch.nn`` (containers, linear,
-      conv, recurrent, pooling, activation and torch's normalization layers);
-    - every layer class of :mod:`normlab.layers` (all of ``__all__``);
-    - the lab's models: :class:`normlab.models.RowRNN` and its private
-      ``_FeaturesAsChannels`` wrapper (``mlp`` and ``cnn`` are ``nn.Sequential``).
-
-    No other global is added. A saved normlab model needs none (checked on
-    torch 2.13 with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
-    every registered kind inside Sequential, cnn, mlp and rnn models, trained
-    and untrained): what else a pickled module names, ``collections.OrderedDict``
-    (its ``_modules``, ``_parameters``, ``_buffers`` and hook dicts), ``set``
-    (``_non_persistent_buffers_set``), ``torch.nn.parameter.Parameter``,
-    ``torch._utils._rebuild_parameter`` and ``_rebuild_tensor_v2``, dtypes and
-    ``torch.device``, is on torch's own weights-only list already; normlab's
-    ``_Default`` sentinel never reaches a pickle, because ``BatchNorm``
-    resolves it to numbers in ``__init__``. Hook wrappers
-    (``torch.nn.modules.module._WrappedHook``) appear only with the legacy
-    ``torch.nn.utils.spectral_norm``, which normlab does not use, and
-    parametrized modules (normlab's ``spectral_norm``) cannot be pickled whole.
-    """
-    torch_modules = [
-        obj for obj in vars(nn).values() if isinstance(obj, type) and issubclass(obj, nn.Module)
-    ]
-    normlab_modules = [getattr(normlab_layers, name) for name in normlab_layers.__all__]
-    return (*torch_modules, *normlab_modules, RowRNN, _FeaturesAsChannels)
-
-
-def _qualified_names(classes: tuple[type, ...]) -> set[str]:
-    return {f"{cls.__module__}.{cls.__qualname__}" for cls in classes}
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> nn.Module | dict[str, torch.Tensor]:
-    """Load ``path`` safely as a full module or a state_dict.
-
-    Accepts what ``torch.save`` wrote from:
-
-    - ``model.state_dict()`` (tensors by name), returned as a dict;
-    - a dict holding a state_dict (or a module) under ``"state_dict"``,
-      ``"model_state_dict"`` or ``"model"`` beside other entries (epoch,
-      optimizer state, ...), as training loops save; the state_dict (or
-      module) is returned and the rest ignored;
-    - ``model`` itself, when every class it names is in
-      :func:`allowed_classes`.
-
-    Never unpickles arbitrary objects: ``weights_only=True`` always.
-
-    Raises:
-        CheckpointError: the file is missing, empty, not a torch checkpoint,
-            corrupt, holds something other than a model or state_dict, or
-            names a class or function outside the allow-list (the message
-            names it and says to save the state_dict instead).
-    """
-    return _load(Path(path))[0]
-
-
-def _load(path: Path) -> tuple[nn.Module | dict[str, torch.Tensor], str]:
-    """The checkpoint and where it was in the file ("" at the top level, else a sentence)."""
-    obj = _torch_load(path)
-    found = _model_or_state_dict(obj)
-    if found is not None:
-        return found, ""
-    if isinstance(obj, Mapping):
-        for key in WRAPPER_KEYS:
-            found = _model_or_state_dict(obj.get(key))
-            if found is not None:
-                others = [str(other) for other in obj if other != key]
-                beside = f"; the file also holds {', '.join(others)}" if others else ""
-                return found, f"under {key!r}{beside}"
-        if not obj:
-            raise CheckpointError(
-                f"{path}: holds an empty dict; there is no model or state_dict to inspect."
-            )
-        keys = ", ".join(repr(key) for key in list(obj)[:8])
-        raise CheckpointError(
-            f"{path}: holds a dict (keys {keys}{', ...' if len(obj) > 8 else ''}) that is "
-            "neither a state_dict (tensors by name) nor has one under 'state_dict', "
-            "'model_state_dict' or 'model'. Save model.state_dict(), or a dict with it under "
-            "'state_dict'."
-        )
-    raise CheckpointError(
-        f"{path}: holds a {type(obj).__name__}, not a model or a state_dict. "
-        "Save model.state_dict() (or the model) with torch.save."
-    )
-
-
-def _model_or_state_dict(obj: object) -> nn.Module | dict[str, torch.Tensor] | None:
-    if isinstance(obj, nn.Module):
-        return obj
-    if (
-        isinstance(obj, Mapping)
-        and obj
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        return dict(obj)
-    return None
-
-
-def _torch_load(path: Path) -> object:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file. Check the path to the checkpoint.")
-    if path.is_dir():
-        raise CheckpointError(
-            f"{path}: is a directory; pass the checkpoint file that torch.save wrote."
-        )
-    if path.stat().st_size == 0:
-        raise CheckpointError(
-            f"{path}: the file is empty (0 bytes), not a checkpoint; was it saved completely?"
-        )
-    try:
-        with (
-            torch.serialization.safe_globals(list(allowed_classes())),
-            warnings.catch_warnings(),
-        ):
-            # A plain pickle's protocol draws a warning before the load fails anyway.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except UnpicklingError as error:
-        raise _unpickling_error(path, error) from error
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot be read: {error.strerror or error}.") from error
-    except Exception as error:  # torch.load raises many types on bytes that are not a checkpoint
-        raise CheckpointError(
-            f"{path}: not a torch checkpoint, or a corrupt or truncated one: torch.load "
-            f"failed with {type(error).__name__}: {_reason(error) or 'no message'}. "
-            "Pass a file written by torch.save, or save it again."
-        ) from error
-
-
-def _reason(error: BaseException) -> str:
-    """torch's error message without its boilerplate (which suggests weights_only=False)."""
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [line.strip() for line in str(error).splitlines()]
-    kept = [line for line in lines if line and not line.startswith(boilerplate)]
-    return " ".join(kept).strip()
-
-
-def _unpickling_error(path: Path, error: UnpicklingError) -> CheckpointError:
-    refused = _refused_globals(path, str(error))
-    if refused:
-        names = ", ".join(refused)
-        which = (
-            "which is not a torch.nn module, a normlab layer or a normlab model"
-            if len(refused) == 1
-            else "which are not torch.nn modules, normlab layers or normlab models"
-        )
-        return CheckpointError(
-            f"{path}: refused to load: it names {names}, {which}. "
-            "Only those are loaded (weights_only=True), "
-            "because loading any other class or function from a file can run code. "
-            f"{_SAVE_STATE_DICT}"
-        )
-    return CheckpointError(
-        f"{path}: not a checkpoint that can be loaded safely ({_reason(error)}): the file is "
-        "corrupt, not written by torch.save (a plain pickle is refused too), or builds "
-        f"objects other than tensors and modules. {_SAVE_STATE_DICT}"
-    )
-
-
-def _refused_globals(path: Path, message: str) -> list[str]:
-    """The globals ``path`` names outside torch's and normlab's allow-lists, sorted."""
-    try:
-        # Reads the pickle's opcodes only; nothing is imported or constructed.
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint: fall back to the name in torch's message
-        names = []
-    allowed = _qualified_names(allowed_classes())
-    refused = sorted(name for name in names if name not in allowed)
-    if not refused:
-        refused = re.findall(r"GLOBAL (\S+)", message)
-    return refused
-
 
 # --------------------------------------------------------------------------- summaries
 
@@ -297,10 +95,13 @@ def norm_layers(
 
 
 def _summary(tensor: object) -> Summary | None:
+    """(mean, min, max) of a real tensor's values; None for no tensor, an empty, uninitialized
+    or complex one (see :func:`_tensor_notes`)."""
     if (
         not isinstance(tensor, torch.Tensor)
         or isinstance(tensor, UninitializedTensorMixin)
         or tensor.numel() == 0
+        or tensor.is_complex()
     ):
         return None
     values = tensor.detach().double()
@@ -308,7 +109,46 @@ def _summary(tensor: object) -> Summary | None:
 
 
 def _count(tensor: object) -> int | None:
-    return int(tensor.item()) if isinstance(tensor, torch.Tensor) and tensor.numel() == 1 else None
+    if not isinstance(tensor, torch.Tensor) or tensor.numel() != 1 or tensor.is_complex():
+        return None
+    value = tensor.item()
+    return int(value) if isinstance(value, int | bool) or math.isfinite(value) else None
+
+
+def _number(module: nn.Module, attribute: str, notes: list[str]) -> float | None:
+    """``module.<attribute>`` as a float; None (and a note) when it is set to something else."""
+    value = getattr(module, attribute, None)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    notes.append(f"{attribute}={value!r} is not a number")
+    return None
+
+
+_TENSORS = ("running_mean", "running_var", "weight", "bias")
+
+
+def _tensor_notes(tensors: Mapping[str, object], num_features: int | None) -> list[str]:
+    """Notes on a layer's statistics and affine that hold whatever the layer is: complex
+    values, and lengths that disagree with each other or with ``num_features``."""
+    notes = []
+    lengths = {}
+    for name in _TENSORS:
+        tensor = tensors.get(name)
+        if not isinstance(tensor, torch.Tensor) or isinstance(tensor, UninitializedTensorMixin):
+            continue
+        if tensor.is_complex():
+            notes.append(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values")
+        if name.startswith("running") and tuple(tensor.shape) == (1,):
+            continue  # scalar statistics: one value whatever the channels
+        lengths[name] = tuple(tensor.shape)
+    expected = {(num_features,)} if num_features is not None else set()
+    if len(set(lengths.values()) | expected) > 1:
+        parts = [f"num_features {num_features}"] if num_features is not None else []
+        parts += [f"{name} {shape}" for name, shape in lengths.items()]
+        notes.append(f"shapes disagree: {', '.join(parts)}")
+    return notes
 
 
 def _num_features(module: nn.Module) -> int | None:
@@ -326,7 +166,8 @@ def _health_notes(running_mean: object, running_var: object, steps: int | None) 
     for name, tensor in (("running_mean", running_mean), ("running_var", running_var)):
         if isinstance(tensor, torch.Tensor) and not torch.isfinite(tensor).all():
             notes.append(f"{name} has NaN or inf")
-    if isinstance(running_var, torch.Tensor) and bool((running_var < 0).any()):
+    real_var = isinstance(running_var, torch.Tensor) and not running_var.is_complex()
+    if real_var and bool((running_var < 0).any()):
         notes.append("running_var has negative values")
     if steps == 0:
         notes.append("num_batches_tracked=0: statistics never updated")
@@ -352,7 +193,7 @@ def _module_notes(module: nn.Module) -> list[str]:
     shape = getattr(module, "normalized_shape", None)
     if shape is not None and len(shape) != 1:
         notes.append(f"normalized_shape={tuple(shape)}")
-    if isinstance(module, nn.RMSNorm) and module.eps is None:
+    if isinstance(module, nn.RMSNorm) and getattr(module, "eps", None) is None:
         notes.append("eps=None: the input dtype's machine epsilon")
     return notes
 
@@ -366,20 +207,25 @@ def _module_summary(name: str, module: nn.Module) -> NormLayerSummary:
     else:
         stats = getattr(module, "stats", None)  # FrozenBatchNorm's; None for per-sample norms
     tracking = tracks_running_stats(module) and not isinstance(module, FrozenBatchNorm)
-    eps = getattr(module, "eps", None)
+    notes = _module_notes(module)
+    eps = _number(module, "eps", notes)
+    momentum = _number(module, "momentum", notes) if tracking else None
+    num_features = _num_features(module)
+    tensors = {name: getattr(module, name, None) for name in _TENSORS}
+    notes += _tensor_notes(tensors, num_features)
     return NormLayerSummary(
         name=name,
         kind=type(module).__name__,
-        num_features=_num_features(module),
-        stats=stats,
-        eps=float(eps) if eps is not None else None,
-        momentum=getattr(module, "momentum", None) if tracking else None,
+        num_features=num_features,
+        stats=stats if isinstance(stats, str) else None,
+        eps=eps,
+        momentum=momentum,
         running_mean=_summary(running_mean),
         running_var=_summary(running_var),
         num_batches_tracked=steps,
-        weight=_summary(getattr(module, "weight", None)),
-        bias=_summary(getattr(module, "bias", None)),
-        notes="; ".join(_module_notes(module) + _health_notes(running_mean, running_var, steps)),
+        weight=_summary(tensors["weight"]),
+        bias=_summary(tensors["bias"]),
+        notes="; ".join(notes + _health_notes(running_mean, running_var, steps)),
     )
 
 
@@ -420,6 +266,7 @@ def _state_dict_summary(prefix: str, tensors: dict[str, torch.Tensor]) -> NormLa
     others = [leaf for leaf in tensors if leaf not in known]
     if others:
         notes.append(f"also under this prefix: {', '.join(others)}")
+    notes += _tensor_notes(tensors, None)
     return NormLayerSummary(
         name=prefix,
         kind="batch-norm statistics",
@@ -506,7 +353,7 @@ def describe(path: str | os.PathLike[str]) -> tuple[str, Table]:
     Raises:
         CheckpointError: as :func:`load_checkpoint`.
     """
-    checkpoint, where = _load(Path(path))
+    checkpoint, where = locate_checkpoint(path)
     layers = norm_layers(checkpoint)
     count = len(layers)
     where = f" ({where})" if where else ""
