@@ -117,10 +117,14 @@ def test_masking_layer_mask_as_keras_test_correctness(shape, axis):
     assert_close(ours(masked, training=False), ours(x, training=False), atol=0, rtol=0)
 
 
-def test_mask_that_does_not_broadcast_is_refused_with_the_shapes():
+def test_mask_that_does_not_broadcast_is_refused_with_the_shapes_in_training():
+    """In training, where it counts; inference ignores the mask (of the right rank), as Keras."""
+    x, mask = torch.randn(5, 2, 3), torch.ones(5, 3, dtype=torch.bool)
     layer = nlk.BatchNormalization(axis=1)
     with pytest.raises(ValueError, match=r"mask shape \(5, 3\).*input shape \(5, 2, 3\)"):
-        layer(torch.randn(5, 2, 3), training=True, mask=torch.ones(5, 3, dtype=torch.bool))
+        layer(x, training=True, mask=mask)
+    theirs = keras.layers.BatchNormalization(axis=1)
+    assert_close(layer(x, training=False, mask=mask), theirs(x, training=False, mask=mask))
 
 
 # 2. Keras' constructor arguments that normlab does not compute differently
