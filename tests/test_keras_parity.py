@@ -250,6 +250,7 @@ def test_a_config_written_by_keras_loads_into_normlab(overrides):
     _check_same_layer(ours, theirs, (6, 3, 5))
 
 
+@KERAS_NUMPY_WARNING
 def test_constraints_apply_in_fit_as_in_keras():
     """gamma_constraint NonNeg and beta_constraint MaxNorm after an optimizer step, as Keras."""
     gen = torch.Generator().manual_seed(5)
