@@ -117,10 +117,14 @@ def test_masking_layer_mask_as_keras_test_correctness(shape, axis):
     assert_close(ours(masked, training=False), ours(x, training=False), atol=0, rtol=0)
 
 
-def test_mask_that_does_not_broadcast_is_refused_with_the_shapes():
+def test_mask_that_does_not_broadcast_is_refused_with_the_shapes_in_training():
+    """In training, where it counts; inference ignores the mask (of the right rank), as Keras."""
+    x, mask = torch.randn(5, 2, 3), torch.ones(5, 3, dtype=torch.bool)
     layer = nlk.BatchNormalization(axis=1)
     with pytest.raises(ValueError, match=r"mask shape \(5, 3\).*input shape \(5, 2, 3\)"):
-        layer(torch.randn(5, 2, 3), training=True, mask=torch.ones(5, 3, dtype=torch.bool))
+        layer(x, training=True, mask=mask)
+    theirs = keras.layers.BatchNormalization(axis=1)
+    assert_close(layer(x, training=False, mask=mask), theirs(x, training=False, mask=mask))
 
 
 # 2. Keras' constructor arguments that normlab does not compute differently
@@ -246,6 +250,7 @@ def test_a_config_written_by_keras_loads_into_normlab(overrides):
     _check_same_layer(ours, theirs, (6, 3, 5))
 
 
+@KERAS_NUMPY_WARNING
 def test_constraints_apply_in_fit_as_in_keras():
     """gamma_constraint NonNeg and beta_constraint MaxNorm after an optimizer step, as Keras."""
     gen = torch.Generator().manual_seed(5)

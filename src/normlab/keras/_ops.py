@@ -128,17 +128,24 @@ def check_batch_statistics(shape: Sequence[int | None], axes: Sequence[int], lay
 
 
 def check_mask(
-    mask_shape: Sequence[int | None], input_shape: Sequence[int | None], layer: str
+    mask_shape: Sequence[int | None],
+    input_shape: Sequence[int | None],
+    layer: str,
+    *,
+    training: bool,
 ) -> None:
     """Refuse a Keras mask that does not broadcast to the input's shape without its last axis.
 
     Keras' BatchNormalization reads a mask that way whatever its channel
     axis: a (batch, steps) mask for (batch, steps, features) input is
-    broadcast over the features. Sizes not known when tracing (None) pass.
+    broadcast over the features. As Keras, inference (``training=False``),
+    which ignores the mask, checks only its rank. Sizes not known when
+    tracing (None) pass.
     """
     leading = tuple(input_shape)[:-1]
-    fits = len(mask_shape) == len(leading) and all(
-        m in (1, s) or None in (m, s) for m, s in zip(mask_shape, leading, strict=True)
+    fits = len(mask_shape) == len(leading) and (
+        not training
+        or all(m in (1, s) or None in (m, s) for m, s in zip(mask_shape, leading, strict=True))
     )
     if not fits:
         raise ValueError(

@@ -137,10 +137,11 @@ class MovingStatisticsNormalization(keras.layers.Layer):
         self._reduction_axes = [a for a in range(ndim) if a != axis]
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        batch_statistics = bool(training and self.trainable)
         if mask is not None:
-            check_mask(mask.shape, inputs.shape, type(self).__name__)
+            check_mask(mask.shape, inputs.shape, type(self).__name__, training=batch_statistics)
         x = ops.cast(inputs, compute_dtype(inputs.dtype))
-        if training and self.trainable:
+        if batch_statistics:
             check_batch_statistics(inputs.shape, self._reduction_axes, type(self).__name__)
             weights = None if mask is None else ops.expand_dims(mask, -1)
             mean, variance = moments(x, self._reduction_axes, weights)
