@@ -702,3 +702,26 @@ def test_model_errors(keras, convert):
         convert.sequential_torch_to_keras(nn.Sequential(nn.MaxPool2d(2, padding=1)), (1, 4, 4))
     with pytest.raises(convert.ConversionError, match="Softmax over"):
         convert.sequential_torch_to_keras(nn.Sequential(nn.Softmax(dim=-1)), (1, 4, 4))
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4])
+def test_channels_last_normlab_batchnorm_converts_without_moving_axes(keras, convert, ndim):
+    """normlab.BatchNorm(channel_dim=-1) takes (N, *, C), Keras' layout: the layer computes
+    what the module computes on the same input (it was checked on (N, C, *) and refused)."""
+    gen = torch.Generator().manual_seed(ndim)
+    module = nl.BatchNorm(C, channel_dim=-1, dtype=torch.float64)
+    with torch.no_grad():
+        module.running_mean.copy_(torch.randn(C, generator=gen, dtype=torch.float64))
+        module.running_var.copy_(1 + torch.rand(C, generator=gen, dtype=torch.float64))
+        module.weight.copy_(torch.randn(C, generator=gen, dtype=torch.float64))
+    layer = convert.batchnorm_torch_to_keras(module, input_ndim=ndim)
+    x = torch.randn(3, *([5] * (ndim - 2)), C, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        expected = module.eval()(x)
+    assert_close(to_numpy(keras, layer(x, training=False)), expected.numpy(), **F32_TOL)
+
+
+def test_channels_last_batchnorm_in_a_channels_first_model_is_refused(keras, convert):
+    model = nn.Sequential(nn.Conv2d(3, C, 3), nl.BatchNorm(C, channel_dim=-1))
+    with pytest.raises(convert.ConversionError, match=r"channel_dim=-1.*\(N, C, H, W\)"):
+        convert.sequential_torch_to_keras(model, (3, 8, 8))

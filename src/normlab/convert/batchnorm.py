@@ -305,7 +305,9 @@ def batchnorm_torch_to_keras(
     convention) and eps are carried over; see the module docstring.
 
     Shape:
-        ``module`` takes (N, C, *); the layer takes (N, *, C): move dim 1 last.
+        ``module`` takes (N, C, *), or (N, *, C) with ``channel_dim=-1``
+        (normlab.BatchNorm); the layer takes (N, *, C): move dim 1 last unless
+        the module's channels are already last.
 
     Args:
         module: ``torch.nn.BatchNorm1d/2d/3d`` or ``normlab.BatchNorm``
@@ -335,6 +337,15 @@ def batchnorm_torch_to_keras(
         )
     layer = keras_from_state(state, ndim)
     if check:
-        shape = (CHECK_BATCH, state.num_features, *([CHECK_SPATIAL] * (ndim - 2)))
-        check_outputs(layer, module, shape, state.dtype, channels_last=True)
+        spatial = [CHECK_SPATIAL] * (ndim - 2)
+        if channels_last(module):
+            shape = (CHECK_BATCH, *spatial, state.num_features)
+        else:
+            shape = (CHECK_BATCH, state.num_features, *spatial)
+        check_outputs(layer, module, shape, state.dtype, channels_last=not channels_last(module))
     return layer
+
+
+def channels_last(module: nn.Module) -> bool:
+    """True for a torch batch norm that takes (N, *, C) (normlab's ``channel_dim=-1``)."""
+    return getattr(module, "channel_dim", 1) == -1

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from normlab.convert.activations import torch_activation_to_keras
-from normlab.convert.batchnorm import keras_from_state, state_from_torch, torch_batchnorm_types
+from normlab.convert.batchnorm import (
+    channels_last,
+    keras_from_state,
+    state_from_torch,
+    torch_batchnorm_types,
+)
 from normlab.convert.check import CHECK_BATCH, check_outputs
 from normlab.convert.common import (
     ConversionError,
@@ -174,6 +179,12 @@ class _TorchToKeras:
     def _batch_norm(
         self, module: nn.Module, shape: tuple[int, ...], where: str
     ) -> list[tuple[Any, _Weights]]:
+        if channels_last(module) and len(shape) > 1:
+            raise ConversionError(
+                f"{where} has channel_dim=-1: it normalizes the last dim, but the model takes "
+                f"{shape_to_torch(shape)} per sample, i.e. (N, C, H, W) input with the channels "
+                "on dim 1. Use channel_dim=1 in a channels-first model."
+            )
         self._check_channels(module.num_features, shape, where)
         state = state_from_torch(module)
         if self.order is not None:
