@@ -17,12 +17,7 @@ from torch import nn
 
 from normlab.checkpoints import load_checkpoint
 from normlab.models import PatchEmbedding, VisionTransformer, build_model
-from normlab.registry import make_norm
-
-# Kinds that take (N, *, C) input with channel_dim=-1 on main today; the others follow as
-# normlab.layers learns channel_dim=-1 (issue 13).
-TOKEN_KINDS = ("ln", "rms")
-
+from normlab.registry import make_norm, norm_kinds
 
 def _norm_positions(model: nn.Module) -> dict[str, nn.Module]:
     return {
@@ -51,7 +46,7 @@ def test_default_transformer_parameters_match_the_formula(shape, tokens):
     assert model(torch.rand(2, *shape)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("kind", TOKEN_KINDS)
+@pytest.mark.parametrize("kind", norm_kinds())
 @pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 6, 10)])
 def test_every_kind_sits_at_every_norm_position_and_trains(kind, placement, shape):
