@@ -19,6 +19,7 @@ from normlab.checkpoints import load_checkpoint
 from normlab.models import PatchEmbedding, VisionTransformer, build_model
 from normlab.registry import make_norm, norm_kinds
 
+
 def _norm_positions(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: module
