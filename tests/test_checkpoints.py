@@ -31,7 +31,7 @@ from normlab.checkpoints import (
     norm_layers_table,
 )
 from normlab.layers import FrozenBatchNorm, LayerNorm
-from normlab.models import RowRNN, _FeaturesAsChannels, build_model
+from normlab.models import FeaturesAsChannels, RowRNN, build_model
 from normlab.registry import make_norm, norm_kinds
 
 C = 4
@@ -201,7 +201,7 @@ def test_every_registered_kind_loads_whole_inside_the_rnn_model(tmp_path, kind):
 def test_allow_list_holds_modules_only():
     allowed = allowed_classes()
     assert all(issubclass(cls, nn.Module) for cls in allowed)
-    for cls in (nn.Sequential, nn.LSTM, nn.BatchNorm2d, LayerNorm, RowRNN, _FeaturesAsChannels):
+    for cls in (nn.Sequential, nn.LSTM, nn.BatchNorm2d, LayerNorm, RowRNN, FeaturesAsChannels):
         assert cls in allowed
 
 

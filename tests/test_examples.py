@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -27,3 +28,21 @@ def test_bn_inference_scores_every_remedy_and_frozen_and_folded_match_eval(capsy
     assert scores["folded into the Linear layers (eval)"] == eval_mode
     assert all(0 <= float(score) <= 100 for score in scores.values())
     assert "predictions agree" in out
+
+
+def test_own_model_swaps_a_torchvision_style_resnet_and_trains_it_through_the_lab(tmp_path, capsys):
+    """The example's factory builds a model with BatchNorm2d hard-coded, replace_norms swaps
+    every one (stem, blocks, downsample branch) and the lab trains each kind on it."""
+    example = _load("own_model")
+    argv = ["--norms", "bn,gn,ln", "--batch-sizes", "16", "--epochs", "1"]
+    assert example.main([*argv, "--train-subset", "120", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    swapped = [line for line in out.splitlines() if "BatchNorm2d" in line]
+    assert len(swapped) == 6, out  # stem, 2 per block, the downsample branch's
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["config"]["norm"] for r in records} == {"bn", "gn", "ln"}
+    assert {r["config"]["model"] for r in records} == {"own_model:build"}
+    assert all(r["data"]["train_size"] == 120 for r in records)
+    assert all(0 <= r["final"]["val_acc"] <= 1 for r in records)
+    for kind in ("bn", "gn", "ln"):
+        assert re.search(rf"│ {kind}\s+│\s+16\s+│", out), out

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from normlab.layers import BatchNorm, LayerNorm
-from normlab.models import MODELS, RowRNN, build_model
+from normlab.models import RowRNN, build_model
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
@@ -27,7 +27,7 @@ def _keras_trainable(model) -> int:
     return sum(int(torch.tensor(w.shape).prod()) for w in model.trainable_weights)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", ["mlp", "cnn", "rnn"])  # resnet20, transformer: their own files
 @pytest.mark.parametrize("norm", ["none", "bn", "bn-scalar", "ln", "gn", "rms"])
 @pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 10)])
@@ -163,7 +163,7 @@ def test_rnn_batch_norm_takes_statistics_per_feature_over_samples_and_steps():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "mpl"}, r"unknown model 'mpl'.*'mlp'"),
+        ({"name": "mpl"}, r"unknown model 'mpl'.*'mlp'.*MODULE:FACTORY"),
         ({"name": "cnn", "input_shape": (1, 2, 2)}, r"at least 4x4"),
         ({"name": "mlp", "cell": "gru"}, r"rnn model only"),
         ({"name": "rnn", "cell": "rnn"}, r"cell must be one of lstm, gru"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -28,7 +29,7 @@ from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.sweep import available_cores
-from normlab.models import CELLS, MODELS, PLACEMENTS
+from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.registry import make_norm, registered_kinds
 
 
@@ -158,6 +159,8 @@ def _show_results(console: Console, directory: Path) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     console = _console()
+    if os.getcwd() not in sys.path:  # --model MODULE:FACTORY imports from here, as python -m
+        sys.path.insert(0, os.getcwd())
     model_options: dict = {}
     if args.hidden is not None:
         model_options["hidden"] = args.hidden
@@ -185,6 +188,7 @@ def _compare(args: argparse.Namespace) -> int:
         model_options=model_options,
         nproc=args.nproc,
         sync_bn=args.sync_bn,
+        train_subset=args.train_subset,
     )
     if args.executor == "ray":
         from normlab.experiment.ray_executor import require_ray
@@ -255,7 +259,9 @@ def _sweep_and_report(
     norms = ", ".join(dict.fromkeys(run.norm for run in runs))
     batch_sizes = ", ".join(map(str, dict.fromkeys(args.batch_sizes)))
     console.print(
-        f"{len(runs)} runs: {args.dataset} ({len(data.train_x)} train / {len(data.val_x)} val, "
+        f"{len(runs)} runs: {args.dataset} ("
+        + (f"{args.train_subset} of " if args.train_subset else "")
+        + f"{len(data.train_x)} train / {len(data.val_x)} val, "
         f"from {data.source}), model {args.model}, norms {norms}, batch sizes {batch_sizes}, "
         f"{args.seeds} seed(s), {args.epochs} epochs"
         + (
@@ -426,12 +432,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=_path,
         help="directory holding the dataset's files (mnist, fashion-mnist, cifar10)",
     )
-    compare.add_argument("--model", default="mlp", choices=MODELS, help="model (default mlp)")
+    compare.add_argument(
+        "--model",
+        default="mlp",
+        help=f"one of {', '.join(MODELS)} (default mlp), or your own as MODULE:FACTORY, "
+        f"a function {CONTRACT} in a module importable from the current directory",
+    )
     compare.add_argument(
         "--hidden",
         type=_comma_list(_positive_int, "positive integers"),
         help="hidden widths: mlp layer sizes (default 128,64), cnn conv channels (32,64), "
-        "rnn recurrent layer sizes (128,128)",
+        "rnn recurrent layer sizes (128,128), resnet20 stage channels (16,32,64), "
+        "transformer block widths, one per block (64,64,64,64)",
     )
     compare.add_argument("--cell", choices=tuple(CELLS), help="rnn cell (default lstm)")
     compare.add_argument(
@@ -444,7 +456,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--placement",
         default="before",
         choices=PLACEMENTS,
-        help="norm before or after the activation",
+        help="norm before or after the activation (transformer: pre-norm or post-norm)",
     )
     compare.add_argument(
         "--batch-sizes",
@@ -457,6 +469,14 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--epochs", type=_positive_int, default=5, help="epochs per run (default 5)"
+    )
+    compare.add_argument(
+        "--train-subset",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train on N training samples, a fixed stratified subset (the same for every "
+        "run); validation uses the whole test split (default: all)",
     )
     compare.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
     compare.add_argument(

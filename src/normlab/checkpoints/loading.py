@@ -46,9 +46,8 @@ def allowed_classes() -> tuple[type, ...]:
     - every ``nn.Module`` subclass exported by ``torch.nn`` (containers, linear,
       conv, recurrent, pooling, activation and torch's normalization layers);
     - every layer class of :mod:`normlab.layers` (all of ``__all__``);
-    - the lab's models: every ``nn.Module`` class defined in
-      :mod:`normlab.models` (``RowRNN`` and its wrappers; ``mlp`` and ``cnn``
-      are ``nn.Sequential``).
+    - the classes the lab's models are made of, ``normlab.models.MODEL_CLASSES``
+      (``mlp`` and ``cnn`` are ``nn.Sequential``).
 
     No other global is added. A saved normlab model needs none (checked on
     torch 2.13 with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
@@ -68,14 +67,7 @@ def allowed_classes() -> tuple[type, ...]:
         obj for obj in vars(nn).values() if isinstance(obj, type) and issubclass(obj, nn.Module)
     ]
     normlab_modules = [getattr(normlab_layers, name) for name in normlab_layers.__all__]
-    lab_models = [
-        obj
-        for obj in vars(normlab_models).values()
-        if isinstance(obj, type)
-        and issubclass(obj, nn.Module)
-        and obj.__module__ == normlab_models.__name__
-    ]
-    return (*torch_modules, *normlab_modules, *lab_models)
+    return (*torch_modules, *normlab_modules, *normlab_models.MODEL_CLASSES)
 
 
 def _qualified_names(classes: tuple[type, ...]) -> set[str]:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from normlab.data import dataset_name
-from normlab.models import check_placement
+from normlab.models import check_model_name, check_placement
 from normlab.registry import get_kind
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -43,8 +43,11 @@ class RunConfig:
 
     ``norm`` and ``dataset`` are stored under their canonical names, so
     "batch" and "bn" (or "MNIST" and "mnist") are the same run.
-    ``model_options`` holds the model builder's keyword options (``hidden``,
-    ``cell``), JSON-serializable.
+    ``model`` is a lab model or the user's ``MODULE:FACTORY`` (see
+    normlab.models.factory), recorded as given. ``model_options`` holds the
+    model builder's keyword options (``hidden``, ``cell``), JSON-serializable.
+    ``train_subset`` trains on that many training samples, a fixed stratified
+    subset (see normlab.data.stratified_subset); None trains on them all.
     """
 
     dataset: str = "digits"
@@ -59,15 +62,19 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     nproc: int = 1
     sync_bn: bool = False
+    train_subset: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_kind(self.norm).name)
+        check_model_name(self.model)
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
         # Every number is checked here, where it enters, so a bad one never reaches a run.
         _whole("batch_size", self.batch_size, 1, "--batch-sizes")
         _whole("seed", self.seed, 0)
         _whole("epochs", self.epochs, 1, "--epochs")
         _whole("nproc", self.nproc, 1, "--nproc")
+        if self.train_subset is not None:
+            _whole("train_subset", self.train_subset, 1, "--train-subset")
         _positive_finite("lr", self.lr)
         if self.sync_bn and self.nproc == 1:
             raise ValueError(
@@ -75,11 +82,13 @@ class RunConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready data. ``nproc`` and ``sync_bn`` appear only when
-        set, so one-process runs keep the ids they had before those options existed."""
+        """The configuration as JSON-ready data. ``nproc``, ``sync_bn`` and ``train_subset``
+        appear only when set, so runs keep the ids they had before those options existed."""
         data = asdict(self)
         if self.nproc == 1:
             del data["nproc"], data["sync_bn"]
+        if self.train_subset is None:
+            del data["train_subset"]
         return data
 
     @classmethod
@@ -111,6 +120,7 @@ def plan_runs(
     model_options: dict[str, Any] | None = None,
     nproc: int = 1,
     sync_bn: bool = False,
+    train_subset: int | None = None,
 ) -> list[RunConfig]:
     """Every (norm, batch size, seed) run of a sweep, seeds innermost.
 
@@ -142,6 +152,7 @@ def plan_runs(
             model_options=dict(model_options or {}),
             nproc=nproc,
             sync_bn=sync_bn,
+            train_subset=train_subset,
         )
         for norm, batch_size, seed in itertools.product(
             canonical, dict.fromkeys(batch_sizes), range(seeds)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from normlab.data import Dataset, load_dataset
+from normlab.data import Dataset, load_dataset, stratified_subset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import run_under_torchrun, train_distributed
 from normlab.experiment.store import ResultsStore
@@ -33,6 +33,7 @@ from normlab.experiment.train import (
     train_model,
     warm_up,
 )
+from normlab.models import ModelFactoryError, check_logits
 
 POLL_SECONDS = 0.1
 
@@ -346,12 +347,18 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     Builds each distinct (model, norm, placement, options) once and runs one
     training-mode forward pass on a batch of the run's size (capped at 8), so
     a batch norm at batch size 1 or instance norm on an MLP's (N, C)
-    features is reported up front, naming the run.
+    features is reported up front, naming the run. A user's factory that
+    cannot be imported, returns no module or returns anything but
+    (N, num_classes) logits, and a ``train_subset`` the training split cannot
+    fill, are refused here too.
 
     Raises:
+        ModelFactoryError: the factory's problem, as normlab.models.factory says it.
         ValueError: naming the norm, batch size and model, with the layer's message.
     """
     seen = set()
+    for subset in {config.train_subset for config in runs} - {None}:
+        stratified_subset(data.train_y, subset)  # raises when the split cannot fill it
     for config in runs:
         # Per-process batch norm sees one process's share of each batch.
         per_process = config.nproc > 1 and not config.sync_bn
@@ -366,13 +373,17 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         if key in seen:
             continue
         seen.add(key)
+        images = data.train_x[: min(size, 8)]
         try:
             model = build_run_model(config, data)
             with torch.no_grad():
-                model.train()(data.train_x[: min(size, 8)])
+                logits = model.train()(images)
+        except ModelFactoryError:
+            raise
         except (ValueError, TypeError) as error:
             where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
             raise ValueError(
                 f"norm {config.norm!r} in model {config.model!r} at batch size "
                 f"{config.batch_size}{where} cannot train: {error}"
             ) from None
+        check_logits(config.model, logits, len(images), data.num_classes)

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import normlab
-from normlab.data import Dataset
+from normlab.data import Dataset, train_subset
 from normlab.experiment.config import RunConfig
 from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
@@ -178,6 +178,14 @@ def _train_epoch(
     return totals[0].item() / seen, totals[1].item() / seen, seen
 
 
+def run_data(config: RunConfig, data: Dataset) -> Dataset:
+    """The data ``config`` trains on: ``data``, or its fixed stratified subset of
+    ``config.train_subset`` training samples (the validation split is unchanged)."""
+    if config.train_subset is None:
+        return data
+    return train_subset(data, config.train_subset)
+
+
 def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
     """``config``'s model for ``data``'s images and classes."""
     return build_model(
@@ -296,6 +304,7 @@ def train_model(
     """
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
+    data = run_data(config, data)
     torch.manual_seed(config.seed)
     partition = partition or Partition()
     if partition.world != config.nproc:
