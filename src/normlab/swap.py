@@ -10,8 +10,7 @@ everything before it changes anything, and reports what it did.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from normlab.inference.layers import is_batch_norm
 from normlab.layers import BatchNorm, FrozenBatchNorm, SwitchableNorm
+from normlab.modes import eval_mode
 from normlab.module_tree import module_paths, replace_modules
 from normlab.registry import NormSpec, get_kind, make_norm
 
@@ -252,18 +252,6 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
     return entry.name, build
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode, each put back as it was afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _check_forward(
     model: nn.Module, layers: dict[nn.Module, Replacement], example_input: Any
 ) -> None:
@@ -285,7 +273,7 @@ def _check_forward(
     hooks = [m.register_forward_pre_hook(enter) for m in layers]
     hooks += [m.register_forward_hook(leave) for m in layers]
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             args = example_input if isinstance(example_input, tuple) else (example_input,)
             model(*args)
     except Exception as error:  # any failure of the user's forward pass is reported
