@@ -290,6 +290,7 @@ def _keras_layer_test(cls, **kwargs) -> None:
 
 @KERAS_NUMPY_WARNING
 @pytest.mark.filterwarnings("ignore:`shuffle=True` was passed")
+@pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
 @pytest.mark.parametrize(
     ("init_kwargs", "input_shape", "trainable", "losses"),
     [
