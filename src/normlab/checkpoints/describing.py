@@ -190,6 +190,8 @@ def _module_notes(module: nn.Module) -> list[str]:
         notes.append("running statistics are its BN term's")
     if isinstance(module, FrozenBatchNorm):
         notes.append("frozen: statistics and affine are fixed")
+    if getattr(module, "channel_dim", 1) == -1:
+        notes.append("channel_dim=-1: channels on the last dim")
     shape = getattr(module, "normalized_shape", None)
     if shape is not None and len(shape) != 1:
         notes.append(f"normalized_shape={tuple(shape)}")

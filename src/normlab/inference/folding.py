@@ -92,11 +92,14 @@ def fold_batchnorm(model: nn.Module, *, strict: bool = False) -> nn.Module:
     BatchNorm1d/2d/3d and SyncBatchNorm, normlab's ``BatchNorm`` (``bn`` and
     ``bn-scalar``, torch or Keras convention), ``SyncBatchNorm``,
     ``BatchRenorm`` and ``FrozenBatchNorm``; each must have running
-    statistics. The fold into a Linear is exact only when the Linear's output
-    is (N, features), so that the norm's channels (dim 1) are its features
-    (the last dim): the folded model checks that shape where the norm was and
+    statistics. A Linear's features are the last dim of its output: a norm
+    with ``channel_dim=-1`` normalizes exactly those and folds for any input
+    shape, while for a norm on dim 1 the fold is exact only when the output is
+    (N, features): the folded model checks that shape where the norm was and
     raises ``ValueError`` on any other (a (N, C, L) input, where the unfolded
-    norm would normalize dim 1), never computing something else silently.
+    norm would normalize dim 1), never computing something else silently. A
+    ``channel_dim=-1`` norm after a convolution (whose channels are dim 1)
+    normalizes another dim and is kept, with that reason.
 
     The model is first traced with ``torch.fx`` (normlab's layers are kept
     as single calls), which finds the pairs in any forward; the result is
@@ -210,6 +213,11 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
+def _channel_dim(norm: nn.Module) -> int:
+    """The dim the norm reads channels on: 1 (torch's layers, the default) or -1."""
+    return getattr(norm, "channel_dim", 1)
+
+
 def _layer_problem(layer: nn.Module, layer_name: str, norm: nn.Module) -> str | None:
     """Why ``norm`` cannot be folded into ``layer``, its input, or None."""
     if type(layer) not in FOLDABLE_LAYERS:
@@ -219,6 +227,12 @@ def _layer_problem(layer: nn.Module, layer_name: str, norm: nn.Module) -> str | 
                 "may use the weight differently; only torch's own classes are folded"
             )
         return f"follows {type(layer).__name__}, not a Linear/Conv"
+    if _channel_dim(norm) == -1 and not isinstance(layer, nn.Linear):
+        return (
+            f"normalizes the last dim (channel_dim=-1) of its input {layer_name!r} "
+            f"({type(layer).__name__}), whose channels are dim 1: a fold would scale the "
+            "channels, not that dim"
+        )
     if _out_channels(layer) != norm.num_features:
         return (
             f"channels do not match: its input {layer_name!r} has {_out_channels(layer)} "
@@ -360,17 +374,19 @@ def _apply(plan: _Plan) -> nn.Module:
     model = plan.model
     for pair in plan.pairs:
         layer = model.get_submodule(pair.layer)
-        _fold_into(layer, model.get_submodule(pair.norm))
-        # A norm normalizes dim 1; a Linear's features are the last dim: the fold is exact
-        # only for (N, features), so a Linear's fold checks the shape where the norm was.
-        linear = isinstance(layer, nn.Linear)
+        norm = model.get_submodule(pair.norm)
+        _fold_into(layer, norm)
+        # A Linear's features are the last dim. A channel_dim=-1 norm normalizes exactly
+        # that; one on dim 1 matches it only for (N, features), so that fold checks the
+        # shape where the norm was.
+        guarded = isinstance(layer, nn.Linear) and _channel_dim(norm) == 1
         if pair.norm_node is None:
             model.set_submodule(
-                pair.norm, FoldedLinearCheck(pair.norm) if linear else nn.Identity()
+                pair.norm, FoldedLinearCheck(pair.norm) if guarded else nn.Identity()
             )
             continue
         replacement = pair.norm_node.args[0]
-        if linear:
+        if guarded:
             with model.graph.inserting_after(pair.norm_node):
                 replacement = model.graph.call_function(
                     features_last_only, (pair.norm_node.args[0], pair.norm)
