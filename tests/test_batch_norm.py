@@ -840,3 +840,34 @@ def test_scalar_stats_reset_running_stats():
     assert_close(norm.running_mean, torch.zeros(1), atol=0, rtol=0)
     assert_close(norm.running_var, torch.ones(1), atol=0, rtol=0)
     assert norm.num_batches_tracked.item() == 0
+
+
+class MyBatchNorm(nl.BatchNorm):
+    """A user's subclass: errors name it, not its base."""
+
+
+@pytest.mark.parametrize("channel_dim", [1, -1])
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda **kw: nl.BatchNorm(C, **kw), "BatchNorm"),
+        (lambda **kw: nl.BatchNorm(1, stats="scalar", **kw), "BatchNorm"),
+        (lambda **kw: nl.SyncBatchNorm(C, **kw), "SyncBatchNorm"),
+        (lambda **kw: nl.SyncBatchNorm(1, stats="scalar", **kw), "SyncBatchNorm"),
+        (lambda **kw: nl.BatchRenorm(C, **kw), "BatchRenorm"),
+        (lambda **kw: nl.SwitchableNorm(C, **kw), "SwitchableNorm"),
+        (lambda **kw: MyBatchNorm(C, **kw), "MyBatchNorm"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_a_refused_training_batch_names_the_layer_the_user_built(build, name, channel_dim):
+    """The refusal moved into the functional; it still names the layer's own class, and with
+    channel_dim=-1 it does not describe the moved (N, C, *) view as the user's input."""
+    norm = build(channel_dim=channel_dim)
+    x = torch.randn(1, norm.num_features, 1).movedim(1, channel_dim)
+    with pytest.raises(ValueError, match="more than one value") as raised:
+        norm(x)
+    message = str(raised.value)
+    assert message.startswith(f"{name} in training mode"), message
+    if norm.num_features > 1 and channel_dim == -1:
+        assert str(tuple(x.movedim(-1, 1).shape)) not in message, message

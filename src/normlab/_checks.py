@@ -74,13 +74,17 @@ def check_batch_statistics(x: torch.Tensor, layer: str, stats: str = "channel") 
     (``stats="scalar"``) every element of the batch. An empty batch is not
     refused (torch's batch norm returns an empty output for it).
     """
-    per_statistic = x.numel() if stats == "scalar" else x.shape[0] * math.prod(x.shape[2:])
+    positions = math.prod(x.shape[2:])
+    per_statistic = x.numel() if stats == "scalar" else x.shape[0] * positions
     if per_statistic == 1:
-        what = "value in the whole batch" if stats == "scalar" else "value per channel"
+        # Counts, not x's shape: a channels-last layer passes its input moved to (N, C, *).
+        if stats == "scalar":
+            what, got = "value in the whole batch", "a batch of a single element"
+        else:
+            what, got = "value per channel", "1 sample with 1 position per channel"
         raise ValueError(
-            f"{layer} in training mode needs more than one {what}; "
-            f"got input of shape {tuple(x.shape)}. Use eval mode, "
-            "LayerNorm/GroupNorm, or a larger batch."
+            f"{layer} in training mode needs more than one {what}; got {got}. "
+            "Use eval mode, LayerNorm/GroupNorm, or a larger batch."
         )
 
 

@@ -131,11 +131,14 @@ class _SyncNormalize(torch.autograd.Function):
         )
 
 
-def check_global_count(count: torch.Tensor, input: torch.Tensor, stats: Stats) -> None:
-    """Refuse a distributed batch with a single value per statistic (nothing to normalize with)."""
+def check_global_count(
+    count: torch.Tensor, input: torch.Tensor, stats: Stats, layer: str = "SyncBatchNorm"
+) -> None:
+    """Refuse a distributed batch with a single value per statistic (nothing to normalize with);
+    ``layer`` is named in the error."""
     if count <= 1:
         raise ValueError(
-            f"SyncBatchNorm in training mode needs more than one value per "
+            f"{layer} in training mode needs more than one value per "
             f"{'batch' if stats == 'scalar' else 'channel'} over all processes; got "
             f"{int(count)} in all (this process's input has shape {tuple(input.shape)}). "
             "Use eval mode or larger batches."

@@ -35,6 +35,7 @@ def batch_norm(
     *,
     stats: Stats = "channel",
     convention: Convention = "torch",
+    layer: str = "BatchNorm",
 ) -> torch.Tensor:
     """Batch normalization with per-channel or scalar statistics.
 
@@ -56,13 +57,17 @@ def batch_norm(
         convention: ``"torch"`` stores the unbiased batch variance in
             ``running_var``, ``"keras"`` the biased one. Both normalize with
             the biased variance.
+        layer: the layer named in errors (a module passes its class name).
 
     Returns:
         Tensor of the input's shape, dtype and memory format.
+
+    Raises:
+        ValueError: in training, one value per statistic (see check_batch_statistics).
     """
     if not training:
         return _batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
-    check_batch_statistics(input, "BatchNorm", stats)
+    check_batch_statistics(input, layer, stats)
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, eps)
     if stats == "scalar":
@@ -107,6 +112,8 @@ def batch_renorm(
     eps: float,
     r_max: float,
     d_max: float,
+    *,
+    layer: str = "BatchRenorm",
 ) -> torch.Tensor:
     """Batch renormalization (Ioffe 2017, Algorithm 1).
 
@@ -120,11 +127,11 @@ def batch_renorm(
         sigma <- sigma + momentum * (sigma_B - sigma)   # stored as running_var = sigma^2 - eps
 
     In eval mode it is batch norm with the running statistics. Shapes as in
-    :func:`batch_norm` with ``stats="channel"``.
+    :func:`batch_norm` with ``stats="channel"``; ``layer`` is named in errors.
     """
     if not training:
         return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
-    check_batch_statistics(input, "BatchRenorm")
+    check_batch_statistics(input, layer)
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, eps)
     with torch.no_grad():
@@ -155,6 +162,8 @@ def switchable_norm(
     training: bool,
     momentum: float,
     eps: float,
+    *,
+    layer: str = "SwitchableNorm",
 ) -> torch.Tensor:
     """Switchable normalization (Luo et al. 2018).
 
@@ -182,12 +191,13 @@ def switchable_norm(
         running_mean, running_var: (C,) buffers.
         weight, bias: (C,) affine, or None.
         mean_logits, var_logits: (3,) importance logits for (IN, LN, BN).
+        layer: the layer named in errors (a module passes its class name).
 
     Returns:
         Tensor of the input's shape and dtype.
     """
     if training:
-        check_batch_statistics(input, "SwitchableNorm")
+        check_batch_statistics(input, layer)
     if input.numel() == 0:
         return _empty_batch(input, weight, bias, eps)
     function = _SwitchableNorm if input.ndim > 2 else _SwitchableNormFeatures

@@ -157,6 +157,7 @@ class BatchNorm(RunningStatsNorm):
             self.eps,
             stats=self.stats,
             convention=self.convention,
+            layer=type(self).__name__,
         )
         self._count_step()
         return output
@@ -226,7 +227,8 @@ class SyncBatchNorm(BatchNorm):
         if not (self.training and world_size(self.process_group) > 1):
             return super()._normalize(input)
         moments = global_moments(input, self.stats, self.process_group)
-        check_global_count(moments[0], input, self.stats)  # a refused batch counts no step
+        # Checked before sync_batch_norm so that a refused batch counts no step.
+        check_global_count(moments[0], input, self.stats, type(self).__name__)
         output = sync_batch_norm(
             input,
             self.running_mean if self.track_running_stats else None,

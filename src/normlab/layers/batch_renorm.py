@@ -116,6 +116,7 @@ class BatchRenorm(RunningStatsNorm):
             self.eps,
             r_max,
             d_max,
+            layer=type(self).__name__,
         )
         self._count_step()
         return output

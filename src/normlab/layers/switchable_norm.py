@@ -78,6 +78,7 @@ class SwitchableNorm(RunningStatsNorm):
             self.training,
             self._step_momentum(),
             self.eps,
+            layer=type(self).__name__,
         )
         self._count_step()
         return output
