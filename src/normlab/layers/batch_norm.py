@@ -223,6 +223,14 @@ class SyncBatchNorm(BatchNorm):
         )
         self.process_group = process_group
 
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """``module`` with its batch-norm layers replaced by :class:`SyncBatchNorm`, as
+        ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: the same call on this class. It is
+        :func:`normlab.convert_sync_batchnorm` (see there for what is converted); like torch's,
+        it builds this base class whatever class it is called on."""
+        return convert_sync_batchnorm(module, process_group)
+
     def _normalize(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and world_size(self.process_group) > 1):
             return super()._normalize(input)
