@@ -68,7 +68,7 @@ from torch import nn
 
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
-from normlab.experiment.sweep import available_cores
+from normlab.experiment.executors.contract import available_cores
 from normlab.experiment.train import evaluate, train_model, warm_up
 from normlab.models import build_model
 

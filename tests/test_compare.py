@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -232,19 +233,26 @@ def _worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_a_worker_that_dies_stops_the_sweep_instead_of_hanging_it(tmp_path):
+def test_a_worker_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "sweep"
     process = _start(out, "--jobs", "2")
     _wait_for_lines(out / "results.jsonl", 1, process)
     workers = _worker_pids(process.pid)
     assert workers, "no worker processes found"
     os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr.decode()
-    assert b"worker process died" in stdout and b"to resume" in stdout
+    assert stdout.count(b"worker process training it died") == 2  # as it ends, and in the list
+    assert b"1 run(s) failed; run the same command to retry them" in stdout
     assert b"Traceback" not in stdout + stderr
-    lines = _lines(out / "results.jsonl")
-    assert 1 <= len(lines) < 12 and all(json.loads(line)["run_id"] for line in lines)
+    ids = [json.loads(line)["run_id"] for line in _lines(out / "results.jsonl")]
+    assert len(ids) == len(set(ids)) == 11
+    rerun = _start(out, "--jobs", "2")
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr.decode()
+    assert b"11 runs already finished" in stdout
+    ids = [json.loads(line)["run_id"] for line in _lines(out / "results.jsonl")]
+    assert len(ids) == len(set(ids)) == 12
 
 
 def test_saved_models_reload_to_the_recorded_accuracy(tmp_path, run_cli):
@@ -270,3 +278,166 @@ def test_saved_models_reload_to_the_recorded_accuracy(tmp_path, run_cli):
         _, accuracy = evaluate(model, data.val_x, data.val_y)
         assert accuracy == record["final"]["val_acc"]
     assert not list((out / "models").glob("*.partial"))
+
+
+# --- interruptions: SIGTERM as Ctrl-C, workers that die with the sweep, Ctrl-C at any point ----
+
+
+def _alive_in_session(session: int) -> list[int]:
+    """Processes of ``session`` still running (not zombies): the sweep was started in a
+    session of its own, which its workers and multiprocessing's helpers inherit."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _assert_none_left(session: int) -> None:
+    deadline = time.monotonic() + 30
+    while _alive_in_session(session) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive_in_session(session) == [], "processes of the sweep outlived it"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_sweep_and_release_its_output(tmp_path):
+    """SIGKILL to the sweep's process alone: its workers (and multiprocessing's resource
+    tracker) must not keep running and holding its stdout, or `normlab compare | tee` hangs."""
+    out = tmp_path / "sweep"
+    process = _start(out, "--jobs", "2")
+    _wait_for_lines(out / "results.jsonl", 1, process)
+    assert _worker_pids(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)  # end of file on stdout and stderr: nobody holds them
+    _assert_none_left(process.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path):
+    out = tmp_path / "sweep"
+    process = _start(out, "--jobs", "2")
+    _wait_for_lines(out / "results.jsonl", 1, process)
+    os.kill(process.pid, signal.SIGTERM)  # to the sweep alone, as `kill` and `timeout` send it
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    assert b"interrupted" in stdout and b"--out" in stdout
+    assert b"Traceback" not in stdout + stderr
+    _assert_none_left(process.pid)
+    kept = [json.loads(line) for line in _lines(out / "results.jsonl")]
+    assert 1 <= len(kept) < 12
+
+
+def _interrupt(*_args, **_kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_loading_the_data_exits_130_with_the_resume_line(
+    tmp_path, run_cli, monkeypatch
+):
+    import normlab.cli
+
+    monkeypatch.setattr(normlab.cli, "load_dataset", _interrupt)
+    out = tmp_path / "sweep"
+    status, stdout, _ = run_cli(
+        ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
+    )
+    assert status == 130
+    assert f"interrupted: 0 of 2 runs are saved in {out / 'results.jsonl'}" in stdout
+    assert f"--out {out} to resume" in stdout
+
+
+def test_ctrl_c_while_rendering_the_report_exits_130_with_the_resume_line(
+    tmp_path, run_cli, monkeypatch
+):
+    import normlab.report
+
+    monkeypatch.setattr(normlab.report, "render_report", _interrupt)
+    out = tmp_path / "sweep"
+    argv = ["compare", "--norms", "none", "--seeds", "1", *SMALL, "--out", str(out)]
+    status, stdout, _ = run_cli(argv)
+    assert status == 130
+    assert f"interrupted: 1 of 1 runs are saved in {out / 'results.jsonl'}" in stdout
+    monkeypatch.undo()
+    status, stdout, _ = run_cli(argv)  # the same command renders what was saved
+    assert status == 0 and "1 runs already finished" in stdout and (out / "report.html").exists()
+
+
+# --- fault injection: signals at random moments, then a rerun ----------------------------
+
+FAULT_SWEEP = ["--norms", "none,bn", "--batch-sizes", "64", "--seeds", "3", "--epochs", "2"]
+FAULT_SWEEP += ["--hidden", "16"]
+
+
+def _start_fault_sweep(out: Path, jobs: str) -> subprocess.Popen:
+    argv = [str(SCRIPT), "compare", *FAULT_SWEEP, "--jobs", jobs, "--out", str(out)]
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    return subprocess.Popen(
+        argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+
+
+def _complete_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
+def _hit_at_random_moments(tmp_path: Path, jobs: str, signals: list[int], seed: int) -> None:
+    """Start the sweep, send each signal at a random moment (SIGINT to the process group,
+    as Ctrl-C does; SIGTERM and SIGKILL to the sweep's process alone), check that nothing
+    outlives it and no finished record is lost or repeated; then rerun it to completion."""
+    moments = random.Random(seed)
+    out = tmp_path / "sweep"
+    results = out / "results.jsonl"
+    kept: list[str] = []
+    for signum in signals:
+        process = _start_fault_sweep(out, jobs)
+        if signum == signal.SIGINT:  # a Ctrl-C while Python imports torch is Python's to report
+            process.stdout.readline()  # the sweep's first line: normlab is running
+        time.sleep(moments.uniform(0.0, 12.0))
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)
+        _, stderr = process.communicate(timeout=120)
+        assert b"Traceback" not in stderr, stderr.decode()
+        assert process.returncode in (0, 130, -signum), (signum, stderr.decode())
+        _assert_none_left(process.pid)
+        lines = _complete_lines(results)
+        assert lines[: len(kept)] == kept, f"a finished record was lost after signal {signum}"
+        ids = [json.loads(line)["run_id"] for line in lines]
+        assert len(ids) == len(set(ids)), f"a record was written twice after signal {signum}"
+        kept = lines
+    rerun = _start_fault_sweep(out, jobs)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr.decode()
+    lines = _complete_lines(results)
+    assert lines[: len(kept)] == kept
+    ids = [json.loads(line)["run_id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 6
+    _assert_none_left(rerun.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_signals_at_random_moments_lose_and_repeat_nothing(tmp_path):
+    seed = random.randrange(2**32)
+    print(f"fault-injection seed {seed}")
+    _hit_at_random_moments(tmp_path, "2", [signal.SIGKILL, signal.SIGTERM], seed)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_each_signal_at_random_moments_loses_and_repeats_nothing(tmp_path, jobs, signum):
+    seed = random.randrange(2**32)
+    print(f"fault-injection seed {seed}")
+    _hit_at_random_moments(tmp_path, jobs, [signum] * 3, seed)

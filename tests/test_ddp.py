@@ -117,3 +117,42 @@ def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path, ru
     (theirs,) = [json.loads(line) for line in (spawned / "results.jsonl").read_text().splitlines()]
     assert ours["run_id"] == theirs["run_id"]
     assert ours["final"] == theirs["final"]
+
+
+_TORCHRUN_SWEEP = """
+import json, sys
+from normlab.experiment import ResultsStore, plan_runs, run_sweep
+runs = plan_runs(norms=["in", "ln"], batch_sizes=[32], seeds=1, epochs=1,
+                 model_options={"hidden": [16]}, nproc=2)
+outcome = run_sweep(runs, ResultsStore(sys.argv[1]), executor="torchrun")
+print(json.dumps([[config.norm, error] for config, error in outcome.failed]))
+"""
+
+
+def test_under_torchrun_a_run_failing_on_every_rank_is_failed_and_the_launch_goes_on(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "sweep.py"
+    script.write_text(_TORCHRUN_SWEEP)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node"]
+    result = subprocess.run(
+        [*torchrun, "2", str(script), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    failed_per_rank = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(failed_per_rank) == 2
+    rank_0 = next(failed for failed in failed_per_rank if failed)  # rank 0 records
+    [[norm, error]] = rank_0
+    assert norm == "in" and error.startswith("rank 0: ValueError: InstanceNorm")
+    assert [] in failed_per_rank  # the other rank reports nothing
+    (record,) = [
+        json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()
+    ]
+    assert record["config"]["norm"] == "ln" and record["status"] == "finished"

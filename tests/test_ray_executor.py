@@ -19,13 +19,19 @@ import pytest
 import torch
 
 from normlab.experiment import ResultsStore, plan_runs, run_sweep
-from normlab.experiment.ray_executor import (
+from normlab.experiment.executors.contract import (
+    RunSink,
+    SweepListener,
+    SweepOutcome,
+    available_cores,
+    pending_runs,
+)
+from normlab.experiment.executors.ray_tasks import (
     INSTALL_MESSAGE,
+    RayExecutor,
     RayNotInstalledError,
     require_ray,
-    run_on_ray,
 )
-from normlab.experiment.sweep import SweepListener, SweepOutcome, available_cores, pending_runs
 
 SKIP_REASON = "Ray is not installed: pip install 'normlab[ray]'"
 
@@ -66,7 +72,8 @@ class _Events(SweepListener):
 def _on_ray(runs, directory, *, threads=1, listener=None, models_dir=None):
     outcome = SweepOutcome()
     store = ResultsStore(directory)
-    run_on_ray(runs, store, None, threads, listener or SweepListener(), outcome, models_dir)
+    executor = RayExecutor(threads=threads, models_dir=models_dir)
+    executor.run(runs, RunSink(store, listener or SweepListener(), outcome))
     return outcome, store
 
 
@@ -238,8 +245,8 @@ _INTERRUPTED_SWEEP = textwrap.dedent(
     import sys
     import ray
     from normlab.experiment import ResultsStore, plan_runs
-    from normlab.experiment.ray_executor import run_on_ray
-    from normlab.experiment.sweep import SweepListener, SweepOutcome
+    from normlab.experiment.executors.contract import RunSink, SweepListener, SweepOutcome
+    from normlab.experiment.executors.ray_tasks import RayExecutor
 
     class Say(SweepListener):
         def run_started(self, config):
@@ -250,9 +257,9 @@ _INTERRUPTED_SWEEP = textwrap.dedent(
 
     short = plan_runs(norms=["none"], batch_sizes=[64], seeds=1, epochs=1)
     long = plan_runs(norms=["bn"], batch_sizes=[1], seeds=1, epochs=50)  # about 20 s
-    outcome = SweepOutcome()
+    sink = RunSink(ResultsStore(sys.argv[1]), Say(), SweepOutcome())
     try:
-        run_on_ray(short + long, ResultsStore(sys.argv[1]), None, 2, Say(), outcome, None)
+        RayExecutor(threads=2).run(short + long, sink)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     print("ray still initialized:", ray.is_initialized(), flush=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import multiprocessing
+import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch.testing import assert_close
 from data_fixtures import mnist_arrays, write_mnist_idx
 from normlab.data import Dataset, load_dataset
 from normlab.experiment import RunConfig, train_run
-from normlab.experiment.sweep import _init_worker, _train_in_worker
+from normlab.experiment.executors.pool import worker_main
 from normlab.experiment.train import Partition, build_run_model, make_optimizer, train_model
 from normlab.models import mlp
 
@@ -134,10 +134,22 @@ def test_a_worker_process_trains_the_numbers_this_process_trains(digits):
     """A sweep's worker process trains what train_run trains here at the same threads."""
     config = RunConfig(norm="bn", epochs=2, batch_size=64, model_options={"hidden": [16]})
     context = multiprocessing.get_context("spawn")
-    events = context.Queue()
-    initargs = (events, 1)
-    with ProcessPoolExecutor(1, context, _init_worker, initargs) as pool:
-        there = pool.submit(_train_in_worker, config.to_dict(), None, None).result(timeout=300)
+    ours, theirs = context.Pipe()
+    worker = context.Process(target=worker_main, args=(theirs, os.getpid(), 1, None, None))
+    worker.start()
+    try:
+        ours.send(config.to_dict())
+        reports = []
+        while not reports or reports[-1][0] not in ("finished", "failed"):
+            assert ours.poll(300), "the worker sent nothing for 300 s"
+            reports.append(ours.recv())
+        ours.send(None)
+        worker.join(60)
+    finally:
+        worker.kill()
+    assert [kind for kind, _, _ in reports] == ["started", "epoch", "epoch", "finished"]
+    assert {run_id for _, run_id, _ in reports} == {config.run_id}
+    there = reports[-1][2]
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

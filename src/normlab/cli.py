@@ -26,9 +26,11 @@ from normlab.experiment import (
 )
 from normlab.experiment.config import OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
+from normlab.experiment.executors.choose import executor_for
+from normlab.experiment.executors.contract import Executor, available_cores
+from normlab.experiment.executors.lifetime import terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
-from normlab.experiment.sweep import available_cores
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.registry import make_norm, registered_kinds
 
@@ -159,6 +161,28 @@ def _show_results(console: Console, directory: Path) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     console = _console()
+    runs: list[RunConfig] = []
+    try:
+        return _compare_runs(args, console, runs)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before, during or after the sweep
+        _say_how_to_resume(console, args.out, runs)
+        return 130
+
+
+def _say_how_to_resume(console: Console, out: Path, runs: list[RunConfig]) -> None:
+    store = ResultsStore(out)
+    try:
+        saved = len(store.finished_ids() & {run.run_id for run in runs})
+    except (OSError, ValueError):  # the results file itself is what is wrong
+        saved = 0
+    console.print(
+        f"interrupted: {saved} of {len(runs)} runs are saved in {store.path}. "
+        f"Run the same command with --out {out} to resume."
+    )
+
+
+def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConfig]) -> int:
+    """The compare command; fills ``runs`` with the sweep's runs as soon as they are known."""
     if os.getcwd() not in sys.path:  # --model MODULE:FACTORY imports from here, as python -m
         sys.path.insert(0, os.getcwd())
     model_options: dict = {}
@@ -175,7 +199,7 @@ def _compare(args: argparse.Namespace) -> int:
             )
         args.nproc, args.executor = world, "torchrun"
     data_dir = None if args.data_dir is None else str(args.data_dir)
-    runs = plan_runs(
+    runs += plan_runs(
         norms=args.norms,
         batch_sizes=args.batch_sizes,
         seeds=args.seeds,
@@ -190,34 +214,27 @@ def _compare(args: argparse.Namespace) -> int:
         sync_bn=args.sync_bn,
         train_subset=args.train_subset,
     )
-    if args.executor == "ray":
-        from normlab.experiment.ray_executor import require_ray
-
-        require_ray()
-        if args.jobs is not None:
-            raise ValueError(
-                "--jobs sets this machine's processes; with --executor ray the cluster's CPUs "
-                "decide how many runs train at once (each holds --threads CPUs). Drop --jobs."
-            )
-    elif args.address is not None:
-        raise ValueError("--address names a Ray cluster; add --executor ray.")
-    if args.nproc > 1 and args.jobs is not None and args.jobs > 1:
-        raise ValueError(
-            "--jobs and --nproc both ask for several processes: with --nproc each run uses "
-            "that many processes and runs go one at a time; drop --jobs."
-        )
+    store = ResultsStore(args.out)
+    finished = store.finished_ids()
+    executor = executor_for(
+        args.executor,
+        data_dir=data_dir,
+        models_dir=args.out / "models" if args.save_models else None,
+        address=args.address,
+        **_jobs_and_threads(args, sum(run.run_id not in finished for run in runs)),
+    )
+    executor.check(runs)
     if data_dir is not None and dataset_name(args.dataset) == "digits":
         raise ValueError(
             "--data-dir was given, but --dataset digits is built in and reads no files; "
             "add --dataset mnist, fashion-mnist or cifar10 to use the files there."
         )
-    store = ResultsStore(args.out)
     if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
         console.quiet = True
-        return _sweep_and_report(args, console, store, runs, data_dir)
+        return _sweep_and_report(args, console, store, runs, executor)
     _check_compare_outputs(args)
     with store.lock():  # a second sweep on this --out is refused here, before any work
-        return _sweep_and_report(args, console, store, runs, data_dir)
+        return _sweep_and_report(args, console, store, runs, executor)
 
 
 def _check_compare_outputs(args: argparse.Namespace) -> None:
@@ -236,11 +253,11 @@ def _sweep_and_report(
     console: Console,
     store: ResultsStore,
     runs: list[RunConfig],
-    data_dir: str | None,
+    executor: Executor,
 ) -> int:
     """The rest of compare, on checked options and outputs: load and check, resume, train,
     report."""
-    data = load_dataset(args.dataset, data_dir)
+    data = load_dataset(args.dataset, None if args.data_dir is None else str(args.data_dir))
     check_runs(runs, data)
     rank, _ = torchrun_rank()
     dropped = None
@@ -275,28 +292,11 @@ def _sweep_and_report(
         f"results: {store.path}"
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
-    requested = args.jobs or (available_cores() if args.nproc == 1 else 1)
-    jobs = max(1, min(requested, len(runs) - already))
-    threads = args.threads or max(1, available_cores() // jobs)
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
-        outcome = run_sweep(
-            runs,
-            store,
-            data_dir=data_dir,
-            jobs=jobs,
-            threads=threads,
-            listener=progress,
-            models_dir=args.out / "models" if args.save_models else None,
-            executor=args.executor,
-            address=args.address,
-        )
-    if outcome.interrupted or outcome.stopped:
-        saved = len(store.finished_ids() & {run.run_id for run in runs})
-        console.print(
-            f"{outcome.stopped or 'interrupted'}: {saved} of {len(runs)} runs are saved in "
-            f"{store.path}. Run the same command with --out {args.out} to resume."
-        )
-        return 130 if outcome.interrupted else 1
+        outcome = run_sweep(runs, store, executor=executor, listener=progress)
+    if outcome.interrupted:
+        _say_how_to_resume(console, args.out, runs)
+        return 130
     if rank == 0 and store.records():
         _show_results(console, Path(args.out))
     if outcome.failed:
@@ -305,6 +305,21 @@ def _sweep_and_report(
         console.print(f"{len(outcome.failed)} run(s) failed; run the same command to retry them.")
         return 1
     return 0
+
+
+def _jobs_and_threads(args: argparse.Namespace, pending: int) -> dict[str, int | None]:
+    """--jobs and --threads for the executor: what was given, else this machine's cores
+    shared between the runs trained at once (and between the processes of each run)."""
+    cores = available_cores()
+    if args.executor == "torchrun":  # torchrun decides the processes and their threads
+        return {"jobs": args.jobs, "threads": args.threads}
+    requested = args.jobs or (cores if args.nproc == 1 else 1)
+    at_once = max(1, min(requested, pending))
+    threads = args.threads or max(1, cores // (at_once * args.nproc))
+    return {
+        "jobs": at_once if args.jobs is None and args.executor != "ray" else args.jobs,
+        "threads": threads,
+    }
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -573,7 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "out", "unset") is None:
         args.out = _default_out()
     try:
-        return args.run(args)
+        with terminate_as_interrupt():  # `timeout`, `kill` and container stops: as Ctrl-C
+            return args.run(args)
+    except KeyboardInterrupt:
+        print(f"normlab {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, DataError) as error:  # a usage error; anything else is a bug: traceback
         print(f"normlab {args.command}: error: {error}", file=sys.stderr)
         return 2

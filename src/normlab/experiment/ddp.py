@@ -7,9 +7,9 @@ and trains its share of each global batch (see ``Partition``); batch norm is
 per process, as DDP leaves it, or synchronized with ``config.sync_bn``. Rank
 0's record comes back; only the parent writes results.
 
-``run_under_torchrun`` is the same for a lab started by ``torchrun`` (one
-machine or several): torchrun's processes train every run together and rank
-0 writes. The lab trains on the CPU, so the group is gloo.
+A process that fails or dies fails the run at once: the others are ended,
+never left waiting in a collective. A lab started by ``torchrun`` trains
+through normlab.experiment.executors.torchrun instead.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import datetime
 import multiprocessing
 import os
 import queue
+import signal
 import socket
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +28,8 @@ import torch.distributed as dist
 
 from normlab.data import load_dataset
 from normlab.experiment.config import RunConfig
+from normlab.experiment.executors.contract import error_text
+from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
 from normlab.experiment.train import EpochMetrics, Partition, save_model, train_model, warm_up
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a hung collective fails the run instead of hanging
@@ -47,8 +49,11 @@ def _rank_main(
     port: int,
     models_dir: str | None,
     results: Any,
+    parent_pid: int,
 ) -> None:
     """One process of the run: train its shares, rank 0 reports epochs and the record."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the run on Ctrl-C
     try:
         torch.set_num_threads(threads)
         config = RunConfig.from_dict(config_data)
@@ -74,7 +79,7 @@ def _rank_main(
                 save_model(model, config, models_dir, record)
             results.put(("record", record))
     except Exception as error:  # reported to the parent, which stops the other processes
-        results.put(("error", f"rank {rank}: {traceback.format_exception_only(error)[-1].strip()}"))
+        results.put(("error", f"rank {rank}: {error_text(error)}"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -96,13 +101,15 @@ def train_distributed(
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     port = _free_port()
-    arguments = (config.to_dict(), data_dir, threads, port, _path(models_dir), results)
+    arguments = (config.to_dict(), data_dir, threads, port, _path(models_dir), results, os.getpid())
     processes = [
         context.Process(target=_rank_main, args=(rank, *arguments), daemon=True)
         for rank in range(config.nproc)
     ]
-    for process in processes:
-        process.start()
+    with ctrl_c_blocked():  # a Ctrl-C must not reach them before they ignore it
+        for process in processes:
+            process.start()
+    returned = False
     try:
         while True:
             try:
@@ -120,12 +127,16 @@ def train_distributed(
             elif kind == "error":
                 raise RuntimeError(payload)
             elif kind == "record":
+                returned = True
                 return payload
     finally:
+        # After a failure the others may wait in a collective for the failed one: end them now.
         for process in processes:
-            process.join(timeout=30)
+            if returned:
+                process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
+            process.join()
 
 
 def _path(directory: str | os.PathLike | None) -> str | None:
@@ -135,44 +146,3 @@ def _path(directory: str | os.PathLike | None) -> str | None:
 def torchrun_rank() -> tuple[int, int]:
     """(rank, world size) of this process under ``torchrun``; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def run_under_torchrun(
-    runs: list[RunConfig],
-    store: Any,
-    data_dir: str | None,
-    listener: Any,
-    outcome: Any,
-    models_dir: str | os.PathLike | None,
-) -> None:
-    """Train ``runs`` with every process of a ``torchrun`` launch, one run at a time.
-
-    Each process trains its share of every run (``Partition(rank, world)``);
-    rank 0 decides which runs are pending (the other machines may not see its
-    files), reports progress and writes the records and models.
-    """
-    from normlab.experiment.sweep import _finish  # the sweep module imports this one
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=TIMEOUT)  # the lab trains on the CPU
-    rank, world = dist.get_rank(), dist.get_world_size()
-    finished = [sorted(store.finished_ids())] if rank == 0 else [None]
-    dist.broadcast_object_list(finished, src=0)
-    pending = [config for config in runs if config.run_id not in set(finished[0])]
-    outcome.skipped = len(runs) - len(pending)
-    data = load_dataset(pending[0].dataset, data_dir) if pending else None
-    for config in pending:
-        if rank == 0:
-            listener.run_started(config)
-        model, record = train_model(
-            config,
-            data,
-            on_epoch=(lambda metrics, c=config: listener.epoch_done(c, metrics))
-            if rank == 0
-            else None,
-            partition=Partition(rank, world),
-        )
-        if rank == 0:
-            if models_dir is not None:
-                save_model(model, config, models_dir, record)
-            _finish(config, record, store, listener, outcome)

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from normlab.experiment.config import RunConfig
-from normlab.experiment.sweep import SweepListener
+from normlab.experiment.executors.contract import SweepListener
 from normlab.experiment.train import EpochMetrics
 
 

@@ -32,7 +32,7 @@ shared file system, or a copy at the same place); the built-in ``digits``
 needs no files. Trained models (``models/<run_id>.pt``) are sent back and
 saved by the driver, so they need no shared file system. ``ray stop`` on each
 machine ends the cluster; a sweep only disconnects from a cluster it did not
-start. From Python, ``run_on_ray`` uses the cluster this process already
+start. From Python, ``RayExecutor`` uses the cluster this process already
 joined with ``ray.init`` if there is one.
 """
 
@@ -52,20 +52,17 @@ from typing import Any
 import torch
 
 from normlab.experiment.config import RunConfig
-from normlab.experiment.store import ResultsStore
-from normlab.experiment.sweep import (
-    POLL_SECONDS,
-    SweepListener,
-    SweepOutcome,
-    _cached_dataset,
-    _error_text,
-    _fail,
-    _finish,
-    _train,
+from normlab.experiment.executors.contract import (
+    Executor,
+    RunSink,
     available_cores,
-    dispatch,
+    check_positive,
+    error_text,
 )
+from normlab.experiment.executors.training import cached_dataset, train_one
 from normlab.experiment.train import EpochMetrics, save_model_bytes, warm_up
+
+POLL_SECONDS = 0.1
 
 INSTALL_MESSAGE = "--executor ray needs Ray: pip install 'normlab[ray]' (or pip install ray)"
 
@@ -87,104 +84,107 @@ def require_ray() -> ModuleType:
     return ray
 
 
-def run_on_ray(
-    todo: list[RunConfig],
-    store: ResultsStore,
-    data_dir: str | None,
-    threads: int,
-    listener: SweepListener,
-    outcome: SweepOutcome,
-    models_dir: str | os.PathLike | None,
-    address: str | None = None,
-) -> None:
-    """Train each run of ``todo`` as a Ray task; append each record to ``store`` as it finishes.
+class RayExecutor(Executor):
+    """Train each run as a Ray task; the driver (this process) appends each record as it
+    finishes.
 
-    The Ray twin of the process pool in normlab.experiment.sweep: records are
-    appended in the order runs finish; a run that raises, or whose worker
-    dies, goes to ``outcome.failed`` and ``listener.run_failed`` and the
-    sweep goes on; the listener hears each run's start and epochs (start
-    first) before its end.
+    Records are appended in the order runs finish; a run that raises, or whose worker dies,
+    is failed and the sweep goes on (a dead worker's run is not retried: a retry would
+    announce its start twice; running the sweep again redoes it); the sink hears each run's
+    start and epochs (start first) before its end.
 
     Args:
-        todo: the runs to train (those not in the store yet), all on one dataset.
-        store: where records go.
-        data_dir: where the dataset's files are on the machine each task runs on
-            (made absolute here); None searches the usual caches there.
         threads: torch threads per run; a run's task holds ``threads`` CPUs
             (``threads * nproc`` for a run over ``nproc`` processes).
-        listener: told about each run's start, epochs and end.
-        outcome: records and failures are added to it.
-        models_dir: where this process saves each trained model as
-            ``<run_id>.pt``; None saves nothing.
-        address: the Ray cluster to use ("auto", "HOST:6379" or
-            "ray://HOST:10001"); None uses the one this process is already
-            connected to, or else starts a private one on this machine for the
-            sweep (``RAY_ADDRESS`` is not consulted). A cluster this call
-            started is shut down when it returns or raises; any other is left
-            running.
+        address: the Ray cluster to use ("auto", "HOST:6379" or "ray://HOST:10001");
+            None uses the one this process is already connected to, or else starts a
+            private one on this machine for the sweep (``RAY_ADDRESS`` is not consulted).
+            A cluster the executor started is shut down when ``run`` returns or raises;
+            any other is left running.
+        data_dir: where the dataset's files are on the machine each task runs on (made
+            absolute here); None searches the usual caches there.
+        models_dir: where this process saves each trained model as ``<run_id>.pt``; None
+            saves nothing.
 
     Raises:
         RayNotInstalledError: Ray is not installed.
-        ValueError: no node of the cluster has the CPUs a run needs, or the
-            cluster at ``address`` cannot be reached.
-        KeyboardInterrupt: on Ctrl-C, after cancelling the runs in flight.
     """
-    if not todo:
-        return
-    ray = require_ray()
-    cpus = {config.run_id: threads * config.nproc for config in todo}
-    connected_here = not ray.is_initialized()
-    events = None
-    waiting: dict[Any, RunConfig] = {}
-    completed = False
-    try:
-        if connected_here:
-            _start_ray(ray, address, max(cpus.values()))
-        _check_cpus_fit(ray, max(cpus.values()))
-        from ray.util.queue import Queue
 
-        events = Queue(actor_options={"num_cpus": 0})
-        # A dead worker fails its run instead of retrying it: a retry would announce
-        # the run's start twice; running the sweep again redoes it.
-        train = ray.remote(max_retries=0)(_train_on_worker)
-        remote_dir = None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir))
-        keep_models = models_dir is not None
-        for config in todo:
-            ref = train.options(num_cpus=cpus[config.run_id]).remote(
-                config.to_dict(), remote_dir, threads, events, keep_models
-            )
-            waiting[ref] = config
-        by_id = {config.run_id: config for config in todo}
-        while waiting:
-            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=POLL_SECONDS)
-            _drain(events, by_id, listener)  # a run's start and epochs come before its end
-            for ref in ready:
-                config = waiting.pop(ref)
-                try:
-                    record, model_bytes = ray.get(ref)
-                except ray.exceptions.RayTaskError as error:
-                    _fail(config, _task_error_text(error), listener, outcome)
-                    continue
-                except ray.exceptions.RayError as error:
-                    _fail(config, _lost_worker_text(error), listener, outcome)
-                    continue
-                if model_bytes is not None and models_dir is not None:
-                    save_model_bytes(model_bytes, config, models_dir, record)
-                _finish(config, record, store, listener, outcome)
-        completed = True
-    finally:
-        # Clean-up must not hide the error (or Ctrl-C) that brought us here, nor be cut
-        # short by a second Ctrl-C (Ray can deliver one Ctrl-C as two KeyboardInterrupts).
-        with _ctrl_c_held(reraise=completed):
-            if not completed:
-                for ref in waiting:
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref, force=True)
-            if events is not None:
-                with contextlib.suppress(Exception):
-                    events.shutdown(force=True)
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        address: str | None = None,
+        data_dir: str | None = None,
+        models_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.ray = require_ray()
+        self.threads = check_positive("threads", threads)
+        self.address = address
+        self.data_dir = data_dir
+        self.models_dir = models_dir
+
+    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
+        """Train ``todo`` on the cluster.
+
+        Raises:
+            ValueError: no node of the cluster has the CPUs a run needs, or the cluster at
+                ``address`` cannot be reached.
+            KeyboardInterrupt: on Ctrl-C, after cancelling the runs in flight.
+        """
+        ray = self.ray
+        cpus = {config.run_id: self.threads * config.nproc for config in todo}
+        connected_here = not ray.is_initialized()
+        events = None
+        waiting: dict[Any, RunConfig] = {}
+        completed = False
+        try:
             if connected_here:
-                ray.shutdown()
+                _start_ray(ray, self.address, max(cpus.values()))
+            _check_cpus_fit(ray, max(cpus.values()))
+            from ray.util.queue import Queue
+
+            events = Queue(actor_options={"num_cpus": 0})
+            train = ray.remote(max_retries=0)(_train_on_worker)
+            data_dir = self.data_dir
+            remote_dir = None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir))
+            keep_models = self.models_dir is not None
+            for config in todo:
+                ref = train.options(num_cpus=cpus[config.run_id]).remote(
+                    config.to_dict(), remote_dir, self.threads, events, keep_models
+                )
+                waiting[ref] = config
+            by_id = {config.run_id: config for config in todo}
+            while waiting:
+                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=POLL_SECONDS)
+                _pass_queued_events(events, by_id, sink)  # a run's start and epochs come first
+                for ref in ready:
+                    config = waiting.pop(ref)
+                    try:
+                        record, model_bytes = ray.get(ref)
+                    except ray.exceptions.RayTaskError as error:
+                        sink.failed(config, _task_error_text(error))
+                        continue
+                    except ray.exceptions.RayError as error:
+                        sink.failed(config, _lost_worker_text(error))
+                        continue
+                    if model_bytes is not None and self.models_dir is not None:
+                        save_model_bytes(model_bytes, config, self.models_dir, record)
+                    sink.finished(config, record)
+            completed = True
+        finally:
+            # Clean-up must not hide the error (or Ctrl-C) that brought us here, nor be cut
+            # short by a second Ctrl-C (Ray can deliver one Ctrl-C as two KeyboardInterrupts).
+            with _ctrl_c_held(reraise=completed):
+                if not completed:
+                    for ref in waiting:
+                        with contextlib.suppress(Exception):
+                            ray.cancel(ref, force=True)
+                if events is not None:
+                    with contextlib.suppress(Exception):
+                        events.shutdown(force=True)
+                if connected_here:
+                    ray.shutdown()
 
 
 def _start_ray(ray: ModuleType, address: str | None, cpus: int) -> None:
@@ -206,7 +206,7 @@ def _start_ray(ray: ModuleType, address: str | None, cpus: int) -> None:
     except ConnectionError as error:
         raise ValueError(
             f"cannot reach a Ray cluster at --address {address}: {error} Start one with "
-            "`ray start --head` (see normlab.experiment.ray_executor), or leave out "
+            "`ray start --head` (see normlab.experiment.executors.ray_tasks), or leave out "
             "--address to run on this machine."
         ) from None
 
@@ -269,7 +269,7 @@ def _train_on_worker(
     """
     torch.set_num_threads(threads)
     config = RunConfig.from_dict(config_data)
-    data = _cached_dataset(config.dataset, data_dir)  # once per worker process
+    data = cached_dataset(config.dataset, data_dir)  # once per worker process
     warm_up(config.optimizer)
     events.put(("started", config.run_id, None))
 
@@ -277,30 +277,29 @@ def _train_on_worker(
         events.put(("epoch", config.run_id, metrics))
 
     if not keep_model:
-        return _train(config, data, on_epoch, None, data_dir), None
+        return train_one(config, data, on_epoch, None, data_dir, threads), None
     with tempfile.TemporaryDirectory(prefix="normlab-model-") as scratch:
-        record = _train(config, data, on_epoch, scratch, data_dir)
+        record = train_one(config, data, on_epoch, scratch, data_dir, threads)
         return record, (Path(scratch) / f"{config.run_id}.pt").read_bytes()
 
 
-def _drain(events: Any, by_id: dict[str, RunConfig], listener: SweepListener) -> None:
-    """Pass every queued task event to the listener, without waiting."""
+def _pass_queued_events(events: Any, by_id: dict[str, RunConfig], sink: RunSink) -> None:
+    """Pass every task event already queued to the sink, without waiting for more."""
     count = events.qsize()
     if not count:
         return
-    for event in events.get_nowait_batch(count):  # only this process takes
-        dispatch(event, by_id, listener)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    for kind, run_id, metrics in events.get_nowait_batch(count):  # only this process takes
+        if kind == "started":
+            sink.started(by_id[run_id])
+        else:
+            sink.epoch(by_id[run_id], metrics)
 
 
 def _task_error_text(error: BaseException) -> str:
     """The exception a task raised, as ``Type: message`` on one line."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
-        return _one_line(_error_text(cause))
+        return error_text(cause)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 

@@ -1,0 +1,40 @@
+"""Training one run wherever an executor puts it: in the sweep's process, a pool worker, a
+Ray worker."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from normlab.data import Dataset, load_dataset
+from normlab.experiment.config import RunConfig
+from normlab.experiment.ddp import train_distributed
+from normlab.experiment.train import EpochMetrics, save_model, train_model
+
+
+@functools.lru_cache(maxsize=2)
+def cached_dataset(name: str, data_dir: str | None) -> Dataset:
+    """``load_dataset(name, data_dir)``, loaded once per process."""
+    return load_dataset(name, data_dir)
+
+
+def train_one(
+    config: RunConfig,
+    data: Dataset,
+    on_epoch: Callable[[EpochMetrics], None],
+    models_dir: str | os.PathLike | None,
+    data_dir: str | None,
+    threads: int,
+) -> dict[str, Any]:
+    """Train one run (over ``config.nproc`` processes of ``threads`` torch threads each when
+    more than one); save its model's state_dict when ``models_dir`` is given."""
+    if config.nproc > 1:
+        return train_distributed(
+            config, data_dir, threads=threads, on_epoch=on_epoch, models_dir=models_dir
+        )
+    model, record = train_model(config, data, on_epoch=on_epoch)
+    if models_dir is not None:
+        save_model(model, config, models_dir, record)
+    return record
