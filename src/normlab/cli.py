@@ -215,6 +215,8 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         train_subset=args.train_subset,
     )
     store = ResultsStore(args.out)
+    if rank == 0:
+        _check_compare_outputs(args)
     finished = store.finished_ids()
     executor = executor_for(
         args.executor,
@@ -232,7 +234,6 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
     if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
         console.quiet = True
         return _sweep_and_report(args, console, store, runs, executor)
-    _check_compare_outputs(args)
     with store.lock():  # a second sweep on this --out is refused here, before any work
         return _sweep_and_report(args, console, store, runs, executor)
 
