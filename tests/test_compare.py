@@ -213,6 +213,9 @@ def test_installed_script_documents_every_compare_option():
         "--out",
         "--jobs",
         "--placement",
+        "--depth",
+        "--dropout",
+        "--weight-decay",
     ):
         assert option in result.stdout
 

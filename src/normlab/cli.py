@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
+from normlab.data.catalog import user_format
 from normlab.experiment import (
     ResultsStore,
     RunConfig,
@@ -24,7 +26,7 @@ from normlab.experiment import (
     read_results,
     run_sweep,
 )
-from normlab.experiment.config import OPTIMIZERS
+from normlab.experiment.config import OMITTED_DEFAULTS, OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import Executor, available_cores
@@ -32,6 +34,7 @@ from normlab.experiment.executors.lifetime import terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
+from normlab.norm_spec import parse_norm, split_specs
 from normlab.registry import make_norm, registered_kinds
 
 
@@ -110,6 +113,36 @@ def _comma_list(convert: Callable[[str], object], what: str) -> Callable[[str], 
     return parse
 
 
+def _norm_specs(text: str) -> list[str]:
+    """An argparse type for ``--norms``: specs split at the commas outside parentheses, each
+    parsed and checked against its kind's options (see normlab.norm_spec)."""
+    try:
+        specs = split_specs(text)
+        for spec in specs:
+            parse_norm(spec)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not specs:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of normalization kinds; got {text!r}"
+        )
+    return specs
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    """A converter for ``_comma_list`` that accepts one of ``choices``."""
+
+    def check(text: str) -> str:
+        if text not in choices:
+            # argparse's own wording for a single choice
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(choices)})"
+            )
+        return text
+
+    return check
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -159,6 +192,40 @@ def _show_results(console: Console, directory: Path) -> int:
     return 0
 
 
+def _model_options(args: argparse.Namespace) -> list[dict]:
+    """The product of the model options given on the command line, one dict per model
+    (an option left out is left to the model's default, so it does not enter run ids)."""
+    given = {
+        name: values
+        for name, values in (
+            ("hidden", args.hidden),
+            ("cell", args.cell),
+            ("depth", args.depth),
+            ("dropout", args.dropout),
+        )
+        if values is not None
+    }
+    return [dict(zip(given, combo, strict=True)) for combo in itertools.product(*given.values())]
+
+
+def _axes_line(runs: Sequence[RunConfig]) -> str:
+    """``, lr 0.001, 0.01, depth 2, 8``: each option other than norm, batch size and seed
+    that takes more than one value in ``runs``."""
+    values: dict[str, dict[str, None]] = {}
+    for run in runs:
+        fields = {
+            "placement": run.placement,
+            "optimizer": run.optimizer,
+            "lr": run.lr,
+            "weight decay": "default" if run.weight_decay is None else run.weight_decay,
+            "dropout": OMITTED_DEFAULTS["dropout"],
+            **run.model_options,
+        }
+        for name, value in fields.items():
+            values.setdefault(name, {})[str(value)] = None
+    return "".join(f", {name} {' / '.join(seen)}" for name, seen in values.items() if len(seen) > 1)
+
+
 def _compare(args: argparse.Namespace) -> int:
     console = _console()
     runs: list[RunConfig] = []
@@ -185,11 +252,6 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
     """The compare command; fills ``runs`` with the sweep's runs as soon as they are known."""
     if os.getcwd() not in sys.path:  # --model MODULE:FACTORY imports from here, as python -m
         sys.path.insert(0, os.getcwd())
-    model_options: dict = {}
-    if args.hidden is not None:
-        model_options["hidden"] = args.hidden
-    if args.cell is not None:
-        model_options["cell"] = args.cell
     rank, world = torchrun_rank()
     if world > 1:
         if args.nproc != 1 or args.jobs is not None or args.executor != "processes":
@@ -209,7 +271,8 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         epochs=args.epochs,
         lr=args.lr,
         optimizer=args.optimizer,
-        model_options=model_options,
+        weight_decay=args.weight_decay or [None],
+        model_options=_model_options(args),
         nproc=args.nproc,
         sync_bn=args.sync_bn,
         train_subset=args.train_subset,
@@ -230,6 +293,11 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         raise ValueError(
             "--data-dir was given, but --dataset digits is built in and reads no files; "
             "add --dataset mnist, fashion-mnist or cifar10 to use the files there."
+        )
+    if data_dir is not None and user_format(args.dataset) is not None:
+        raise ValueError(
+            f"--data-dir was given, but --dataset {args.dataset} names its own path; "
+            "drop --data-dir."
         )
     if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
         console.quiet = True
@@ -274,14 +342,14 @@ def _sweep_and_report(
         )
     finished = store.finished_ids()
     already = sum(run.run_id in finished for run in runs)
-    norms = ", ".join(dict.fromkeys(run.norm for run in runs))
+    norms = ", ".join(dict.fromkeys(run.norm_label for run in runs))
     batch_sizes = ", ".join(map(str, dict.fromkeys(args.batch_sizes)))
     console.print(
         f"{len(runs)} runs: {args.dataset} ("
         + (f"{args.train_subset} of " if args.train_subset else "")
         + f"{len(data.train_x)} train / {len(data.val_x)} val, "
-        f"from {data.source}), model {args.model}, norms {norms}, batch sizes {batch_sizes}, "
-        f"{args.seeds} seed(s), {args.epochs} epochs"
+        f"from {data.source}), model {args.model}, norms {norms}, batch sizes {batch_sizes}"
+        f"{_axes_line(runs)}, {args.seeds} seed(s), {args.epochs} epochs"
         + (
             f", {args.nproc} processes per run with batch norm "
             + ("synchronized" if args.sync_bn else "per process")
@@ -441,7 +509,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--dataset",
         default="digits",
-        help=f"one of {', '.join(DATASETS)} (default digits, built in)",
+        help=f"one of {', '.join(DATASETS)} (default digits, built in), or your own data: "
+        "npz:PATH (arrays x_train, y_train, x_test, y_test) or folder:PATH "
+        "(PATH/train/<class>/*.png|jpg and PATH/test/<class>/...)",
     )
     compare.add_argument(
         "--data-dir",
@@ -457,22 +527,43 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--hidden",
         type=_comma_list(_positive_int, "positive integers"),
+        action="append",
         help="hidden widths: mlp layer sizes (default 128,64), cnn conv channels (32,64), "
         "rnn recurrent layer sizes (128,128), resnet20 stage channels (16,32,64), "
-        "transformer block widths, one per block (64,64,64,64)",
+        "transformer block widths, one per block (64,64,64,64); repeat the option to sweep "
+        "several, "
+        "e.g. --hidden 128,64 --hidden 256",
     )
-    compare.add_argument("--cell", choices=tuple(CELLS), help="rnn cell (default lstm)")
+    compare.add_argument(
+        "--depth",
+        type=_comma_list(_positive_int, "positive integers"),
+        help="comma list of depths: N hidden layers (cnn: conv stages, rnn: recurrent layers) "
+        "of one width, --hidden's single width or the first default one",
+    )
+    compare.add_argument(
+        "--dropout",
+        type=_comma_list(float, "probabilities in [0, 1)"),
+        help="comma list of dropout probabilities after each hidden block (default 0: none)",
+    )
+    compare.add_argument(
+        "--cell",
+        type=_comma_list(_choice(tuple(CELLS)), "rnn cells"),
+        help=f"comma list of rnn cells: {', '.join(CELLS)} (default lstm)",
+    )
     compare.add_argument(
         "--norms",
-        type=_comma_list(str, "normalization kinds"),
+        type=_norm_specs,
         default=["none", "bn", "ln"],
-        help="comma list of kinds from `normlab norms` (default none,bn,ln)",
+        help="comma list of kinds from `normlab norms`, each with options if wanted, e.g. "
+        '"bn,gn(groups=8,eps=1e-3),bn(convention=keras)" (quote the parentheses; default '
+        "none,bn,ln)",
     )
     compare.add_argument(
         "--placement",
-        default="before",
-        choices=PLACEMENTS,
-        help="norm before or after the activation (transformer: pre-norm or post-norm)",
+        type=_comma_list(_choice(PLACEMENTS), "placements"),
+        default=["before"],
+        help="norm before or after the activation (transformer: pre-norm or post-norm); "
+        "both: before,after (default before)",
     )
     compare.add_argument(
         "--batch-sizes",
@@ -494,9 +585,24 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help="train on N training samples, a fixed stratified subset (the same for every "
         "run); validation uses the whole test split (default: all)",
     )
-    compare.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
     compare.add_argument(
-        "--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer (default adam)"
+        "--lr",
+        type=_comma_list(float, "learning rates"),
+        default=[1e-3],
+        help="comma list of learning rates (default 0.001)",
+    )
+    compare.add_argument(
+        "--optimizer",
+        type=_comma_list(_choice(OPTIMIZERS), "optimizers"),
+        default=["adam"],
+        help=f"comma list of optimizers: {', '.join(OPTIMIZERS)} (default adam)",
+    )
+    compare.add_argument(
+        "--weight-decay",
+        type=_comma_list(float, "weight decays"),
+        default=None,
+        help="comma list of the optimizer's weight decays (default: the optimizer's, 0.01 "
+        "for adamw, 0 for the others)",
     )
     compare.add_argument(
         "--out", type=_path, default=None, help="output directory (default runs/<timestamp>)"

@@ -12,14 +12,24 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from normlab.data import dataset_name
 from normlab.models import check_model_name, check_placement
-from normlab.registry import get_kind
+from normlab.norm_spec import check_norm, format_norm, parse_norm
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+MAX_RUNS = 50_000
+"""The most runs one sweep plans. Every run is planned (and checked) before the first
+trains; a sweep beyond this is refused before any work rather than exhausting memory."""
+
+OMITTED_DEFAULTS: dict[str, Any] = {"weight_decay": "default", "dropout": 0.0}
+"""Fields a record leaves out at their default (so the ids of runs that do not set them
+stay what they were before the field existed), and how to show that default:
+``weight_decay`` of the config (the optimizer's own), ``dropout`` of its model options."""
 
 
 def _whole(name: str, value: Any, least: int, option: str | None = None) -> None:
@@ -43,31 +53,61 @@ class RunConfig:
 
     ``norm`` and ``dataset`` are stored under their canonical names, so
     "batch" and "bn" (or "MNIST" and "mnist") are the same run.
-    ``model`` is a lab model or the user's ``MODULE:FACTORY`` (see
-    normlab.models.factory), recorded as given. ``model_options`` holds the
-    model builder's keyword options (``hidden``, ``cell``), JSON-serializable.
+    ``norm_options`` holds the kind's keyword options for ``make_norm``
+    (``{"groups": 8}`` for ``gn(groups=8)``), typed and sorted by name (see
+    normlab.norm_spec). ``model`` is a lab model or the user's
+    ``MODULE:FACTORY`` (see normlab.models.factory), recorded as given.
     ``train_subset`` trains on that many training samples, a fixed stratified
     subset (see normlab.data.stratified_subset); None trains on them all.
+    ``model_options`` holds the model builder's keyword
+    options (``hidden``, ``cell``, ``depth``, ``dropout``; see
+    normlab.models.build_model), JSON-serializable. ``weight_decay`` is the
+    optimizer's (decoupled for adamw, L2 for the others, as torch defines it);
+    None keeps the optimizer's default (0.01 for adamw, 0 for the others).
     """
 
     dataset: str = "digits"
     model: str = "mlp"
     norm: str = "none"
+    norm_options: dict[str, Any] = field(default_factory=dict)
     placement: str = "before"
     batch_size: int = 32
     seed: int = 0
     epochs: int = 5
     lr: float = 1e-3
     optimizer: str = "adam"
+    weight_decay: float | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     nproc: int = 1
     sync_bn: bool = False
     train_subset: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", get_kind(self.norm).name)
+        norm, norm_options = check_norm(self.norm, self.norm_options)
+        object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "norm_options", norm_options)
         check_model_name(self.model)
         object.__setattr__(self, "dataset", dataset_name(self.dataset))
+        if self.weight_decay is not None:
+            decay = self.weight_decay
+            if isinstance(decay, bool) or not isinstance(decay, int | float):
+                raise ValueError(f"--weight-decay must be a number; got {decay!r}.")
+            if not (math.isfinite(decay) and decay >= 0):
+                raise ValueError(f"--weight-decay must be a finite number >= 0; got {decay}.")
+            object.__setattr__(self, "weight_decay", float(decay))
+        dropout = self.model_options.get("dropout", 0.0)
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise ValueError(f"--dropout must be a number; got {dropout!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1); got {dropout}.")
+        # A model option at its default is left out, so the run keeps the id it has without it.
+        options = {
+            key: value
+            for key, value in self.model_options.items()
+            if not (key == "dropout" and value == OMITTED_DEFAULTS["dropout"])
+            and not (key == "depth" and value is None)
+        }
+        object.__setattr__(self, "model_options", options)
         # Every number is checked here, where it enters, so a bad one never reaches a run.
         _whole("batch_size", self.batch_size, 1, "--batch-sizes")
         _whole("seed", self.seed, 0)
@@ -82,11 +122,17 @@ class RunConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready data. ``nproc``, ``sync_bn`` and ``train_subset``
-        appear only when set, so runs keep the ids they had before those options existed."""
+        """The configuration as JSON-ready data. ``nproc`` and ``sync_bn`` appear only when
+        set, ``norm_options`` only when there are some, ``weight_decay`` and ``train_subset``
+        only when given,
+        so runs that do not use them keep the ids they had before those options existed."""
         data = asdict(self)
         if self.nproc == 1:
             del data["nproc"], data["sync_bn"]
+        if not self.norm_options:
+            del data["norm_options"]
+        if self.weight_decay is None:
+            del data["weight_decay"]
         if self.train_subset is None:
             del data["train_subset"]
         return data
@@ -102,60 +148,107 @@ class RunConfig:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @property
+    def norm_label(self) -> str:
+        """The norm as a spec: ``gn(groups=8)``, or the bare kind without options."""
+        return format_norm(self.norm, self.norm_options)
+
+    @property
     def label(self) -> str:
-        return f"{self.norm} b={self.batch_size} seed={self.seed}"
+        return f"{self.norm_label} b={self.batch_size} seed={self.seed}"
+
+
+T = TypeVar("T")
+
+
+def _axis(values: T | Sequence[T], single: type | tuple[type, ...]) -> list[T]:
+    """A sweep axis: one value or a sequence of them, duplicates removed, order kept."""
+    items = [values] if isinstance(values, single) else list(values)  # type: ignore[arg-type]
+    unique = {json.dumps(item, sort_keys=True): item for item in items}
+    return list(unique.values())
 
 
 def plan_runs(
     *,
-    norms: list[str],
-    batch_sizes: list[int],
+    norms: Sequence[str],
+    batch_sizes: Sequence[int],
     seeds: int,
     dataset: str = "digits",
     model: str = "mlp",
-    placement: str = "before",
+    placement: str | Sequence[str] = "before",
     epochs: int = 5,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    model_options: dict[str, Any] | None = None,
+    lr: float | Sequence[float] = 1e-3,
+    optimizer: str | Sequence[str] = "adam",
+    weight_decay: float | Sequence[float | None] | None = None,
+    model_options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     nproc: int = 1,
     sync_bn: bool = False,
     train_subset: int | None = None,
+    max_runs: int = MAX_RUNS,
 ) -> list[RunConfig]:
-    """Every (norm, batch size, seed) run of a sweep, seeds innermost.
+    """Every run of a sweep: the product of its axes, seeds innermost.
 
-    Seeds are 0 .. seeds-1. Duplicate norms (an alias and its kind) are
-    planned once. With ``nproc`` > 1 each run trains data-parallel over that
-    many processes (see normlab.experiment.ddp), its batch norm per process or,
-    with ``sync_bn``, synchronized.
+    ``norms`` are specs: a kind or alias, with options as ``gn(groups=8)``
+    (see normlab.norm_spec). ``placement``, ``lr``, ``optimizer``,
+    ``weight_decay`` and ``model_options`` each take one value or a sequence
+    of values (for ``model_options`` a sequence of dicts, e.g. one per depth),
+    and the sweep is the product of all of them with ``norms``, ``batch_sizes``
+    and the seeds 0 .. seeds-1. Duplicates (an alias and its kind, the same
+    options in another order) are planned once. With ``nproc`` > 1 each run
+    trains data-parallel over that many processes (see normlab.experiment.ddp),
+    its batch norm per process or, with ``sync_bn``, synchronized.
+
+    Raises:
+        ValueError: a bad value, or a sweep of more than ``max_runs`` runs (refused
+            before any configuration is built).
     """
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1; got {seeds}.")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
-    check_placement(placement)
-    bad = [b for b in batch_sizes if b < 1]
+    parsed = [parse_norm(spec) for spec in norms]
+    axes: dict[str, list[Any]] = {
+        "norms": list({format_norm(*norm): norm for norm in parsed}.values()),
+        "placements": _axis(placement, str),
+        "optimizers": _axis(optimizer, str),
+        "learning rates": _axis(lr, (int, float)),
+        "weight decays": _axis(weight_decay, (int, float, type(None))),
+        "model options": _axis(model_options or {}, Mapping),
+        "batch sizes": _axis(batch_sizes, int),
+    }
+    size = math.prod(len(values) for values in axes.values()) * seeds
+    if size > max_runs:
+        factors = [f"{len(values)} {name}" for name, values in axes.items() if len(values) > 1]
+        raise ValueError(
+            f"this sweep would train {size:,} runs ({' x '.join([*factors, f'{seeds:,} seeds'])}); "
+            f"one sweep plans at most {max_runs:,}. Use fewer --seeds or shorter lists, or "
+            "split it into several sweeps with the same --out (each skips the runs already "
+            "finished)."
+        )
+    bad = [name for name in axes["optimizers"] if name not in OPTIMIZERS]
+    if bad:
+        raise ValueError(f"unknown optimizer {bad[0]!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    for place in axes["placements"]:
+        check_placement(place)
+    bad = [b for b in axes["batch sizes"] if b < 1]
     if bad:
         raise ValueError(f"batch sizes must be positive integers; got {bad}.")
-    canonical = list(dict.fromkeys(get_kind(name).name for name in norms))
-    runs = [
+    return [
         RunConfig(
             dataset=dataset,
             model=model,
             norm=norm,
-            placement=placement,
+            norm_options=dict(norm_options),
+            placement=place,
             batch_size=batch_size,
             seed=seed,
             epochs=epochs,
-            lr=lr,
-            optimizer=optimizer,
-            model_options=dict(model_options or {}),
+            lr=rate,
+            optimizer=name,
+            weight_decay=decay,
+            model_options=dict(options),
             nproc=nproc,
             sync_bn=sync_bn,
             train_subset=train_subset,
         )
-        for norm, batch_size, seed in itertools.product(
-            canonical, dict.fromkeys(batch_sizes), range(seeds)
+        for (norm, norm_options), place, name, rate, decay, options, batch_size, seed in (
+            itertools.product(*axes.values(), range(seeds))
         )
     ]
-    return runs

@@ -126,7 +126,7 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
                 f"batch size {config.batch_size} gives some of the {config.nproc} processes "
                 "no sample; use a batch size of at least --nproc."
             )
-        key = (config.model, config.norm, config.placement, min(size, 8))
+        key = (config.model, config.norm_label, config.placement, min(size, 8))
         key += (repr(sorted(config.model_options.items())),)
         if key in seen:
             continue
@@ -141,7 +141,7 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         except (ValueError, TypeError) as error:
             where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
             raise ValueError(
-                f"norm {config.norm!r} in model {config.model!r} at batch size "
+                f"norm {config.norm_label!r} in model {config.model!r} at batch size "
                 f"{config.batch_size}{where} cannot train: {error}"
             ) from None
         check_logits(config.model, logits, len(images), data.num_classes)

@@ -36,6 +36,7 @@ from normlab.inference.layers import tracks_running_stats
 from normlab.layers.batch_norm import convert_sync_batchnorm
 from normlab.models import build_model
 from normlab.modes import eval_mode
+from normlab.norm_spec import norm_builder
 
 SCHEMA = 1
 EVAL_BATCH = 1024
@@ -55,21 +56,25 @@ class EpochMetrics:
     seconds: float
 
 
-def make_optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, parameters: Any, lr: float, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
     """adam, adamw and rmsprop with torch's defaults; sgd with momentum 0.9.
 
+    ``weight_decay`` None keeps torch's default (0.01 for adamw, 0 for the others).
     adam, adamw and sgd take torch's fused step (``fused=True``: one kernel per
     parameter instead of about ten, the same update up to rounding); rmsprop has
     no fused step in torch and takes its default one.
     """
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, fused=True)
+        return torch.optim.Adam(parameters, lr=lr, fused=True, **decay)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, fused=True)
+        return torch.optim.AdamW(parameters, lr=lr, fused=True, **decay)
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, fused=True)
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, fused=True, **decay)
     if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
+        return torch.optim.RMSprop(parameters, lr=lr, **decay)
     raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw, sgd or rmsprop.")
 
 
@@ -192,7 +197,7 @@ def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
         config.model,
         data.input_shape,
         data.num_classes,
-        norm=config.norm,
+        norm=norm_builder(config.norm, config.norm_options) if config.norm_options else config.norm,
         placement=config.placement,
         **config.model_options,
     )
@@ -318,7 +323,9 @@ def train_model(
         if config.sync_bn:
             model = convert_sync_batchnorm(model)
         trained = DistributedDataParallel(model)
-    optimizer = make_optimizer(config.optimizer, trained.parameters(), config.lr)
+    optimizer = make_optimizer(
+        config.optimizer, trained.parameters(), config.lr, config.weight_decay
+    )
     generator = torch.Generator().manual_seed(config.seed)
     batches = batch_slices(len(data.train_x), config.batch_size, min_last=2 * partition.world)
     history: list[EpochMetrics] = []

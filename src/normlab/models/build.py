@@ -46,6 +46,17 @@ def check_model_name(name: str) -> None:
         )
 
 
+def _repeat_width(hidden: tuple[int, ...], depth: int, *, given: bool) -> tuple[int, ...]:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer; got {depth!r}.")
+    if given and len(hidden) > 1:
+        raise ValueError(
+            f"depth repeats one width, but {len(hidden)} hidden widths were given "
+            f"({list(hidden)}); give --hidden a single width with --depth."
+        )
+    return (hidden[0],) * depth
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
@@ -55,6 +66,8 @@ def build_model(
     placement: str = "before",
     hidden: Sequence[int] | None = None,
     cell: str = "lstm",
+    depth: int | None = None,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """The lab's model ``name`` (or the factory ``MODULE:FACTORY``) for (N, *input_shape)
     images with ``num_classes`` classes.
@@ -66,7 +79,10 @@ def build_model(
     callable ``C -> module`` (see :func:`normlab.registry.norm_factory`; the
     transformer calls it with ``channel_dim=-1``). A factory gets ``norm``, a
     kind's name, as a :class:`NormFactory` and takes neither ``hidden``,
-    ``cell`` nor ``placement``.
+    ``cell`` nor ``placement``. ``depth`` makes that many hidden layers (cnn
+    stages, rnn layers, transformer blocks) of one width: ``hidden``'s single
+    width, or the first default one. ``dropout`` is the probability of the
+    ``nn.Dropout`` after each hidden block of mlp, cnn and rnn (0: none).
     """
     check_model_name(name)
     if is_factory_spec(name):
@@ -76,6 +92,8 @@ def build_model(
                 ("--hidden", hidden is None),
                 ("--cell", cell == "lstm"),
                 ("--placement", placement == "before"),
+                ("--depth", depth is None),
+                ("--dropout", dropout == 0),
             )
             if not unset
         ]
@@ -92,10 +110,19 @@ def build_model(
         return build_factory_model(name, NormFactory(norm), num_classes, input_shape)
     if name != "rnn" and cell != "lstm":
         raise ValueError(f"--cell applies to the rnn model only; got model {name!r}.")
+    given = hidden is not None
     hidden = tuple(DEFAULT_HIDDEN[name] if hidden is None else hidden)
     if not hidden or min(hidden) < 1:
         raise ValueError(f"hidden widths must be positive integers; got {list(hidden)}.")
+    if depth is not None:
+        if name == "resnet20":
+            raise ValueError("--depth does not apply to resnet20 (its depth is in its name).")
+        hidden = _repeat_width(hidden, depth, given=given)
     options = {"norm": norm, "placement": placement}
+    if dropout:
+        if name in ("resnet20", "transformer"):
+            raise ValueError(f"--dropout applies to mlp, cnn and rnn; got model {name!r}.")
+        options["dropout"] = dropout
     if name == "mlp":
         in_features = 1
         for size in input_shape:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from normlab.models.common import check_placement
+from normlab.models.common import check_placement, dropout_layers
 from normlab.registry import NormSpec, norm_factory
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -41,9 +41,11 @@ class RowRNN(nn.Module):
         norm: NormSpec = "none",
         placement: str = "before",
         cell: str = "lstm",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_placement(placement)
+        self.dropout = nn.Sequential(*dropout_layers(dropout))
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}.")
         channels, _, width = input_shape
@@ -67,4 +69,5 @@ class RowRNN(nn.Module):
             sequence, _ = layer(sequence)
             if self.placement == "after":
                 sequence = norm(sequence)
+            sequence = self.dropout(sequence)
         return self.head(sequence[:, -1])

@@ -19,6 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from normlab.experiment.config import OMITTED_DEFAULTS
+from normlab.norm_spec import format_norm
+
 SCHEMA = 1
 """The results-record schema this report reads."""
 
@@ -96,12 +99,18 @@ def _accuracy(record: Mapping[str, Any], where: str, value: Any) -> float:
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with ``model_options``' keys lifted beside the other fields.
+    """``config`` with ``model_options``' keys lifted beside the other fields, and
+    ``norm_options`` folded into the norm's label (``gn(groups=8)``, see normlab.norm_spec),
+    so that a kind with options is a norm of its own in every table, plot and verdict.
 
     A model option whose name clashes with a top-level field keeps the prefix
     ``model_options.``.
     """
-    flat = {key: value for key, value in config.items() if key != "model_options"}
+    flat = {
+        key: value for key, value in config.items() if key not in ("model_options", "norm_options")
+    }
+    if config.get("norm_options") and "norm" in flat:
+        flat["norm"] = format_norm(str(flat["norm"]), config["norm_options"])
     for key, value in (config.get("model_options") or {}).items():
         flat[f"model_options.{key}" if key in flat else key] = value
     return flat
@@ -203,8 +212,10 @@ class Sweep:
             run = run_from_record(record)
             by_id.pop(run.run_id, None)
             by_id[run.run_id] = run
-        runs = list(by_id.values())
-        names = _first_appearance(name for run in runs for name in run.config)
+        names = _first_appearance(name for run in by_id.values() for name in run.config)
+        # A field that older runs (or runs at its default) leave out has its default there.
+        defaults = {name: OMITTED_DEFAULTS[name] for name in names if name in OMITTED_DEFAULTS}
+        runs = [replace(run, config={**defaults, **run.config}) for run in by_id.values()]
         varying = tuple(
             name
             for name in names

@@ -128,7 +128,8 @@ def summary_table(records: Sequence[Mapping[str, Any]] | Sweep) -> Table:
     sweep = records if isinstance(records, Sweep) else Sweep.from_records(records)
     table = Table(title=Text(f"{sweep.title()}: final accuracy per norm and batch size"))
     for index, header in enumerate(SUMMARY_HEADERS):
-        table.add_column(header, justify="left" if index == 0 else "right")
+        # The series label (``gn(groups=8) (lr=0.01)``) wraps rather than being cut short.
+        table.add_column(header, justify="left" if index == 0 else "right", overflow="fold")
     previous = None
     for row in summary_rows(sweep):
         series = row.cells[0]
