@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow accuracy lint clean browser bench bench-train
+.PHONY: demo test test-slow accuracy lint clean browser bench bench-train claims
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 # The lab on the built-in digits: 4 norms x 3 batch sizes x 3 seeds, into runs/<timestamp>/.
 demo: $(VENV)/.installed
 	$(BIN)/normlab compare --norms none,bn,bn-scalar,ln --batch-sizes 4,32,256 --seeds 3
+
+# The claims study: docs/claims/claims.md and its figures (about an hour on 2 cores; runs resume).
+MNIST ?= ../shared/data/mnist
+claims: $(VENV)/.installed
+	$(BIN)/normlab study claims --data-dir $(MNIST) --budget full --out runs/claims-full --report docs/claims
 
 # Each kind's speed as a ratio to torch's native layer (a few minutes on 2 cores).
 bench: $(VENV)/.installed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -26,13 +27,14 @@ from normlab.experiment import (
     read_results,
     run_sweep,
 )
-from normlab.experiment.config import OMITTED_DEFAULTS, OPTIMIZERS
+from normlab.experiment.config import LR_SCALINGS, OMITTED_DEFAULTS, OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import Executor, available_cores
 from normlab.experiment.executors.lifetime import terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
+from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.norm_spec import parse_norm, split_specs
 from normlab.registry import make_norm, registered_kinds
@@ -277,6 +279,16 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         sync_bn=args.sync_bn,
         train_subset=args.train_subset,
     )
+    runs = [
+        dataclasses.replace(
+            run,
+            diagnostics=args.diagnostics,
+            lr_scaling=args.lr_scaling,
+            lr_reference_batch=args.lr_reference_batch,
+            steps=args.steps,
+        )
+        for run in runs
+    ]
     store = ResultsStore(args.out)
     if rank == 0:
         _check_compare_outputs(args)
@@ -328,6 +340,8 @@ def _sweep_and_report(
     report."""
     data = load_dataset(args.dataset, None if args.data_dir is None else str(args.data_dir))
     check_runs(runs, data)
+    for run in runs:  # refuse --steps that --epochs cannot hold before anything trains
+        planned_steps(run, len(batch_slices(len(data.train_x), run.batch_size)))
     rank, _ = torchrun_rank()
     dropped = None
     if rank == 0:
@@ -605,6 +619,34 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "for adamw, 0 for the others)",
     )
     compare.add_argument(
+        "--lr-scaling",
+        default="none",
+        choices=LR_SCALINGS,
+        help="linear: train at lr * batch size / --lr-reference-batch (Goyal et al. 2017), "
+        "so batch-size sweeps keep the step per sample; none: --lr at every batch size "
+        "(default none)",
+    )
+    compare.add_argument(
+        "--lr-reference-batch",
+        type=_positive_int,
+        default=32,
+        help="the batch size --lr is meant for under --lr-scaling linear (default 32)",
+    )
+    compare.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="end each run after this many optimizer steps, the same number at every batch "
+        "size; --epochs must hold that many batches at the largest batch size",
+    )
+    compare.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="record per-layer gradient norms, activation statistics, internal covariate "
+        "shift and loss-landscape smoothness on a fixed probe batch after each epoch, and "
+        "the time per step (normlab.experiment.diagnostics)",
+    )
+    compare.add_argument(
         "--out", type=_path, default=None, help="output directory (default runs/<timestamp>)"
     )
     compare.add_argument(
@@ -654,6 +696,62 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(run=_compare)
 
 
+def _study(args: argparse.Namespace) -> int:
+    from normlab.study import run_study  # matplotlib and scipy load only for this command
+
+    console = _console()
+    command = (
+        f"normlab study claims --data-dir {args.data_dir} --budget {args.budget} "
+        f"--out {args.out} --report {args.report}"
+    )
+    result = run_study(
+        args.data_dir, args.out, args.report, budget=args.budget, jobs=args.jobs,
+        threads=args.threads, executor=args.executor, address=args.address,
+        command=command, console=console,
+    )  # fmt: skip
+    if result.report is None:
+        failed = len(result.outcome.failed)
+        console.print(
+            f"{result.finished} of {result.planned} runs finished"
+            + (f", {failed} failed" if failed else "")
+            + f"; run the same command to resume ({args.out})."
+        )
+        return 130 if result.outcome.interrupted else 1
+    console.print(f"wrote {result.report}")
+    return 0
+
+
+def _add_study(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser(
+        "study",
+        help="run a packaged study; `normlab study claims` checks every tutorial claim",
+        description="Studies that plan their own experiments. `claims`: every claim of the "
+        "normalization tutorials as an experiment on MNIST, with an estimate, a 95%% interval "
+        "and a Holm-adjusted verdict, written as a markdown report with figures.",
+    )
+    study.add_argument("study", choices=("claims",), help="the study to run")
+    study.add_argument("--data-dir", required=True, help="directory holding the MNIST IDX files")
+    study.add_argument(
+        "--budget",
+        choices=("quick", "full"),
+        default="full",
+        help="full: about an hour on 2 cores; quick: a few minutes, fewer seeds and epochs "
+        "(default full)",
+    )
+    study.add_argument(
+        "--out", type=Path, default=None, help="where the runs go (default runs/<timestamp>)"
+    )
+    study.add_argument(
+        "--report", type=Path, default=None, help="where claims.md and its figures go "
+        "(default OUT/report)",
+    )  # fmt: skip
+    study.add_argument("--jobs", type=_positive_int, default=None, help="runs at once")
+    study.add_argument("--threads", type=_positive_int, default=None, help="threads per run")
+    study.add_argument("--executor", choices=("processes", "ray"), default="processes")
+    study.add_argument("--address", help="with --executor ray: the cluster")
+    study.set_defaults(run=_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab", description="Normalization layers and a lab to compare them."
@@ -687,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", type=_path, help="a .pt file, e.g. OUT/models/<run_id>.pt")
     inspect.set_defaults(run=_inspect)
     _add_bench(commands)
+    _add_study(commands)
     return parser
 
 
@@ -694,6 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", "unset") is None:
         args.out = _default_out()
+    if getattr(args, "report", "unset") is None:
+        args.report = args.out / "report"
     try:
         with terminate_as_interrupt():  # `timeout`, `kill` and container stops: as Ctrl-C
             return args.run(args)

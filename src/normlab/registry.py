@@ -268,7 +268,8 @@ BUILT_IN: tuple[NormKind, ...] = (
     NormKind(
         "bn",
         BatchNorm,
-        "batch norm, per-channel statistics ('2s'); torch or Keras convention",
+        "batch norm, per-channel statistics ('2s', Ioffe & Szegedy's original); torch or Keras "
+        "convention",
         ("batch", "bn-2s", "batchnorm"),
         {"stats": "channel"},
         running_stats="channel",
@@ -279,7 +280,8 @@ BUILT_IN: tuple[NormKind, ...] = (
     NormKind(
         "bn-scalar",
         BatchNorm,
-        "batch norm, one mean and variance over the whole batch ('1s'), per-channel affine",
+        "batch norm, one mean and variance over the whole batch ('1s', a simplification), "
+        "per-channel affine",
         ("bn-1s",),
         {"stats": "scalar"},
         running_stats="scalar",

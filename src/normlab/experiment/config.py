@@ -21,6 +21,7 @@ from normlab.models import check_model_name, check_placement
 from normlab.norm_spec import check_norm, format_norm, parse_norm
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCALINGS = ("none", "linear")
 
 MAX_RUNS = 50_000
 """The most runs one sweep plans. Every run is planned (and checked) before the first
@@ -57,6 +58,11 @@ class RunConfig:
     (``{"groups": 8}`` for ``gn(groups=8)``), typed and sorted by name (see
     normlab.norm_spec). ``model`` is a lab model or the user's
     ``MODULE:FACTORY`` (see normlab.models.factory), recorded as given.
+    ``diagnostics`` records the probes of normlab.experiment.diagnostics with the
+    run. ``lr_scaling="linear"`` trains at ``lr * batch_size / lr_reference_batch``
+    (see effective_lr). ``steps`` ends the run after that many optimizer steps (an
+    equal number of updates at every batch size); ``epochs`` must then be enough
+    passes to take them.
     ``train_subset`` trains on that many training samples, a fixed stratified
     subset (see normlab.data.stratified_subset); None trains on them all.
     ``model_options`` holds the model builder's keyword
@@ -80,6 +86,10 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     nproc: int = 1
     sync_bn: bool = False
+    diagnostics: bool = False
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 32
+    steps: int | None = None
     train_subset: int | None = None
 
     def __post_init__(self) -> None:
@@ -120,12 +130,37 @@ class RunConfig:
             raise ValueError(
                 "--sync-bn synchronizes batch norm across --nproc processes; add --nproc 2 or more."
             )
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(
+                f"unknown --lr-scaling {self.lr_scaling!r}; choose none or linear "
+                "(lr times batch size / reference batch, Goyal et al. 2017)."
+            )
+        if self.lr_reference_batch < 1:
+            raise ValueError(
+                "the reference batch of --lr-scaling must be positive; got "
+                f"{self.lr_reference_batch}."
+            )
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1; got {self.steps}.")
+        if self.diagnostics and self.nproc > 1:
+            raise ValueError(
+                "diagnostics probe one-process runs only; drop --nproc or --diagnostics."
+            )
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the optimizer uses: ``lr``, or with linear scaling (Goyal et al.
+        2017) ``lr * batch_size / lr_reference_batch``."""
+        if self.lr_scaling == "linear":
+            return self.lr * self.batch_size / self.lr_reference_batch
+        return self.lr
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready data. ``nproc`` and ``sync_bn`` appear only when
         set, ``norm_options`` only when there are some, ``weight_decay`` and ``train_subset``
-        only when given,
-        so runs that do not use them keep the ids they had before those options existed."""
+        only when given, ``diagnostics``, the learning-rate scaling and ``steps`` only
+        when set, so runs that do not use them keep the ids they had before those options
+        existed."""
         data = asdict(self)
         if self.nproc == 1:
             del data["nproc"], data["sync_bn"]
@@ -133,6 +168,12 @@ class RunConfig:
             del data["norm_options"]
         if self.weight_decay is None:
             del data["weight_decay"]
+        if not self.diagnostics:
+            del data["diagnostics"]
+        if self.lr_scaling == "none":
+            del data["lr_scaling"], data["lr_reference_batch"]
+        if self.steps is None:
+            del data["steps"]
         if self.train_subset is None:
             del data["train_subset"]
         return data

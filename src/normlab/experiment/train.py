@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 import normlab
 from normlab.data import Dataset, train_subset
 from normlab.experiment.config import RunConfig
+from normlab.experiment.diagnostics import Diagnostics
 from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
 from normlab.layers.batch_norm import convert_sync_batchnorm
@@ -183,6 +184,24 @@ def _train_epoch(
     return totals[0].item() / seen, totals[1].item() / seen, seen
 
 
+def planned_steps(config: RunConfig, batches_per_epoch: int) -> int:
+    """The optimizer steps ``config`` takes: ``config.steps``, or every batch of every epoch.
+
+    Raises:
+        ValueError: ``config.epochs`` passes hold fewer than ``config.steps`` batches.
+    """
+    available = config.epochs * batches_per_epoch
+    if config.steps is None:
+        return available
+    if config.steps > available:
+        raise ValueError(
+            f"run {config.label} asks for {config.steps} steps, but {config.epochs} epochs of "
+            f"{batches_per_epoch} batches hold only {available}; raise epochs to at least "
+            f"{math.ceil(config.steps / batches_per_epoch)}."
+        )
+    return config.steps
+
+
 def run_data(config: RunConfig, data: Dataset) -> Dataset:
     """The data ``config`` trains on: ``data``, or its fixed stratified subset of
     ``config.train_subset`` training samples (the validation split is unchanged)."""
@@ -324,18 +343,32 @@ def train_model(
             model = convert_sync_batchnorm(model)
         trained = DistributedDataParallel(model)
     optimizer = make_optimizer(
-        config.optimizer, trained.parameters(), config.lr, config.weight_decay
+        config.optimizer, trained.parameters(), config.effective_lr, config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
     batches = batch_slices(len(data.train_x), config.batch_size, min_last=2 * partition.world)
+    steps_left = planned_steps(config, len(batches))
+    steps_done = 0
+    diagnostics = Diagnostics(model, data.train_x, data.train_y) if config.diagnostics else None
+    if diagnostics is not None:
+        diagnostics.probe(optimizer, epoch=0, step=0)
     history: list[EpochMetrics] = []
     diverged_epoch = None
     samples = 0
     for epoch in range(1, config.epochs + 1):
+        if steps_left == 0:
+            break
         epoch_clock = time.perf_counter()
+        epoch_batches = batches[:steps_left]
+        steps_left -= len(epoch_batches)
+        steps_done += len(epoch_batches)
         train_loss, train_acc, samples = _train_epoch(
-            trained, optimizer, data, batches, generator, partition
+            trained, optimizer, data, epoch_batches, generator, partition
         )
+        if diagnostics is not None:
+            diagnostics.timed_epoch(time.perf_counter() - epoch_clock, len(epoch_batches))
+            if math.isfinite(train_loss):
+                diagnostics.probe(optimizer, epoch=epoch, step=steps_done)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
         metrics = EpochMetrics(
             epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - epoch_clock
@@ -360,9 +393,11 @@ def train_model(
             "val_loss": last.val_loss,
             "val_acc": last.val_acc,
             "epochs_run": len(history),
+            "steps": steps_done,
             "diverged_epoch": diverged_epoch,
         },
         "eval_parity": parity_summary(model, data, config.batch_size),
+        **({"diagnostics": diagnostics.summary()} if diagnostics is not None else {}),
         "data": {
             "source": data.source,
             "train_size": len(data.train_x),

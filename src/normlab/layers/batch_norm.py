@@ -39,11 +39,13 @@ class BatchNorm(RunningStatsNorm):
     the defaults the same numbers. normlab's own options are keyword-only.
 
     ``stats="channel"`` (the standard, "2s") keeps one mean and variance per
-    channel, reduced over the batch and spatial dims; it is numerically
-    ``torch.nn.BatchNorm1d/2d/3d`` and shares their state_dict.
-    ``stats="scalar"`` ("1s") keeps one mean and one variance for every
-    element of the batch; the affine stays per channel and the running
-    statistics have shape (1,).
+    channel, reduced over the batch and spatial dims: this is Ioffe & Szegedy
+    2015's algorithm (one mean and variance per activation, per feature map in
+    convolutions), and numerically ``torch.nn.BatchNorm1d/2d/3d``, sharing
+    their state_dict. ``stats="scalar"`` ("1s") keeps one mean and one variance
+    for every element of the batch, a simplification (not the original
+    algorithm, whatever the tutorials say); the affine stays per channel and
+    the running statistics have shape (1,).
 
     ``convention`` fixes what ``momentum`` means and what ``running_var``
     stores:

@@ -141,7 +141,8 @@ CLAIMS: tuple[Claim, ...] = (
         key="scalar-stable",
         text="Scalar-statistics batch norm ('1s', bn-scalar) is more stable at small batches "
         "than per-channel ('2s', bn)",
-        source="the tutorials' 1s vs 2s comparison",
+        source="the tutorials' 1s vs 2s comparison (their '2s', per-channel, is Ioffe & "
+        "Szegedy's original algorithm; '1s' is a simplification)",
         design=AtBatchSize("bn-scalar", "bn", where="smallest"),
         side="greater",
         stability=True,

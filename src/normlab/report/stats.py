@@ -81,3 +81,50 @@ def contrast(
     return Contrast(
         estimate, se=se, df=df, low=estimate - half_width, high=estimate + half_width, level=level
     )
+
+
+def p_value(result: Contrast, null: float = 0.0) -> float | None:
+    """Two-sided p-value of the Welch t test of H0: contrast == ``null``.
+
+    None without an interval (a group of one); 0 or 1 when the standard error is 0
+    (the estimate differs from ``null`` or equals it).
+    """
+    if result.se is None or result.df is None:
+        return None
+    if result.se == 0.0:
+        return 1.0 if result.estimate == null else 0.0
+    t = abs(result.estimate - null) / result.se
+    return float(2.0 * scipy_stats.t.sf(t, result.df))
+
+
+def equivalence_p_value(result: Contrast, margin: float) -> float | None:
+    """p-value of the two one-sided tests (TOST) of H0: |contrast| >= ``margin``.
+
+    The larger of the one-sided p-values of contrast > −margin and contrast < margin;
+    small when the whole interval lies well within ±margin. None without an interval.
+    """
+    if result.se is None or result.df is None:
+        return None
+    if result.se == 0.0:
+        return 0.0 if abs(result.estimate) < margin else 1.0
+    lower = float(scipy_stats.t.sf((result.estimate + margin) / result.se, result.df))
+    upper = float(scipy_stats.t.cdf((result.estimate - margin) / result.se, result.df))
+    return max(lower, upper)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given.
+
+    With the m available p-values sorted ascending, p₍ᵢ₎ becomes
+    max over j ≤ i of min(1, (m − j + 1) · p₍ⱼ₎): rejecting every hypothesis whose
+    adjusted p-value is below α keeps the family-wise error rate at α. None (no test)
+    stays None and does not count in m.
+    """
+    present = sorted((value, index) for index, value in enumerate(p_values) if value is not None)
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (value, index) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * value))
+        adjusted[index] = running
+    return adjusted

@@ -1,0 +1,119 @@
+"""What the claims study reads off one run record: accuracies, timing and diagnostics.
+
+Each function takes a results record (see normlab.experiment.store) and returns a
+number, or None when the record lacks what it needs (a run without diagnostics, an
+accuracy never reached). Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Record = Mapping[str, Any]
+Measure = Callable[[Record], float | None]
+
+REACH = 95.0
+"""The validation accuracy (%) whose first epoch measures convergence speed."""
+
+
+def val_acc(record: Record) -> float:
+    """Final validation accuracy, %."""
+    return 100.0 * record["final"]["val_acc"]
+
+
+def first_epoch_acc(record: Record) -> float:
+    """Validation accuracy after the first epoch, %."""
+    return 100.0 * record["history"][0]["val_acc"]
+
+
+def gap(record: Record) -> float:
+    """Generalization gap: final training accuracy (eval mode) minus validation, pp."""
+    return 100.0 * (record["final"]["train_acc"] - record["final"]["val_acc"])
+
+
+def epochs_to_reach(record: Record, accuracy: float = REACH) -> int | None:
+    """The first epoch whose validation accuracy reaches ``accuracy`` %; None if none did."""
+    for row in record["history"]:
+        if 100.0 * row["val_acc"] >= accuracy:
+            return int(row["epoch"])
+    return None
+
+
+def _diagnostics(record: Record) -> Mapping[str, Any] | None:
+    return record.get("diagnostics")
+
+
+def step_seconds(record: Record) -> float | None:
+    """Median over epochs of the training time per optimizer step, seconds."""
+    diagnostics = _diagnostics(record)
+    if not diagnostics or not diagnostics.get("step_seconds"):
+        return None
+    return statistics.median(diagnostics["step_seconds"])
+
+
+def _probes(record: Record, training: bool) -> list[Mapping[str, Any]]:
+    diagnostics = _diagnostics(record) or {}
+    probes = diagnostics.get("probes") or []
+    return [p for p in probes if (p["epoch"] >= 1) == training]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(finite) if finite and len(finite) == len(values) else None
+
+
+def ics(record: Record) -> float | None:
+    """Santurkar et al.'s internal covariate shift ||G - G'||, averaged over the layers
+    that have layers before them and over the probes taken during training."""
+    return _mean([_mean(p["ics"][1:]) for p in _probes(record, training=True)])
+
+
+def ics_cosine(record: Record) -> float | None:
+    """cos(G, G'), averaged like :func:`ics` (1 means no shift)."""
+    return _mean([_mean(p["ics_cosine"][1:]) for p in _probes(record, training=True)])
+
+
+def relative_ics(record: Record) -> float | None:
+    """||G - G'|| / ||G|| per layer, averaged like :func:`ics`."""
+    values = []
+    for probe in _probes(record, training=True):
+        norms = probe["grad_norms"][1:]
+        shifts = probe["ics"][1:]
+        values.append(_mean([s / n if n > 0 else None for s, n in zip(shifts, norms, strict=True)]))
+    return _mean(values)
+
+
+def landscape(name: str) -> Measure:
+    """A landscape summary (``loss_variation``, ``gradient_predictiveness``,
+    ``beta_smoothness``) averaged over the probes taken during training."""
+
+    def measure(record: Record) -> float | None:
+        return _mean([p["landscape"][name] for p in _probes(record, training=True)])
+
+    measure.__name__ = name
+    return measure
+
+
+def grad_ratio(record: Record, at_init: bool = True) -> float | None:
+    """|log10| of the first layer's gradient norm over the last layer's: 0 when they are
+    equal, 1 when one is ten times the other. At initialization, or averaged over the
+    probes during training."""
+    probes = _probes(record, training=not at_init)
+    if at_init:
+        probes = probes[:1]
+    ratios = [p["grad_ratio"] for p in probes]
+    return _mean([abs(math.log10(r)) if r is not None and r > 0 else None for r in ratios])
+
+
+def log10(measure: Measure) -> Measure:
+    """``measure`` on a log10 scale (None for values that are not positive)."""
+
+    def logged(record: Record) -> float | None:
+        value = measure(record)
+        return math.log10(value) if value is not None and value > 0 else None
+
+    logged.__name__ = f"log10_{getattr(measure, '__name__', 'measure')}"
+    return logged

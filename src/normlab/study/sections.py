@@ -1,0 +1,90 @@
+"""Building blocks of the claims study's sections: the Section record, markdown tables,
+and the groups and tests built from the study's runs."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from normlab.study import measures as m
+from normlab.study.findings import Check, Group, Runs, compute, group
+
+T1 = "the first tutorial (batch norm vs layer norm on the MNIST MLP)"
+T2 = "the second tutorial (batch norm in Keras, '1s' vs '2s')"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One claim in the report: its tests, its figure and the tables behind the numbers."""
+
+    key: str
+    title: str
+    tests: tuple[Check, ...]
+    figure: str
+    tables: tuple[str, ...] = field(default=())
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def values_of(records: Sequence[Any], measure: m.Measure) -> list[float]:
+    return [v for v in (measure(r) for r in records) if v is not None]
+
+
+def make_test(spec: dict[str, Any], groups: Sequence[Group], available: bool = True) -> Check:
+    return compute(Check(**spec, groups=tuple(groups), available=available))
+
+
+def each(
+    runs: Runs,
+    experiment: str,
+    norms: Sequence[str],
+    batch_sizes: Sequence[int],
+    measure: m.Measure,
+    weights: Callable[[str], float],
+    **match: Any,
+) -> list[Group]:
+    """One group per (norm, batch size), weight weights(norm) / number of batch sizes."""
+    return [
+        group(
+            f"{norm} at batch {size}",
+            weights(norm) / len(batch_sizes),
+            runs.get(experiment, norm=norm, batch_size=size, **match),
+            measure,
+        )
+        for norm in norms
+        for size in batch_sizes
+    ]
+
+
+def accuracy_table(
+    runs: Runs,
+    experiment: str,
+    norms: Sequence[str],
+    sizes: Sequence[int],
+    measure: m.Measure = m.val_acc,
+    **match: Any,
+) -> str:
+    rows = []
+    for norm in norms:
+        row = [norm]
+        for size in sizes:
+            records = runs.get(experiment, norm=norm, batch_size=size, **match)
+            diverged = sum(r.get("status") == "diverged" for r in records)
+            cell = mean_std(values_of(records, measure))
+            row.append(cell + (f" ({diverged} diverged)" if diverged else ""))
+        rows.append(row)
+    return markdown_table(["norm", *(f"batch {s}" for s in sizes)], rows)
