@@ -356,6 +356,43 @@ def test_ctrl_c_while_loading_the_data_exits_130_with_the_resume_line(
     assert f"--out {out} to resume" in stdout
 
 
+def _interrupt_inside_a_class_body(*_args, **_kwargs):
+    """A Ctrl-C while a module defines a class, as in matplotlib's import: Python 3.11 hands
+    it on wrapped in a RuntimeError ("Error calling __set_name__")."""
+
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    class Owner:
+        attribute = Descriptor()
+
+
+def test_ctrl_c_that_python_wraps_during_an_import_exits_130_with_the_resume_line(
+    tmp_path, run_cli, monkeypatch
+):
+    import normlab.cli
+
+    monkeypatch.setattr(normlab.cli, "load_dataset", _interrupt_inside_a_class_body)
+    out = tmp_path / "sweep"
+    status, stdout, _ = run_cli(
+        ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
+    )
+    assert status == 130
+    assert f"--out {out} to resume" in stdout
+
+
+def test_a_runtime_error_that_is_no_interrupt_is_not_taken_for_one(tmp_path, run_cli, monkeypatch):
+    import normlab.cli
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(normlab.cli, "load_dataset", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(["compare", "--norms", "bn", *SMALL, "--out", str(tmp_path / "sweep")])
+
+
 def test_ctrl_c_while_rendering_the_report_exits_130_with_the_resume_line(
     tmp_path, run_cli, monkeypatch
 ):

@@ -12,10 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
 from normlab.data.catalog import user_format
@@ -31,58 +29,13 @@ from normlab.experiment.config import LR_SCALINGS, OMITTED_DEFAULTS, OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import Executor, available_cores
-from normlab.experiment.executors.lifetime import terminate_as_interrupt
+from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.norm_spec import parse_norm, split_specs
-from normlab.registry import make_norm, registered_kinds
-
-
-def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Table:
-    """Apply every registered kind to one batch (mean 3, std 2) and tabulate the outputs.
-
-    The running-stats column is the registry's: per "channel", one "scalar" or
-    none. Each module runs one training step, then eval mode, on the same batch;
-    the last column is the largest difference between those two outputs. A
-    kind that cannot take the batch (instance norm on (N, C)) gets a row
-    saying why.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = 3.0 + 2.0 * torch.randn(tuple(batch_shape), generator=generator)
-    table = Table(
-        title=f"Each kind on a batch of shape {tuple(batch_shape)} (mean 3, std 2)",
-        box=box.SIMPLE_HEAD,
-    )
-    notes = []
-    table.add_column("kind")
-    table.add_column("aliases")
-    table.add_column("module")
-    table.add_column("running stats")
-    for column in ("params", "train mean/std", "eval mean/std", "max |train-eval|"):
-        table.add_column(column, justify="right")
-    for kind in registered_kinds():
-        module = make_norm(kind.name, batch_shape[1])
-        row = [kind.name, ", ".join(kind.aliases), type(module).__name__, kind.running_stats or ""]
-        row.append(str(sum(p.numel() for p in module.parameters())))
-        try:
-            with torch.no_grad():
-                train_out = module.train()(x)
-                eval_out = module.eval()(x)
-        except ValueError as error:
-            notes.append(f"{kind.name}: {error}")
-            table.add_row(*row, "n/a", "n/a", "n/a")
-            continue
-        table.add_row(
-            *row,
-            f"{train_out.mean():.2f}/{train_out.std():.2f}",
-            f"{eval_out.mean():.2f}/{eval_out.std():.2f}",
-            f"{(train_out - eval_out).abs().max():.3g}",
-        )
-    if notes:
-        table.caption = "\n".join(notes)
-    return table
+from normlab.norms_table import norms_table
 
 
 def _batch_shape(text: str) -> tuple[int, ...]:
@@ -233,7 +186,9 @@ def _compare(args: argparse.Namespace) -> int:
     runs: list[RunConfig] = []
     try:
         return _compare_runs(args, console, runs)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before, during or after the sweep
+    except (KeyboardInterrupt, RuntimeError) as error:  # Ctrl-C or SIGTERM, at any point
+        if not is_interrupt(error):
+            raise
         _say_how_to_resume(console, args.out, runs)
         return 130
 
@@ -798,7 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():  # `timeout`, `kill` and container stops: as Ctrl-C
             return args.run(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as error:
+        if not is_interrupt(error):
+            raise
         print(f"normlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, DataError) as error:  # a usage error; anything else is a bug: traceback

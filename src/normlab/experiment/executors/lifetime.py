@@ -45,6 +45,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; handled as Ctrl-C is (a KeyboardInterrupt)."""
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` is a Ctrl-C or SIGTERM, or was raised by one.
+
+    Python wraps what a class body's ``__set_name__`` raises in a RuntimeError (3.11), so an
+    interrupt that lands while a module such as matplotlib is imported arrives as that.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread,
