@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from normlab.data import load_dataset, stratified_subset, train_subset
@@ -27,6 +27,8 @@ def _largest_remainder(counts: list[int], size: int) -> list[int]:
 
 
 @settings(max_examples=60, deadline=None)
+# Remainders that tie exactly (0.24 for classes 0, 1 and 6) but not in floating point.
+@example(counts=[1, 1, 3, 5, 5, 9, 26], fraction=0.25, seed=0)
 @given(
     counts=st.lists(st.integers(1, 40), min_size=1, max_size=8),
     fraction=st.floats(0.0, 1.0),

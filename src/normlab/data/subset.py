@@ -30,9 +30,9 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = SUBSET_SEED) 
             f"--train-subset must be between 1 and the {total} training samples; got {size}."
         )
     classes, counts = labels.unique(return_counts=True)
-    exact = counts.double() * size / total
-    places = exact.floor().long()
-    remainder = exact - places
+    # Integer arithmetic: floating-point quotas break exact ties between remainders.
+    places = counts * size // total
+    remainder = counts * size % total
     leftover = size - int(places.sum())
     # A stable sort on the negated remainders: largest first, ties in label order.
     order = torch.sort(-remainder, stable=True).indices
