@@ -129,6 +129,10 @@ print(json.dumps([[config.norm, error] for config, error in outcome.failed]))
 """
 
 
+# Slow while it is flaky: on a loaded machine one rank sometimes ends with SIGABRT (about 1 in 4
+# runs at load 4 on 2 cores; never when the machine is quiet), so torchrun reports a failed
+# launch. The cause is open (issue 16, the torchrun failure policy); run it with make test-slow.
+@pytest.mark.slow
 def test_under_torchrun_a_run_failing_on_every_rank_is_failed_and_the_launch_goes_on(tmp_path):
     import os
     import subprocess
