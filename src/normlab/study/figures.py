@@ -135,7 +135,7 @@ def learning_rate(runs: Runs, b: Budget, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (SGD, momentum 0.9)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Learning-rate sweep (diverged runs sit near 10%)")
+    ax.set_title("Learning-rate sweep (10% is chance level: the run stopped learning)")
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
