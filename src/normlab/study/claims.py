@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from normlab.study import measures as m
 from normlab.study.existing import existing_sections
-from normlab.study.findings import Group, Runs, group
+from normlab.study.findings import Group, Runs, difference, group
 from normlab.study.plan import Budget
 from normlab.study.sections import (
     T1,
@@ -346,15 +346,15 @@ def _landscape(runs: Runs) -> Section:
             "over the steps) is smaller with bn: ratio bn / none < 1",
             measure="ratio of loss variation, bn / none",
         ),
-        [
-            group(
-                f"{n} at batch 32",
-                w,
-                runs.get("batch", norm=n, batch_size=32),
-                m.log10(m.landscape("loss_variation")),
-            )
-            for n, w in (("bn", 1), ("none", -1))
-        ],
+        difference(
+            runs,
+            "batch",
+            "bn",
+            "none",
+            m.log10(m.landscape("loss_variation")),
+            label=" at batch 32",
+            batch_size=32,
+        ),
     )
     gradient = make_test(
         dict(
@@ -365,15 +365,15 @@ def _landscape(runs: Runs) -> Section:
             "steps, is smaller with bn: ratio bn / none < 1",
             measure="ratio of gradient change, bn / none",
         ),
-        [
-            group(
-                f"{n} at batch 32",
-                w,
-                runs.get("batch", norm=n, batch_size=32),
-                m.log10(m.landscape("gradient_predictiveness")),
-            )
-            for n, w in (("bn", 1), ("none", -1))
-        ],
+        difference(
+            runs,
+            "batch",
+            "bn",
+            "none",
+            m.log10(m.landscape("gradient_predictiveness")),
+            label=" at batch 32",
+            batch_size=32,
+        ),
     )
     table = _probe_table(
         runs,
@@ -402,10 +402,7 @@ def _sequence_models(runs: Runs) -> Section:
             "each step's input), ln's validation accuracy minus bn's is > 0",
             experiment="rnn model (LSTM 64), none/bn/ln/rms, Adam 1e-3, batch 64",
         ),
-        [
-            group(f"{n} (rnn)", w, runs.get("rnn", norm=n), m.val_acc)
-            for n, w in (("ln", 1), ("bn", -1))
-        ],
+        difference(runs, "rnn", "ln", "bn", m.val_acc, label=" (rnn)"),
     )
     transformer = make_test(
         dict(
@@ -415,10 +412,7 @@ def _sequence_models(runs: Runs) -> Section:
             "validation accuracy minus bn's (bn over the tokens' features) is > 0",
             experiment="transformer model, ln/bn/rms, Adam 1e-3, batch 64",
         ),
-        [
-            group(f"{n} (transformer)", w, runs.get("transformer", norm=n), m.val_acc)
-            for n, w in (("ln", 1), ("bn", -1))
-        ],
+        difference(runs, "transformer", "ln", "bn", m.val_acc, label=" (transformer)"),
         available=runs.planned("transformer"),
     )
     rows = [
@@ -449,15 +443,15 @@ def _ln_large_batch(runs: Runs, b: Budget) -> Section:
             measure="first-epoch validation accuracy, pp",
             side="less",
         ),
-        [
-            group(
-                f"{n} at batch {large}",
-                w,
-                runs.get("batch", norm=n, batch_size=large),
-                m.first_epoch_acc,
-            )
-            for n, w in (("ln", 1), ("bn", -1))
-        ],
+        difference(
+            runs,
+            "batch",
+            "ln",
+            "bn",
+            m.first_epoch_acc,
+            label=f" at batch {large}",
+            batch_size=large,
+        ),
     )
     return Section(test.key, test.title, (test,), "convergence.png", (_reach_table(runs, b),))
 
@@ -594,15 +588,15 @@ def _group_norm(runs: Runs, b: Budget) -> Section:
             experiment=f"cnn (Conv 32 / Conv 64), batch {', '.join(map(str, b.small_batches))}, "
             f"{b.conv_epochs} epochs on a {b.conv_subset}-image subset, {b.sweep_seeds} seeds",
         ),
-        [
-            group(
-                f"{n} at batch {small} (cnn)",
-                w,
-                runs.get("conv-small-batch", norm=n, batch_size=small),
-                m.val_acc,
-            )
-            for n, w in (("gn", 1), ("bn", -1))
-        ],
+        difference(
+            runs,
+            "conv-small-batch",
+            "gn",
+            "bn",
+            m.val_acc,
+            label=f" at batch {small} (cnn)",
+            batch_size=small,
+        ),
     )
     resnet = make_test(
         dict(
@@ -612,15 +606,15 @@ def _group_norm(runs: Runs, b: Budget) -> Section:
             experiment=f"resnet20, batch {', '.join(map(str, b.small_batches))}, "
             f"{b.conv_epochs} epochs on a {b.resnet_subset}-image subset",
         ),
-        [
-            group(
-                f"{n} at batch {small} (resnet20)",
-                w,
-                runs.get("resnet20-small-batch", norm=n, batch_size=small),
-                m.val_acc,
-            )
-            for n, w in (("gn", 1), ("bn", -1))
-        ],
+        difference(
+            runs,
+            "resnet20-small-batch",
+            "gn",
+            "bn",
+            m.val_acc,
+            label=f" at batch {small} (resnet20)",
+            batch_size=small,
+        ),
         available=runs.planned("resnet20-small-batch"),
     )
     tables = ["cnn:\n\n" + accuracy_table(runs, "conv-small-batch", ["gn", "bn"], b.small_batches)]

@@ -130,6 +130,23 @@ def group(
     return Group(label, weight, kept, len(records), diverged)
 
 
+def difference(
+    runs: Runs,
+    experiment: str,
+    first: str,
+    second: str,
+    measure: Measure,
+    label: str = "",
+    **where: Any,
+) -> list[Group]:
+    """The groups of ``first`` minus ``second`` (two norms) in ``experiment``'s runs that
+    match ``where``, labelled ``"<norm><label>"``."""
+    return [
+        group(f"{norm}{label}", weight, runs.get(experiment, norm=norm, **where), measure)
+        for norm, weight in ((first, 1), (second, -1))
+    ]
+
+
 def compute(test: Check) -> Check:
     """``test`` with its estimate, interval, p-values and unadjusted verdict filled in."""
     empty = dict(estimate=None, low=None, high=None, p=None, p_difference=None, p_adjusted=None)
