@@ -9,7 +9,7 @@ a two-pass mean and centered sum of squares, never E[x^2] - E[x]^2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ def batch_norm(
         return _empty_batch(input, weight, bias, eps)
     if stats == "scalar":
         _check_parameter_dtype(input, weight if weight is not None else running_mean)
-        output, mean, var = _ScalarBatchNorm.apply(input, weight, bias, eps)
+        output, mean, var, _ = _ScalarBatchNorm.apply(input, weight, bias, eps)
         if running_mean is not None:
             _update_running_stats(
                 running_mean, running_var, mean, var, input.numel(), momentum, convention
@@ -89,7 +89,8 @@ def batch_norm(
         input, running_mean, unbiased_var, weight, bias, True, 1.0 - momentum, eps
     )
     with torch.no_grad():
-        torch.mul(unbiased_var, (count - 1) / count, out=running_var)
+        # copy_, not out=: vmap has no rule for out= (normlab.experiment.stacked)
+        running_var.copy_(unbiased_var * ((count - 1) / count))
     return output
 
 
@@ -212,6 +213,19 @@ def switchable_norm(
         training,
         momentum,
         eps,
+    )[0]
+
+
+def _save_switchable(ctx: Any, inputs: tuple[Any, ...], saved: tuple[torch.Tensor, ...]) -> None:
+    """setup_context of both switchable-norm Functions: their forward returns the output
+    followed by the tensors backward needs (the form torch.func needs, so the layers also
+    train inside ``vmap``; see normlab.experiment.stacked); backward gets the input first."""
+    input, weight, bias, mean_logits, var_logits, _, _, training = inputs[:8]
+    ctx.mark_non_differentiable(*saved)
+    ctx.save_for_backward(input, *saved)
+    ctx.training = training
+    ctx.dtypes = tuple(
+        None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
     )
 
 
@@ -236,9 +250,10 @@ class _SwitchableNorm(torch.autograd.Function):
     :class:`_SwitchableNormFeatures`'.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
-        ctx,
         input,
         weight,
         bias,
@@ -270,8 +285,9 @@ class _SwitchableNorm(torch.autograd.Function):
                 "torch",
             )
         else:
-            mean_bn = running_mean.to(dtype).view(stat_shape)
-            var_bn = running_var.to(dtype).view(stat_shape)
+            # copies: they are outputs for setup_context, and must not alias the buffers
+            mean_bn = running_mean.to(dtype, copy=True).view(stat_shape)
+            var_bn = running_var.to(dtype, copy=True).view(stat_shape)
         terms = (0, 1, 2)
         mean_w = _mixing_weights(mean_logits, terms, dtype)
         var_w = _mixing_weights(var_logits, terms, dtype)
@@ -283,17 +299,17 @@ class _SwitchableNorm(torch.autograd.Function):
         scale = invstd * gamma
         shift = -mean * scale if bias is None else bias.to(dtype).view(stat_shape) - mean * scale
         output = torch.addcmul(shift, x, scale)
-        ctx.save_for_backward(x, gamma, mean, invstd, scale, mean_w, var_w, *means, *variances)
-        ctx.training = training
-        ctx.dtypes = tuple(
-            None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
-        )
-        return output.to(input.dtype)
+        return output.to(input.dtype), gamma, mean, invstd, scale, mean_w, var_w, *means, *variances
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save_switchable(ctx, inputs, output[1:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        x, gamma, mean, invstd, scale, mean_w, var_w, *stats = ctx.saved_tensors
+    def backward(ctx, grad_output, *_grad_saved):
+        input, gamma, mean, invstd, scale, mean_w, var_w, *stats = ctx.saved_tensors
+        x = input.to(_compute_dtype(input))
         means, variances = stats[:3], stats[3:]
         mean_in, mean_ln, mean_bn = means
         dtypes = ctx.dtypes
@@ -358,9 +374,10 @@ class _SwitchableNormFeatures(torch.autograd.Function):
         b = -v_bn sum_N(B) / N,   q = -w_bn sum_N(A) / N - b * mu_bn   (training only)
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
-        ctx,
         input,
         weight,
         bias,
@@ -389,8 +406,8 @@ class _SwitchableNormFeatures(torch.autograd.Function):
                 "torch",
             )
         else:
-            mean_bn = running_mean.to(dtype).view(1, channels)
-            var_bn = running_var.to(dtype).view(1, channels)
+            mean_bn = running_mean.to(dtype, copy=True).view(1, channels)
+            var_bn = running_var.to(dtype, copy=True).view(1, channels)
         mean_w = _mixing_weights(mean_logits, (1, 2), dtype)
         var_w = _mixing_weights(var_logits, (1, 2), dtype)
         invstd = torch.add(var_w[1] * var_ln + eps, var_w[2] * var_bn).rsqrt_()
@@ -400,19 +417,20 @@ class _SwitchableNormFeatures(torch.autograd.Function):
             output = x_hat * gamma
         else:
             output = torch.addcmul(bias.to(dtype).view(1, -1), x_hat, gamma)
-        ctx.save_for_backward(
-            x, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn
-        )
-        ctx.training = training
-        ctx.dtypes = tuple(
-            None if t is None else t.dtype for t in (input, weight, bias, mean_logits, var_logits)
-        )
-        return output.to(input.dtype)
+        saved = (x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn)
+        return output.to(input.dtype), *saved
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save_switchable(ctx, inputs, output[1:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        x, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn = ctx.saved_tensors
+    def backward(ctx, grad_output, *_grad_saved):
+        input, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn = (
+            ctx.saved_tensors
+        )
+        x = input.to(_compute_dtype(input))
         dtypes = ctx.dtypes
         g = grad_output.to(x.dtype)
         batch, channels = x.shape
@@ -465,19 +483,9 @@ def _instance_sums(
     as (N, C, 1, ...); ``mean`` is (N, C, 1, ...)."""
     n, c = x.shape[:2]
     if x.is_contiguous() and g.is_contiguous():
-        # torch's batch-norm backward kernel on the (1, N * C, S) views: in eval mode with
-        # unit variance and eps 0 it returns exactly these sums, without a temporary.
-        _, sum_centered, sum_g = torch.ops.aten.native_batch_norm_backward(
-            g.view(1, n * c, -1),
-            x.view(1, n * c, -1),
-            None,
-            mean.reshape(n * c).contiguous(),
-            x.new_ones(n * c),
-            None,
-            None,
-            False,
-            0.0,
-            [False, True, True],
+        # torch's batch-norm backward kernel on the (1, N * C, S) views, without a temporary
+        sum_centered, sum_g = _channel_sums(
+            g.view(1, n * c, -1), x.view(1, n * c, -1), mean.reshape(n * c), x.new_ones(n * c)
         )
         return sum_g.view(mean.shape), sum_centered.view(mean.shape)
     spatial = tuple(range(2, x.ndim))
@@ -488,22 +496,36 @@ def _instance_sums(
 
 
 def _column_sums(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C,) sums over N of g * x and of g, for (N, C) tensors, without an (N, C) temporary:
-    torch's batch-norm backward kernel in eval mode with mean 0, variance 1 and eps 0."""
+    """(C,) sums over N of g * x and of g, for (N, C) tensors, without an (N, C) temporary."""
     channels = x.shape[1]
-    _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+    return _channel_sums(g, x, x.new_zeros(channels), x.new_ones(channels))
+
+
+def _channel_sums(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel of (N, C, *) tensors, the sums of g * (x - mean) * invstd and of g
+    (``mean`` and ``invstd`` (C,)), from torch's batch-norm backward kernel (which forms
+    x - mean before multiplying: stable for inputs with a large mean).
+
+    The kernel is called in its training form with a unit weight, although the input
+    gradient is not asked for: the only form whose vmap rule returns both sums, so the
+    layers built on it also train inside ``vmap`` (normlab.experiment.stacked).
+    """
+    channels = x.shape[1]
+    _, sum_centered, sum_g = torch.ops.aten.native_batch_norm_backward(
         g,
         x,
-        None,
-        x.new_zeros(channels),
-        x.new_ones(channels),
+        invstd.new_ones(channels),
         None,
         None,
-        False,
+        mean.contiguous(),  # a stride-0 view is misread on (N, C) input
+        invstd.contiguous(),
+        True,
         0.0,
         [False, True, True],
     )
-    return sum_gx, sum_g
+    return sum_centered, sum_g
 
 
 def _mixing_weights(
@@ -652,12 +674,16 @@ class _ScalarBatchNorm(torch.autograd.Function):
 
         dx = invstd * (g * w_c - mean(g * w) - x_hat * mean(g * w * x_hat))
 
-    Returns (output, mean, biased variance); the statistics are 0-dim, in float32 or
-    wider, and not differentiable.
+    Returns (output, mean, biased variance, 1 / sqrt(variance + eps)); the statistics are
+    0-dim, in float32 or wider, and not differentiable. The statistics are handed to
+    setup_context as outputs (the form torch.func needs), so the layer also trains inside
+    ``vmap`` (normlab.experiment.stacked).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, weight, bias, eps):
+    def forward(input, weight, bias, eps):
         dtype = _compute_dtype(input)
         channel_mean, channel_var = _channel_moments(input)
         mean = channel_mean.mean()
@@ -668,29 +694,24 @@ class _ScalarBatchNorm(torch.autograd.Function):
         shift = -mean * scale if bias is None else bias.to(dtype) - mean * scale
         shape = _affine_shape(input)
         output = torch.addcmul(shift.view(shape), input, scale.view(shape))
-        ctx.save_for_backward(input, weight, mean, var, invstd)
+        return output.to(input.dtype), mean, var, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, eps = inputs
+        _, mean, var, invstd = output
+        ctx.save_for_backward(input, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, var)
-        return output.to(input.dtype), mean, var
+        ctx.mark_non_differentiable(mean, var, invstd)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, _grad_mean, _grad_var):
-        input, weight, mean, var, invstd = ctx.saved_tensors
+    def backward(ctx, grad_output, _grad_mean, _grad_var, _grad_invstd):
+        input, weight, mean, invstd = ctx.saved_tensors
         channels, count = input.shape[1], input.numel()
-        # Per channel: the sums of g * (x - mean) * invstd and of g.
-        _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
-            grad_output,
-            input,
-            None,
-            mean.expand(channels).contiguous(),  # a stride-0 view is misread on (N, C) input
-            var.expand(channels).contiguous(),
-            None,
-            None,
-            False,
-            ctx.eps,
-            [False, True, True],
+        sum_g_xhat, sum_g = _channel_sums(
+            grad_output, input, mean.expand(channels), invstd.expand(channels)
         )
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:

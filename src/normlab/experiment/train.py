@@ -202,6 +202,28 @@ def planned_steps(config: RunConfig, batches_per_epoch: int) -> int:
     return config.steps
 
 
+def epoch_batches(config: RunConfig, batches: list[slice]) -> list[tuple[int, list[slice], int]]:
+    """The epochs ``config`` trains: (epoch from 1, its batches, steps done by its end).
+
+    Every epoch takes ``batches`` until ``config.steps`` (see planned_steps) cuts the last
+    one short.
+
+    Raises:
+        ValueError: as planned_steps.
+    """
+    steps_left = planned_steps(config, len(batches))
+    plan = []
+    steps_done = 0
+    for epoch in range(1, config.epochs + 1):
+        if steps_left == 0:
+            break
+        taken = batches[:steps_left]
+        steps_left -= len(taken)
+        steps_done += len(taken)
+        plan.append((epoch, taken, steps_done))
+    return plan
+
+
 def run_data(config: RunConfig, data: Dataset) -> Dataset:
     """The data ``config`` trains on: ``data``, or its fixed stratified subset of
     ``config.train_subset`` training samples (the validation split is unchanged)."""
@@ -220,6 +242,12 @@ def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
         placement=config.placement,
         **config.model_options,
     )
+
+
+def seeded_model(config: RunConfig, data: Dataset) -> nn.Module:
+    """``config``'s model for ``data``, initialized from ``torch.manual_seed(config.seed)``."""
+    torch.manual_seed(config.seed)
+    return build_run_model(config, data)
 
 
 def save_model(
@@ -329,14 +357,13 @@ def train_model(
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     data = run_data(config, data)
-    torch.manual_seed(config.seed)
     partition = partition or Partition()
     if partition.world != config.nproc:
         raise ValueError(
             f"run {config.label} trains over {config.nproc} processes; this is a partition "
             f"of {partition.world}. Use normlab.experiment.ddp.train_distributed."
         )
-    model = build_run_model(config, data)
+    model = seeded_model(config, data)
     trained = model
     if partition.world > 1:
         if config.sync_bn:
@@ -347,7 +374,7 @@ def train_model(
     )
     generator = torch.Generator().manual_seed(config.seed)
     batches = batch_slices(len(data.train_x), config.batch_size, min_last=2 * partition.world)
-    steps_left = planned_steps(config, len(batches))
+    plan = epoch_batches(config, batches)
     steps_done = 0
     diagnostics = Diagnostics(model, data.train_x, data.train_y) if config.diagnostics else None
     if diagnostics is not None:
@@ -355,18 +382,13 @@ def train_model(
     history: list[EpochMetrics] = []
     diverged_epoch = None
     samples = 0
-    for epoch in range(1, config.epochs + 1):
-        if steps_left == 0:
-            break
+    for epoch, taken, steps_done in plan:
         epoch_clock = time.perf_counter()
-        epoch_batches = batches[:steps_left]
-        steps_left -= len(epoch_batches)
-        steps_done += len(epoch_batches)
         train_loss, train_acc, samples = _train_epoch(
-            trained, optimizer, data, epoch_batches, generator, partition
+            trained, optimizer, data, taken, generator, partition
         )
         if diagnostics is not None:
-            diagnostics.timed_epoch(time.perf_counter() - epoch_clock, len(epoch_batches))
+            diagnostics.timed_epoch(time.perf_counter() - epoch_clock, len(taken))
             if math.isfinite(train_loss):
                 diagnostics.probe(optimizer, epoch=epoch, step=steps_done)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
@@ -379,9 +401,46 @@ def train_model(
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             diverged_epoch = epoch
             break
+    extra = {"diagnostics": diagnostics.summary()} if diagnostics is not None else {}
+    record = run_record(
+        config,
+        model,
+        data,
+        Progress(history, steps_done, diverged_epoch, samples),
+        started,
+        clock,
+        extra,
+    )
+    return model, record
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run got: its epochs' metrics, the optimizer steps taken, the epoch whose
+    loss was not finite (None if none was) and the samples trained per epoch."""
+
+    history: list[EpochMetrics]
+    steps: int
+    diverged_epoch: int | None
+    samples_per_epoch: int
+
+
+def run_record(
+    config: RunConfig,
+    model: nn.Module,
+    data: Dataset,
+    progress: Progress,
+    started: datetime,
+    clock: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The record of a run of ``config`` that trained ``model`` on ``data`` (see train_model),
+    its final training-set metrics and train/eval parity measured now; ``clock`` is the
+    ``time.perf_counter()`` of its start, ``extra`` more fields (the diagnostics)."""
+    history, diverged_epoch = progress.history, progress.diverged_epoch
     final_train_loss, final_train_acc = evaluate(model, data.train_x, data.train_y)
     last = history[-1]
-    record = {
+    return {
         "schema": SCHEMA,
         "run_id": config.run_id,
         "config": config.to_dict(),
@@ -393,16 +452,16 @@ def train_model(
             "val_loss": last.val_loss,
             "val_acc": last.val_acc,
             "epochs_run": len(history),
-            "steps": steps_done,
+            "steps": progress.steps,
             "diverged_epoch": diverged_epoch,
         },
         "eval_parity": parity_summary(model, data, config.batch_size),
-        **({"diagnostics": diagnostics.summary()} if diagnostics is not None else {}),
+        **extra,
         "data": {
             "source": data.source,
             "train_size": len(data.train_x),
             "val_size": len(data.val_x),
-            "samples_per_epoch": samples,
+            "samples_per_epoch": progress.samples_per_epoch,
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
         },
@@ -411,4 +470,3 @@ def train_model(
         "started": started.isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    return model, record

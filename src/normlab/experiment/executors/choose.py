@@ -20,6 +20,7 @@ def executor_for(
     address: str | None = None,
     data_dir: str | None = None,
     models_dir: str | os.PathLike | None = None,
+    stack_seeds: bool = False,
 ) -> Executor:
     """The executor ``name`` with these options (None: not given).
 
@@ -33,6 +34,8 @@ def executor_for(
         address: with ``"ray"``, the cluster; None starts a local one.
         data_dir: where the dataset's files are.
         models_dir: where to save each trained model; None saves nothing.
+        stack_seeds: train the seeds of each configuration together, in this process
+            (see normlab.experiment.stacked); ``"processes"`` with one job only.
 
     Raises:
         ValueError: an unknown name, or an option this executor does not use.
@@ -47,6 +50,11 @@ def executor_for(
             "--jobs sets this machine's processes; with --executor ray the cluster's CPUs "
             "decide how many runs train at once (each holds --threads CPUs). Drop --jobs."
         )
+    if stack_seeds and (name != "processes" or (jobs or 1) > 1):
+        raise ValueError(
+            "--stack-seeds trains the seeds of each configuration together in this process; "
+            "it does not combine with --executor ray, torchrun or --jobs above 1. Drop one."
+        )
     places = {"data_dir": data_dir, "models_dir": models_dir}
     if name == "ray":
         from normlab.experiment.executors.ray_tasks import RayExecutor  # Ray is optional
@@ -59,5 +67,7 @@ def executor_for(
             )
         return TorchrunExecutor(threads=threads, **places)
     if jobs is None or jobs == 1:
-        return InProcessExecutor(threads=1 if threads is None else threads, **places)
+        return InProcessExecutor(
+            threads=1 if threads is None else threads, stack_seeds=stack_seeds, **places
+        )
     return ProcessPoolExecutor(jobs=jobs, threads=1 if threads is None else threads, **places)

@@ -1,4 +1,5 @@
-"""The in-process executor: the sweep's own process trains one run after another."""
+"""The in-process executor: the sweep's own process trains one run after another, or with
+``stack_seeds`` the seeds of each configuration together (normlab.experiment.stacked)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import os
 
 import torch
 
+from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
 from normlab.experiment.executors.training import cached_dataset, train_one
-from normlab.experiment.train import warm_up
+from normlab.experiment.stacked import seed_groups, train_stacked
+from normlab.experiment.train import save_model, warm_up
 
 
 class InProcessExecutor(Executor):
@@ -21,6 +24,10 @@ class InProcessExecutor(Executor):
         threads: torch threads per run (per process of a data-parallel run).
         data_dir: where the dataset's files are (see normlab.data.load_dataset).
         models_dir: where to save each trained model as ``<run_id>.pt``; None saves nothing.
+        stack_seeds: train the pending seeds of each configuration as one batched model
+            (see normlab.experiment.stacked); configurations that
+            ``normlab.experiment.stacked.stack_refusal`` refuses train their seeds
+            separately (``stack_refusals`` lists them, for a message).
     """
 
     def __init__(
@@ -29,10 +36,12 @@ class InProcessExecutor(Executor):
         threads: int = 1,
         data_dir: str | None = None,
         models_dir: str | os.PathLike | None = None,
+        stack_seeds: bool = False,
     ) -> None:
         self.threads = check_positive("threads", threads)
         self.data_dir = data_dir
         self.models_dir = models_dir
+        self.stack_seeds = stack_seeds
 
     def run(self, todo: list[RunConfig], sink: RunSink) -> None:
         previous_threads = torch.get_num_threads()
@@ -40,7 +49,12 @@ class InProcessExecutor(Executor):
         try:
             data = cached_dataset(todo[0].dataset, self.data_dir)
             warm_up(todo[0].optimizer)
-            for config in todo:
+            groups = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
+            for group in groups:
+                if len(group) > 1:
+                    self._run_stacked(group, data, sink)
+                    continue
+                config = group[0]
                 sink.started(config)
                 try:
                     record = train_one(
@@ -57,3 +71,23 @@ class InProcessExecutor(Executor):
                 sink.finished(config, record)
         finally:
             torch.set_num_threads(previous_threads)
+
+    def _run_stacked(self, group: list[RunConfig], data: Dataset, sink: RunSink) -> None:
+        """Train ``group``'s seeds together; each reports as a run of its own, and a failure
+        of the group fails the seeds it had not finished."""
+        done: set[str] = set()
+
+        def finished(config: RunConfig, model: torch.nn.Module, record: dict) -> None:
+            if self.models_dir is not None:
+                save_model(model, config, self.models_dir, record)
+            done.add(config.run_id)
+            sink.finished(config, record)
+
+        for config in group:
+            sink.started(config)
+        try:
+            train_stacked(group, data, on_epoch=sink.epoch, on_done=finished)
+        except Exception as error:  # the group's failure must not end the sweep
+            for config in group:
+                if config.run_id not in done:
+                    sink.failed(config, error_text(error))

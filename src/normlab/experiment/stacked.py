@@ -1,0 +1,330 @@
+"""The seeds of one configuration trained together, as one batched computation.
+
+Runs that differ only in their seed train the same model on the same data with the
+same optimizer. Here each seed's model is built exactly as a single run builds it
+(``seeded_model``), and the replicas' parameters and floating-point buffers are
+stacked along a new leading dim (``torch.func.stack_module_state``); one forward,
+``vmap`` over ``functional_call``, trains them all on a (K, batch, ...) stack of
+inputs, one batch per replica from its own seed's data order. The optimizer steps
+the stacked leaf tensors: Adam, AdamW, SGD and RMSprop are elementwise, so one
+optimizer over stacked parameters is the replicas' own optimizers side by side
+(their step counts, hence Adam's bias correction, are equal). Running statistics
+update in place inside ``vmap`` on their replica's slice. Integer buffers (the step
+counts ``num_batches_tracked``) are equal in every replica by construction and are
+held once, unbatched, so layers that read them on the host (a cumulative-average
+momentum, batch renormalization's schedule) still can.
+
+So each replica's losses, gradients, parameters and running statistics are a single
+run's up to rounding (tests/test_stacked.py checks them to 1e-10 in float64), and each
+seed gets its own record, in the format and under the run id of a single run. A
+replica whose loss turns NaN or infinite is recorded diverged at that epoch, from its
+state then; the others go on (its slice keeps computing but is ignored: the replicas
+share no arithmetic, so its NaNs reach no other replica).
+
+What cannot be stacked is refused by :func:`stack_refusal`, with the reason, and trains
+as separate runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from normlab.data import Dataset
+from normlab.experiment.config import RunConfig
+from normlab.experiment.train import (
+    EVAL_BATCH,
+    EpochMetrics,
+    Progress,
+    batch_slices,
+    epoch_batches,
+    make_optimizer,
+    run_data,
+    run_record,
+    seeded_model,
+)
+from normlab.registry import BUILT_IN
+
+STACKABLE_MODELS = ("mlp", "cnn")
+"""The lab models whose stacked training is checked against single runs."""
+
+_CHECKED_KINDS = frozenset(kind.name for kind in BUILT_IN)
+
+# torch warns, once per operator, where vmap loops over the replicas for want of a batching
+# rule (batch renormalization's in-place updates): slower, the same numbers.
+_LOOPED_RULE = "There is a performance drop because we have not yet implemented the batching"
+
+
+def stack_refusal(config: RunConfig) -> str | None:
+    """Why ``config``'s seeds cannot train stacked, or None when they can."""
+    if config.nproc > 1:
+        return "a data-parallel run (--nproc > 1) trains over processes of its own"
+    if config.diagnostics:
+        return "diagnostics probe one model at a time"
+    if config.model_options.get("dropout", 0.0) > 0:
+        return "dropout draws its masks from the global generator in a single run's order"
+    if config.model not in STACKABLE_MODELS:
+        return (
+            f"stacking is checked on the models {' and '.join(STACKABLE_MODELS)}; "
+            f"{config.model!r} is not one of them"
+        )
+    if config.norm not in _CHECKED_KINDS:
+        return f"norm kind {config.norm!r} is not a built-in kind the stacker was checked on"
+    return None
+
+
+def seed_groups(runs: Sequence[RunConfig]) -> list[list[RunConfig]]:
+    """``runs`` in groups that train together: the seeds of each configuration that
+    :func:`stack_refusal` accepts, in order of first appearance; every other run alone."""
+    groups: dict[str, list[RunConfig]] = {}
+    alone: list[list[RunConfig]] = []
+    order: list[list[RunConfig]] = []
+    for config in runs:
+        if stack_refusal(config) is not None:
+            alone.append([config])
+            order.append(alone[-1])
+            continue
+        key = dataclasses.replace(config, seed=0).run_id
+        if key not in groups:
+            groups[key] = []
+            order.append(groups[key])
+        groups[key].append(config)
+    return order
+
+
+def stack_refusals(runs: Sequence[RunConfig]) -> list[tuple[RunConfig, str]]:
+    """One (run, reason) per configuration of ``runs`` with several seeds that trains its
+    seeds separately, for the message that says so."""
+    seen: dict[str, tuple[RunConfig, str]] = {}
+    counts: dict[str, int] = {}
+    for config in runs:
+        key = dataclasses.replace(config, seed=0).run_id
+        counts[key] = counts.get(key, 0) + 1
+        reason = stack_refusal(config)
+        if reason is not None and key not in seen:
+            seen[key] = (config, reason)
+    return [entry for key, entry in seen.items() if counts[key] > 1]
+
+
+class StackedModels:
+    """K models of one architecture held as one: parameters and floating-point buffers
+    stacked along a leading replica dim, integer buffers (step counts) once.
+
+    Args:
+        models: the replicas, built alike (same modules, shapes and dtypes).
+
+    Raises:
+        ValueError: the replicas' integer buffers differ (they are shared).
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        params, buffers = stack_module_state(list(models))
+        self.params: dict[str, torch.Tensor] = params
+        self.shared: dict[str, torch.Tensor] = {}
+        for name in [name for name, value in buffers.items() if not value.is_floating_point()]:
+            values = buffers.pop(name)
+            if not bool((values == values[0]).all()):
+                raise ValueError(
+                    f"buffer {name!r} differs between the replicas; stacked replicas share "
+                    "their integer buffers, so they must start equal."
+                )
+            self.shared[name] = values[0].clone()
+        self.buffers: dict[str, torch.Tensor] = buffers
+        self.replicas = len(models)
+        # The replicas' own tensors are passed to every call: the template holds no data.
+        self.template = copy.deepcopy(models[0]).to("meta")
+
+    def train(self, mode: bool = True) -> StackedModels:
+        self.template.train(mode)
+        return self
+
+    def _call(self, params: Any, buffers: Any, images: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, (params, buffers, self.shared), (images,))
+
+    def __call__(self, images: torch.Tensor, *, shared_input: bool = False) -> torch.Tensor:
+        """Logits (K, N, classes) of (K, N, *) images, one batch per replica, or with
+        ``shared_input`` of (N, *) images that every replica sees."""
+        in_dims = (0, 0, None if shared_input else 0)
+        return vmap(self._call, in_dims=in_dims)(self.params, self.buffers, images)
+
+    def replica(self, index: int, model: nn.Module) -> nn.Module:
+        """``model`` (built as the replicas were) with replica ``index``'s state copied in."""
+        state = {name: value[index] for name, value in self.params.items()}
+        state |= {name: value[index] for name, value in self.buffers.items()}
+        state |= self.shared
+        with torch.no_grad():
+            model.load_state_dict(state, strict=True)
+        return model
+
+
+def _losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(K,) cross-entropy of (K, N, classes) logits against (K, N) labels."""
+    per_sample = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    per_sample = per_sample.view(labels.shape)
+    return per_sample.mean(1) if reduction == "mean" else per_sample.sum(1)
+
+
+def _train_epoch(
+    stack: StackedModels,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    batches: list[slice],
+    generators: Sequence[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass of every replica over its own shuffle of the training set: (K,) mean losses,
+    (K,) accuracies, and the samples seen (as train.py's one-run epoch, per replica)."""
+    stack.train()
+    replicas, size = stack.replicas, len(data.train_x)
+    orders = torch.stack([torch.randperm(size, generator=g) for g in generators])  # (K, size)
+    losses = torch.empty(len(batches), replicas, dtype=torch.float64)
+    predicted = torch.full((replicas, size), -1, dtype=torch.int64)
+    for step, batch in enumerate(batches):
+        index = orders[:, batch].reshape(-1)
+        images = data.train_x.index_select(0, index).view(replicas, -1, *data.train_x.shape[1:])
+        labels = data.train_y.index_select(0, index).view(replicas, -1)
+        logits = stack(images)
+        loss = _losses(logits, labels, "mean")
+        losses[step] = loss.detach() * labels.shape[1]
+        optimizer.zero_grad(set_to_none=True)
+        # Each replica's loss reaches only its own slice: the sum's gradient is theirs.
+        loss.sum().backward()
+        optimizer.step()
+        predicted[:, batch] = logits.detach().argmax(2)
+    seen = batches[-1].stop if batches else 0
+    correct = (predicted[:, :seen] == data.train_y[orders[:, :seen]]).sum(1)
+    return losses.sum(0) / seen, correct.double() / seen, seen
+
+
+@torch.no_grad()
+def _evaluate(
+    stack: StackedModels, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K,) mean cross-entropy and (K,) accuracy of every replica in eval mode on the same
+    (N, *) images (as train.evaluate, per replica)."""
+    stack.train(False)
+    loss_sum = torch.zeros(stack.replicas, dtype=torch.float64)
+    correct = torch.zeros(stack.replicas, dtype=torch.int64)
+    for start in range(0, len(images), EVAL_BATCH):
+        logits = stack(images[start : start + EVAL_BATCH], shared_input=True)
+        target = labels[start : start + EVAL_BATCH].expand(stack.replicas, -1)
+        loss_sum += _losses(logits, target, "sum")
+        correct += (logits.argmax(2) == target).sum(1)
+    return loss_sum / len(images), correct.double() / len(images)
+
+
+def check_group(configs: Sequence[RunConfig]) -> None:
+    """Refuse ``configs`` unless they are the seeds of one stackable configuration.
+
+    Raises:
+        ValueError: naming the run and what is wrong.
+    """
+    if not configs:
+        raise ValueError("stacked training needs at least one run; got none.")
+    first = dataclasses.replace(configs[0], seed=0)
+    seeds = [config.seed for config in configs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"stacked runs need distinct seeds; got {seeds}.")
+    for config in configs:
+        if dataclasses.replace(config, seed=0) != first:
+            raise ValueError(
+                f"run {config.label} differs from {configs[0].label} in more than its seed; "
+                "only the seeds of one configuration train stacked."
+            )
+    reason = stack_refusal(configs[0])
+    if reason is not None:
+        raise ValueError(
+            f"the seeds of {configs[0].label} cannot train stacked: {reason}. "
+            "Train them as separate runs."
+        )
+
+
+def train_stacked(
+    configs: Sequence[RunConfig],
+    data: Dataset,
+    *,
+    on_epoch: Callable[[RunConfig, EpochMetrics], None] | None = None,
+    on_done: Callable[[RunConfig, nn.Module, dict[str, Any]], None] | None = None,
+) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Train the seeds ``configs`` of one configuration together on ``data``.
+
+    Each seed's model and record are those of ``train_model(config, data)`` up to
+    rounding; the records' ``seconds`` and each epoch's are the group's wall time (the
+    replicas train at once), ``started`` the group's start.
+
+    Args:
+        configs: runs equal but for their seeds (see check_group).
+        on_epoch: told each replica's epoch as it ends, (config, metrics).
+        on_done: told each replica's trained model and record as soon as it is final:
+            at its divergence, or at the end.
+
+    Returns:
+        (model, record) per config, in the order of ``configs``.
+
+    Raises:
+        ValueError: runs that cannot train stacked (before any training).
+    """
+    check_group(configs)
+    config = configs[0]
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    data = run_data(config, data)
+    models = [seeded_model(run, data) for run in configs]
+    batches = batch_slices(len(data.train_x), config.batch_size)
+    plan = epoch_batches(config, batches)
+    stack = StackedModels(models)
+    optimizer = make_optimizer(
+        config.optimizer, list(stack.params.values()), config.effective_lr, config.weight_decay
+    )
+    generators = [torch.Generator().manual_seed(run.seed) for run in configs]
+    histories: list[list[EpochMetrics]] = [[] for _ in configs]
+    results: dict[int, tuple[nn.Module, dict[str, Any]]] = {}
+
+    def finish(index: int, steps: int, samples: int, diverged_epoch: int | None) -> None:
+        model = stack.replica(index, models[index])
+        progress = Progress(histories[index], steps, diverged_epoch, samples)
+        record = run_record(configs[index], model, data, progress, started, clock, {})
+        results[index] = (model, record)
+        if on_done is not None:
+            on_done(configs[index], model, record)
+
+    steps, samples = 0, 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOOPED_RULE)
+        for epoch, taken, steps in plan:
+            epoch_clock = time.perf_counter()
+            train_loss, train_acc, samples = _train_epoch(stack, optimizer, data, taken, generators)
+            val_loss, val_acc = _evaluate(stack, data.val_x, data.val_y)
+            seconds = time.perf_counter() - epoch_clock
+            for index, run in enumerate(configs):
+                if index in results:
+                    continue
+                metrics = EpochMetrics(
+                    epoch,
+                    train_loss[index].item(),
+                    train_acc[index].item(),
+                    val_loss[index].item(),
+                    val_acc[index].item(),
+                    seconds,
+                )
+                histories[index].append(metrics)
+                if on_epoch is not None:
+                    on_epoch(run, metrics)
+                if not (math.isfinite(metrics.train_loss) and math.isfinite(metrics.val_loss)):
+                    finish(index, steps, samples, epoch)
+            if len(results) == len(configs):
+                break
+        for index in range(len(configs)):
+            if index not in results:
+                finish(index, steps, samples, None)
+    return [results[index] for index in range(len(configs))]
