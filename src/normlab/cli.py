@@ -31,6 +31,7 @@ from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import Executor, available_cores
 from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
+from normlab.experiment.stacked import stack_refusals
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
@@ -253,6 +254,7 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         data_dir=data_dir,
         models_dir=args.out / "models" if args.save_models else None,
         address=args.address,
+        stack_seeds=args.stack_seeds,
         **_jobs_and_threads(args, sum(run.run_id not in finished for run in runs)),
     )
     executor.check(runs)
@@ -330,6 +332,9 @@ def _sweep_and_report(
         f"results: {store.path}"
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
+    for config, reason in stack_refusals(runs) if args.stack_seeds else ():
+        where = f"{config.model} {config.norm_label} b={config.batch_size}"
+        console.print(f"--stack-seeds: {where} trains its seeds as separate runs: {reason}")
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
         outcome = run_sweep(runs, store, executor=executor, listener=progress)
     if outcome.interrupted:
@@ -351,7 +356,7 @@ def _jobs_and_threads(args: argparse.Namespace, pending: int) -> dict[str, int |
     cores = available_cores()
     if args.executor == "torchrun":  # torchrun decides the processes and their threads
         return {"jobs": args.jobs, "threads": args.threads}
-    requested = args.jobs or (cores if args.nproc == 1 else 1)
+    requested = args.jobs or (cores if args.nproc == 1 and not args.stack_seeds else 1)
     at_once = max(1, min(requested, pending))
     threads = args.threads or max(1, cores // (at_once * args.nproc))
     return {
@@ -641,6 +646,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--address",
         help="with --executor ray: the cluster (auto, HOST:6379 or ray://HOST:10001); "
         "default: a local cluster started for the sweep",
+    )
+    compare.add_argument(
+        "--stack-seeds",
+        action="store_true",
+        help="train the seeds of each configuration together, as one batched model in this "
+        "process (the same numbers per seed; refused configurations train separately)",
     )
     compare.add_argument(
         "--save-models",
