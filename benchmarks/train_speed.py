@@ -33,6 +33,10 @@ Then, unless switched off:
     sweep's wall time (data load, warm-up, worker start-up, training), the sum of the runs'
     own seconds, the ratio, and beside it this machine's ceiling for that ratio, measured
     before each repetition: two processes of one-thread torch matrix products against one.
+--stacked-seeds N: runs per hour of N seeds of the MLP at batch 32 for each of --norms,
+    trained stacked (normlab.experiment.stacked, one batched model) against one after
+    another, alternating --repeats times, each from its first model's build to its last
+    record; the ratio of their best wall times.
 --memory: peak resident memory of ``normlab compare --dataset mnist --norms bn
     --batch-sizes 32 --seeds 1 --epochs 1``, and of the same with --seeds 2 --jobs 2 (two
     runs, so that a worker process starts), over the process tree (Linux /proc): each
@@ -43,12 +47,13 @@ Then, unless switched off:
 
     python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--epochs 1]
         [--norms none,bn,ln] [--repeats 3] [--threads N] [--sweep-epochs 5,50]
-        [--json FILE] [--no-sweep] [--no-memory]
+        [--json FILE] [--no-sweep] [--no-memory] [--stacked-seeds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -69,6 +74,7 @@ from torch import nn
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import available_cores
+from normlab.experiment.stacked import train_stacked
 from normlab.experiment.train import evaluate, train_model, warm_up
 from normlab.models import build_model
 
@@ -441,6 +447,55 @@ def sweep_table(sweeps: list[dict[str, Any]]) -> Table:
     return table
 
 
+def time_stacked(data: Dataset, norm: str, seeds: int, epochs: int, repeats: int) -> dict[str, Any]:
+    """Runs per hour of the MNIST MLP at batch 32 with ``norm``: ``seeds`` seeds trained
+    stacked (normlab.experiment.stacked) against the same seeds trained one after another
+    (train_model), alternating ``repeats`` times; each wall time from the first model's
+    build to the last record (validation, final metrics and parity included)."""
+    configs = [
+        RunConfig(dataset="mnist", model="mlp", norm=norm, batch_size=BATCH_SIZE, epochs=epochs)
+    ]
+    configs = [dataclasses.replace(configs[0], seed=seed) for seed in range(seeds)]
+    separate, stacked = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for config in configs:
+            train_model(config, data)
+        separate.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        train_stacked(configs, data)
+        stacked.append(time.perf_counter() - start)
+    return {
+        "norm": norm,
+        "seeds": seeds,
+        "epochs": epochs,
+        "separate_seconds": separate,
+        "stacked_seconds": stacked,
+        "separate_runs_per_hour": 3600 * seeds / min(separate),
+        "stacked_runs_per_hour": 3600 * seeds / min(stacked),
+        "ratio_best": min(separate) / min(stacked),
+        "ratio_median": statistics.median(separate) / statistics.median(stacked),
+    }
+
+
+def stacked_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Seeds stacked vs separate runs, MNIST MLP at batch 32 (best / median)")
+    columns = ("norm", "seeds", "separate s", "stacked s", "runs/h separate", "runs/h stacked")
+    for column in (*columns, "stacked / separate"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row["norm"],
+            str(row["seeds"]),
+            _cell(row["separate_seconds"]),
+            _cell(row["stacked_seconds"]),
+            f"{row['separate_runs_per_hour']:.0f}",
+            f"{row['stacked_runs_per_hour']:.0f}",
+            f"{row['ratio_best']:.2f} / {row['ratio_median']:.2f}",
+        )
+    return table
+
+
 def memory_table(memory: list[dict[str, Any]]) -> Table:
     table = Table(title="Peak resident memory of normlab compare on MNIST (bn, batch 32, 1 epoch)")
     columns = ("jobs", "seeds", "processes", "sum of peaks MB", "largest MB", "PSS MB")
@@ -478,6 +533,12 @@ def main() -> None:
     parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--stacked-seeds",
+        type=int,
+        default=3,
+        help="seeds trained stacked vs separately for each of --norms (0: skip; default 3)",
+    )
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     console = Console()
@@ -525,6 +586,12 @@ def main() -> None:
         else:
             console.print("memory skipped: it reads the process tree from Linux's /proc")
 
+    stacked: list[dict[str, Any]] = []
+    if args.stacked_seeds > 0:
+        for norm in norms:
+            stacked.append(time_stacked(data, norm, args.stacked_seeds, args.epochs, args.repeats))
+        console.print(stacked_table(stacked))
+
     if args.json:
         report = {
             "torch": torch.__version__,
@@ -534,6 +601,7 @@ def main() -> None:
             "ratios": ratios(ways),
             "sweeps": sweeps,
             "memory": memory,
+            "stacked": stacked,
         }
         args.json.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {args.json}")

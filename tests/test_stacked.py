@@ -6,7 +6,10 @@ what cannot stack, and a stacked sweep's records against an unstacked one's."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,3 +323,18 @@ def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp
     assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
     status, _, err = run_cli([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
     assert status == 2 and "--stack-seeds" in err
+
+
+def test_the_benchmark_times_stacked_against_separate_seeds(data64, monkeypatch):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "train_speed.py"
+    spec = importlib.util.spec_from_file_location("train_speed_stacked", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up there
+    spec.loader.exec_module(bench)
+    parts = (data64.train_x.float(), data64.train_y, data64.val_x.float(), data64.val_y)
+    small = Dataset("mnist", *parts, 4, "test")
+    row = bench.time_stacked(small, "bn", seeds=2, epochs=1, repeats=2)
+    assert len(row["separate_seconds"]) == len(row["stacked_seconds"]) == 2
+    assert row["ratio_best"] == min(row["separate_seconds"]) / min(row["stacked_seconds"])
+    assert row["stacked_runs_per_hour"] == 3600 * 2 / min(row["stacked_seconds"])
+    assert "stacked / separate" in [c.header for c in bench.stacked_table([row]).columns]
