@@ -338,3 +338,32 @@ def test_the_benchmark_times_stacked_against_separate_seeds(data64, monkeypatch)
     assert row["ratio_best"] == min(row["separate_seconds"]) / min(row["stacked_seconds"])
     assert row["stacked_runs_per_hour"] == 3600 * 2 / min(row["stacked_seconds"])
     assert "stacked / separate" in [c.header for c in bench.stacked_table([row]).columns]
+
+
+def test_a_failing_group_fails_the_seeds_it_had_not_finished(tmp_path, monkeypatch):
+    import normlab.experiment.executors.in_process as in_process
+
+    def first_then_fail(configs, data, *, on_epoch, on_done):
+        model = seeded_model(configs[0], data)
+        on_done(configs[0], model, {"run_id": configs[0].run_id, "status": "finished"})
+        raise RuntimeError("replica trouble")
+
+    monkeypatch.setattr(in_process, "train_stacked", first_then_fail)
+    runs = _tiny_sweep()[:3]
+    outcome = run_sweep(runs, ResultsStore(tmp_path), executor=InProcessExecutor(stack_seeds=True))
+    assert [r["run_id"] for r in outcome.records] == [runs[0].run_id]
+    assert [(c, e) for c, e in outcome.failed] == [
+        (run, "RuntimeError: replica trouble") for run in runs[1:]
+    ]
+
+
+def test_a_stacked_sweep_saves_each_seeds_model(tmp_path):
+    runs = _tiny_sweep()[3:6]  # bn: running statistics too
+    executor = InProcessExecutor(stack_seeds=True, models_dir=tmp_path / "models")
+    outcome = run_sweep(runs, ResultsStore(tmp_path), executor=executor)
+    data = load_dataset("digits")
+    for run, record in zip(runs, outcome.records, strict=True):
+        saved = torch.load(tmp_path / record["model_file"], weights_only=True)
+        assert record["model_file"] == f"models/{run.run_id}.pt"
+        assert saved.keys() == seeded_model(run, data).state_dict().keys()
+        assert saved["2.num_batches_tracked"] == record["final"]["steps"]
