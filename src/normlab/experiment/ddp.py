@@ -1,88 +1,302 @@
 """Runs trained data-parallel over several processes, with torch.distributed.
 
-``train_distributed`` spawns ``config.nproc`` processes on this machine
-(``normlab compare --nproc N``), joined in a gloo process group. Every
-process builds the same seeded model, wraps it in DistributedDataParallel
-and trains its share of each global batch (see ``Partition``); batch norm is
-per process, as DDP leaves it, or synchronized with ``config.sync_bn``. Rank
-0's record comes back; only the parent writes results.
+A ``TrainingGroup`` is ``nproc`` spawned processes of this machine joined in one gloo
+process group; it trains one run after another (``normlab compare --nproc N`` keeps one
+for the whole sweep, so the processes start once). Every process builds the same seeded
+model, wraps it in DistributedDataParallel and trains its share of each global batch (see
+``Partition``); batch norm is per process, as DDP leaves it, or synchronized with
+``config.sync_bn``. Rank 0 reports epochs and the record; only the sweep's process writes
+results. ``train_distributed`` trains one run in a group of its own.
 
-A process that fails or dies fails the run at once: the others are ended,
-never left waiting in a collective. A lab started by ``torchrun`` trains
-through normlab.experiment.executors.torchrun instead.
+Failures: a run that raises on every rank at the same point (its model or options cannot
+train: a ValueError or TypeError) is failed and the group trains the next run. A rank that
+dies, fails alone, or raises anything else fails the run: a failing rank leaves the group
+at once, so that its peers' collectives fail instead of waiting, the group's processes are
+ended and the next run starts a fresh group. A rank never waits in a collective for a peer
+that failed: one whose peers do not report within ``FAILURE_GRACE`` seconds of its failure
+is ended with them. The processes ignore Ctrl-C (the sweep's process ends them) and die
+with the sweep's process, however it dies. A lab started by ``torchrun`` trains through
+normlab.experiment.executors.torchrun instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing
 import os
-import queue
 import signal
-import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import TracebackType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from normlab.data import load_dataset
+from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
-from normlab.experiment.executors.contract import error_text
+from normlab.experiment.executors.contract import check_positive, error_text
 from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
 from normlab.experiment.train import EpochMetrics, Partition, save_model, train_model, warm_up
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a hung collective fails the run instead of hanging
+FAILURE_GRACE = 20.0  # seconds the other ranks get to fail as one rank did, before all end
+STOP_SECONDS = 30  # seconds the processes get to leave the group at the end of a sweep
+HOST = "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def same_failure_everywhere(error: Exception) -> bool:
+    """Whether ``error`` is one every rank meets at the same point: the run's model or
+    options cannot train (a ValueError or TypeError from building or the first step), as
+    opposed to a lost peer (a RuntimeError from a collective) or a fault of this process."""
+    return isinstance(error, ValueError | TypeError)
+
+
+Train = Callable[..., tuple[torch.nn.Module, dict[str, Any]]]
 
 
 def _rank_main(
     rank: int,
-    config_data: dict[str, Any],
-    data_dir: str | None,
+    world: int,
+    store_port: int,
     threads: int,
-    port: int,
+    data_dir: str | None,
     models_dir: str | None,
-    results: Any,
+    connection: Connection,
     parent_pid: int,
+    train: Train,
 ) -> None:
-    """One process of the run: train its shares, rank 0 reports epochs and the record."""
+    """One process of the group: train its share of each run the parent sends (a RunConfig
+    as a dict) until it sends None or goes away. Each run ends with ("finished", record)
+    (rank 0's record; None from the others) or ("failed", text, whether the group is still
+    whole); rank 0 sends ("epoch", metrics) after each epoch."""
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the run on Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the group on Ctrl-C
+    torch.set_num_threads(threads)
     try:
-        torch.set_num_threads(threads)
-        config = RunConfig.from_dict(config_data)
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=config.nproc,
-            timeout=TIMEOUT,
+        store = dist.TCPStore(HOST, store_port, world, is_master=False, timeout=TIMEOUT)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
+    except Exception as error:
+        connection.send(
+            ("failed", f"rank {rank}: cannot join the group: {error_text(error)}", False)
         )
-        data = load_dataset(config.dataset, data_dir)
-        warm_up(config.optimizer)
-
-        def report(metrics: EpochMetrics) -> None:
-            if rank == 0:
-                results.put(("epoch", metrics))
-
-        model, record = train_model(
-            config, data, on_epoch=report, partition=Partition(rank, config.nproc)
-        )
-        if rank == 0:
-            if models_dir is not None:
-                save_model(model, config, models_dir, record)
-            results.put(("record", record))
-    except Exception as error:  # reported to the parent, which stops the other processes
-        results.put(("error", f"rank {rank}: {error_text(error)}"))
+        return
+    datasets: dict[str, Dataset] = {}
+    try:
+        while True:
+            try:
+                task = connection.recv()
+            except EOFError:  # the parent is gone
+                return
+            if task is None:
+                return
+            config = RunConfig.from_dict(task)
+            try:
+                if config.dataset not in datasets:
+                    datasets[config.dataset] = load_dataset(config.dataset, data_dir)
+                warm_up(config.optimizer)
+                model, record = train(
+                    config,
+                    datasets[config.dataset],
+                    on_epoch=(lambda metrics: connection.send(("epoch", metrics)))
+                    if rank == 0
+                    else None,
+                    partition=Partition(rank, world),
+                )
+                if rank == 0 and models_dir is not None:
+                    save_model(model, config, models_dir, record)
+            except Exception as error:
+                whole = same_failure_everywhere(error)
+                if not whole:
+                    dist.destroy_process_group()  # the peers' collectives fail now, not at TIMEOUT
+                connection.send(("failed", f"rank {rank}: {error_text(error)}", whole))
+                if not whole:
+                    return
+                continue
+            connection.send(("finished", record if rank == 0 else None))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class _Rank:
+    process: BaseProcess
+    connection: Connection
+
+
+class TrainingGroup:
+    """Processes of this machine in one gloo process group, training runs one after another.
+
+    The group starts at the first ``train`` (``config.nproc`` processes of ``threads`` torch
+    threads each), trains each later run with the same processes, and starts afresh after a
+    run that broke it (see the module docstring) or for a run with another ``nproc``. Use it
+    as a context manager, or call ``close``: the processes leave at the end, and are ended
+    at once when the block ends by an exception (Ctrl-C included).
+
+    Args:
+        threads: torch threads per process.
+        data_dir: where the dataset's files are (see normlab.data.load_dataset); each
+            process loads the dataset once.
+        models_dir: where rank 0 saves each trained model as ``<run_id>.pt``; None saves
+            nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        data_dir: str | None = None,
+        models_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.threads = check_positive("threads", threads)
+        self.data_dir = data_dir
+        self.models_dir = None if models_dir is None else str(models_dir)
+        self._ranks: list[_Rank] = []
+        self._store: dist.TCPStore | None = None  # where the ranks meet; lives with them
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the ranks, rank 0 first (empty before the first run)."""
+        return [rank.process.pid for rank in self._ranks if rank.process.pid is not None]
+
+    def train(
+        self, config: RunConfig, *, on_epoch: Callable[[EpochMetrics], None] | None = None
+    ) -> dict[str, Any]:
+        """Train ``config`` over ``config.nproc`` processes; rank 0's record.
+
+        Raises:
+            ValueError: ``config.nproc`` is 1.
+            RuntimeError: a process failed (its error is in the message) or died.
+        """
+        if config.nproc < 2:
+            raise ValueError(f"run {config.label} trains in one process; use train_model.")
+        alive = all(rank.process.is_alive() for rank in self._ranks)
+        if len(self._ranks) != config.nproc or not alive:
+            self._stop(graceful=alive)
+            self._start(config.nproc)
+        try:
+            for rank in self._ranks:
+                with contextlib.suppress(OSError):  # a rank that died fails the run below
+                    rank.connection.send(config.to_dict())
+            record, error, whole = self._outcome(on_epoch)
+        except BaseException:  # Ctrl-C, or on_epoch raised: end the run in flight now
+            self._stop(graceful=False)
+            raise
+        if not whole:
+            self._stop(graceful=False)
+        if error is not None:
+            raise RuntimeError(error)
+        assert record is not None
+        return record
+
+    def close(self) -> None:
+        """Let the processes leave the group and exit (ending those that do not)."""
+        self._stop(graceful=True)
+
+    def __enter__(self) -> TrainingGroup:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop(graceful=kind is None)
+
+    def _start(self, world: int) -> None:
+        context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
+        self._store = dist.TCPStore(
+            HOST, 0, None, is_master=True, timeout=TIMEOUT, wait_for_workers=False
+        )
+        for rank in range(world):
+            ours, theirs = context.Pipe()
+            arguments = (rank, world, self._store.port, self.threads, self.data_dir)
+            # The training function travels with the task, so that ranks run what this
+            # module names (a test replaces it to make one rank fail or die).
+            arguments += (self.models_dir, theirs, os.getpid(), train_model)
+            process = context.Process(target=_rank_main, args=arguments, daemon=True)
+            with ctrl_c_blocked():  # a Ctrl-C must not reach them before they ignore it
+                process.start()
+            theirs.close()
+            self._ranks.append(_Rank(process, ours))
+
+    def _outcome(
+        self, on_epoch: Callable[[EpochMetrics], None] | None
+    ) -> tuple[dict[str, Any] | None, str | None, bool]:
+        """Wait for every rank's end of the current run: (rank 0's record, the error that
+        failed the run, whether the group is still whole)."""
+        world = len(self._ranks)
+        ended: dict[int, tuple[dict[str, Any] | None, str | None]] = {}
+        first_failure: float | None = None
+        while len(ended) < world:
+            waiting = [r for r in range(world) if r not in ended]
+            timeout = None
+            if first_failure is not None:
+                timeout = max(0.0, first_failure + FAILURE_GRACE - time.monotonic())
+            handles = [self._ranks[r].connection for r in waiting]
+            if not wait(handles + [rank.process.sentinel for rank in self._ranks], timeout):
+                alone = next(error for _, error in ended.values() if error is not None)
+                return None, f"{alone} (the other processes did not fail with it)", False
+            for r in waiting:
+                while r not in ended and _readable(self._ranks[r].connection):
+                    try:
+                        kind, *payload = self._ranks[r].connection.recv()
+                    except (EOFError, OSError):  # it died; its exit code tells below
+                        break
+                    if kind == "epoch":
+                        if on_epoch is not None:
+                            on_epoch(payload[0])
+                    elif kind == "finished":
+                        ended[r] = (payload[0], None)
+                    else:
+                        error, whole = payload
+                        if not whole:
+                            return None, self._died() or error, False
+                        ended[r] = (None, error)
+                        first_failure = first_failure or time.monotonic()
+            died = self._died(grace=0.0)
+            if died and len(ended) < world:
+                return None, died, False
+        errors = [ended[r][1] for r in range(world) if ended[r][1] is not None]
+        if errors:
+            return None, errors[0], True
+        return ended[0][0], None, True
+
+    def _died(self, grace: float = 1.0) -> str | None:
+        """Why the run failed when a rank has died (within ``grace`` seconds: a peer's
+        collective fails as soon as the dead process's connections close); else None."""
+        wait([rank.process.sentinel for rank in self._ranks], grace)
+        for number, rank in enumerate(self._ranks):
+            if not rank.process.is_alive():
+                rank.process.join()
+                return (
+                    f"a process of the {len(self._ranks)}-process run died (rank {number}, "
+                    f"exit code {rank.process.exitcode}: killed, or out of memory)"
+                )
+        return None
+
+    def _stop(self, graceful: bool) -> None:
+        """Let the processes leave (``graceful``) or end them now."""
+        for rank in self._ranks:
+            if graceful:
+                with contextlib.suppress(OSError):
+                    rank.connection.send(None)
+            elif rank.process.is_alive():
+                rank.process.terminate()
+        for rank in self._ranks:
+            rank.process.join(STOP_SECONDS if graceful else None)
+            if rank.process.is_alive():
+                rank.process.kill()
+                rank.process.join()
+            rank.connection.close()
+        self._ranks = []
+        self._store = None
 
 
 def train_distributed(
@@ -93,54 +307,21 @@ def train_distributed(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     models_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` over ``config.nproc`` processes of this machine; rank 0's record.
+    """Train ``config`` over ``config.nproc`` processes of a group of its own (see
+    TrainingGroup, which keeps one for many runs); rank 0's record.
 
     Raises:
         RuntimeError: a process failed (its error is in the message) or died.
     """
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    arguments = (config.to_dict(), data_dir, threads, port, _path(models_dir), results, os.getpid())
-    processes = [
-        context.Process(target=_rank_main, args=(rank, *arguments), daemon=True)
-        for rank in range(config.nproc)
-    ]
-    with ctrl_c_blocked():  # a Ctrl-C must not reach them before they ignore it
-        for process in processes:
-            process.start()
-    returned = False
+    with TrainingGroup(threads=threads, data_dir=data_dir, models_dir=models_dir) as group:
+        return group.train(config, on_epoch=on_epoch)
+
+
+def _readable(connection: Connection) -> bool:
     try:
-        while True:
-            try:
-                kind, payload = results.get(timeout=0.5)
-            except queue.Empty:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"a process of the {config.nproc}-process run died "
-                        f"(exit code {dead[0].exitcode})"
-                    ) from None
-                continue
-            if kind == "epoch" and on_epoch is not None:
-                on_epoch(payload)
-            elif kind == "error":
-                raise RuntimeError(payload)
-            elif kind == "record":
-                returned = True
-                return payload
-    finally:
-        # After a failure the others may wait in a collective for the failed one: end them now.
-        for process in processes:
-            if returned:
-                process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-            process.join()
-
-
-def _path(directory: str | os.PathLike | None) -> str | None:
-    return None if directory is None else str(directory)
+        return connection.poll(0)
+    except (EOFError, OSError):
+        return False
 
 
 def torchrun_rank() -> tuple[int, int]:

@@ -10,6 +10,7 @@ import torch
 
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
+from normlab.experiment.ddp import TrainingGroup
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
 from normlab.experiment.executors.training import cached_dataset, train_one
 from normlab.experiment.stacked import seed_groups, train_stacked
@@ -17,8 +18,9 @@ from normlab.experiment.train import save_model, warm_up
 
 
 class InProcessExecutor(Executor):
-    """Train runs one at a time in this process with ``threads`` torch threads (a run with
-    ``nproc`` > 1 spawns its process group, ``threads`` threads per process).
+    """Train runs one at a time in this process with ``threads`` torch threads (runs with
+    ``nproc`` > 1 in one TrainingGroup, started at the first and kept for the sweep,
+    ``threads`` threads per process).
 
     Args:
         threads: torch threads per run (per process of a data-parallel run).
@@ -50,25 +52,29 @@ class InProcessExecutor(Executor):
             data = cached_dataset(todo[0].dataset, self.data_dir)
             warm_up(todo[0].optimizer)
             groups = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
-            for group in groups:
-                if len(group) > 1:
-                    self._run_stacked(group, data, sink)
-                    continue
-                config = group[0]
-                sink.started(config)
-                try:
-                    record = train_one(
-                        config,
-                        data,
-                        functools.partial(sink.epoch, config),
-                        self.models_dir,
-                        self.data_dir,
-                        self.threads,
-                    )
-                except Exception as error:  # one run's failure must not end the sweep
-                    sink.failed(config, error_text(error))
-                    continue
-                sink.finished(config, record)
+            places = {"data_dir": self.data_dir, "models_dir": self.models_dir}
+            # The data-parallel runs' processes end with the sweep (at once on Ctrl-C).
+            with TrainingGroup(threads=self.threads, **places) as processes:
+                for group in groups:
+                    if len(group) > 1:
+                        self._run_stacked(group, data, sink)
+                        continue
+                    config = group[0]
+                    sink.started(config)
+                    try:
+                        record = train_one(
+                            config,
+                            data,
+                            functools.partial(sink.epoch, config),
+                            self.models_dir,
+                            self.data_dir,
+                            self.threads,
+                            processes,
+                        )
+                    except Exception as error:  # one run's failure must not end the sweep
+                        sink.failed(config, error_text(error))
+                        continue
+                    sink.finished(config, record)
         finally:
             torch.set_num_threads(previous_threads)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
-from normlab.experiment.ddp import train_distributed
+from normlab.experiment.ddp import TrainingGroup, train_distributed
 from normlab.experiment.train import EpochMetrics, save_model, train_model
 
 
@@ -27,9 +27,13 @@ def train_one(
     models_dir: str | os.PathLike | None,
     data_dir: str | None,
     threads: int,
+    group: TrainingGroup | None = None,
 ) -> dict[str, Any]:
     """Train one run (over ``config.nproc`` processes of ``threads`` torch threads each when
-    more than one); save its model's state_dict when ``models_dir`` is given."""
+    more than one: in ``group``, or else in a group of its own); save its model's state_dict
+    when ``models_dir`` is given."""
+    if config.nproc > 1 and group is not None:
+        return group.train(config, on_epoch=on_epoch)
     if config.nproc > 1:
         return train_distributed(
             config, data_dir, threads=threads, on_epoch=on_epoch, models_dir=models_dir
