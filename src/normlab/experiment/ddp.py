@@ -45,6 +45,7 @@ from normlab.experiment.train import EpochMetrics, Partition, save_model, train_
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a hung collective fails the run instead of hanging
 FAILURE_GRACE = 20.0  # seconds the other ranks get to fail as one rank did, before all end
+CAUSE_SECONDS = 1.0  # seconds the other ranks get to report once the group broke
 STOP_SECONDS = 30  # seconds the processes get to leave the group at the end of a sweep
 HOST = "127.0.0.1"
 
@@ -71,9 +72,9 @@ def _rank_main(
     train: Train,
 ) -> None:
     """One process of the group: train its share of each run the parent sends (a RunConfig
-    as a dict) until it sends None or goes away. Each run ends with ("finished", record)
-    (rank 0's record; None from the others) or ("failed", text, whether the group is still
-    whole); rank 0 sends ("epoch", metrics) after each epoch."""
+    as a dict) until it sends None or goes away. Rank 0 sends ("epoch", metrics) after each
+    epoch; each run ends with ("finished", record) (rank 0's record; None from the others)
+    or ("failed", text, whether the group is still whole, time.monotonic())."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the group on Ctrl-C
     torch.set_num_threads(threads)
@@ -81,41 +82,34 @@ def _rank_main(
         store = dist.TCPStore(HOST, store_port, world, is_master=False, timeout=TIMEOUT)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     except Exception as error:
-        connection.send(
-            ("failed", f"rank {rank}: cannot join the group: {error_text(error)}", False)
-        )
+        text = f"rank {rank}: cannot join the process group: {error_text(error)}"
+        connection.send(("failed", text, False, time.monotonic()))
         return
     datasets: dict[str, Dataset] = {}
     try:
-        while True:
-            try:
-                task = connection.recv()
-            except EOFError:  # the parent is gone
-                return
-            if task is None:
-                return
+        while (task := _next_task(connection)) is not None:
             config = RunConfig.from_dict(task)
             try:
                 if config.dataset not in datasets:
                     datasets[config.dataset] = load_dataset(config.dataset, data_dir)
                 warm_up(config.optimizer)
+                report = (
+                    (lambda metrics: connection.send(("epoch", metrics))) if rank == 0 else None
+                )
                 model, record = train(
                     config,
                     datasets[config.dataset],
-                    on_epoch=(lambda metrics: connection.send(("epoch", metrics)))
-                    if rank == 0
-                    else None,
+                    on_epoch=report,
                     partition=Partition(rank, world),
                 )
                 if rank == 0 and models_dir is not None:
                     save_model(model, config, models_dir, record)
             except Exception as error:
                 whole = same_failure_everywhere(error)
+                text = f"rank {rank}: {error_text(error)}"
+                connection.send(("failed", text, whole, time.monotonic()))
                 if not whole:
-                    dist.destroy_process_group()  # the peers' collectives fail now, not at TIMEOUT
-                connection.send(("failed", f"rank {rank}: {error_text(error)}", whole))
-                if not whole:
-                    return
+                    return  # leaving the group fails the peers' collectives now, not at TIMEOUT
                 continue
             connection.send(("finished", record if rank == 0 else None))
     finally:
@@ -123,10 +117,29 @@ def _rank_main(
             dist.destroy_process_group()
 
 
+def _next_task(connection: Connection) -> dict[str, Any] | None:
+    """The next run the parent sends; None when it says stop or is gone."""
+    try:
+        return connection.recv()
+    except EOFError:
+        return None
+
+
 @dataclass
 class _Rank:
     process: BaseProcess
     connection: Connection
+
+
+@dataclass
+class _End:
+    """How one rank ended a run: rank 0's record, or its error (with whether the group is
+    still whole, and when, by time.monotonic())."""
+
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    whole: bool = True
+    when: float = 0.0
 
 
 class TrainingGroup:
@@ -232,49 +245,72 @@ class TrainingGroup:
         """Wait for every rank's end of the current run: (rank 0's record, the error that
         failed the run, whether the group is still whole)."""
         world = len(self._ranks)
-        ended: dict[int, tuple[dict[str, Any] | None, str | None]] = {}
-        first_failure: float | None = None
+        ended: dict[int, _End] = {}
         while len(ended) < world:
-            waiting = [r for r in range(world) if r not in ended]
+            failed = [end for end in ended.values() if end.error is not None]
             timeout = None
-            if first_failure is not None:
-                timeout = max(0.0, first_failure + FAILURE_GRACE - time.monotonic())
-            handles = [self._ranks[r].connection for r in waiting]
-            if not wait(handles + [rank.process.sentinel for rank in self._ranks], timeout):
-                alone = next(error for _, error in ended.values() if error is not None)
-                return None, f"{alone} (the other processes did not fail with it)", False
-            for r in waiting:
-                while r not in ended and _readable(self._ranks[r].connection):
-                    try:
-                        kind, *payload = self._ranks[r].connection.recv()
-                    except (EOFError, OSError):  # it died; its exit code tells below
-                        break
-                    if kind == "epoch":
-                        if on_epoch is not None:
-                            on_epoch(payload[0])
-                    elif kind == "finished":
-                        ended[r] = (payload[0], None)
-                    else:
-                        error, whole = payload
-                        if not whole:
-                            return None, self._died() or error, False
-                        ended[r] = (None, error)
-                        first_failure = first_failure or time.monotonic()
-            died = self._died(grace=0.0)
-            if died and len(ended) < world:
-                return None, died, False
-        errors = [ended[r][1] for r in range(world) if ended[r][1] is not None]
+            if failed:  # every rank fails at once, or a peer waits in a collective
+                timeout = max(
+                    0.0, min(end.when for end in failed) + FAILURE_GRACE - time.monotonic()
+                )
+            waiting = [self._ranks[r].connection for r in range(world) if r not in ended]
+            if not wait(waiting + [rank.process.sentinel for rank in self._ranks], timeout):
+                first = min(failed, key=lambda end: end.when).error
+                return None, f"{first} (the other processes did not fail with it)", False
+            self._read(ended, on_epoch)
+            if self._died() or not all(end.whole for end in ended.values()):
+                return None, self._cause(ended, on_epoch), False
+        errors = [ended[r].error for r in range(world) if ended[r].error is not None]
         if errors:
             return None, errors[0], True
-        return ended[0][0], None, True
+        return ended[0].record, None, True
 
-    def _died(self, grace: float = 1.0) -> str | None:
-        """Why the run failed when a rank has died (within ``grace`` seconds: a peer's
-        collective fails as soon as the dead process's connections close); else None."""
-        wait([rank.process.sentinel for rank in self._ranks], grace)
+    def _read(
+        self, ended: dict[int, _End], on_epoch: Callable[[EpochMetrics], None] | None
+    ) -> None:
+        """Take in what the ranks that have not ended the run have sent, without waiting."""
         for number, rank in enumerate(self._ranks):
-            if not rank.process.is_alive():
-                rank.process.join()
+            while number not in ended and _readable(rank.connection):
+                try:
+                    kind, *payload = rank.connection.recv()
+                except (EOFError, OSError):  # it died; its exit code tells
+                    break
+                if kind == "epoch":
+                    if on_epoch is not None:
+                        on_epoch(payload[0])
+                elif kind == "finished":
+                    ended[number] = _End(record=payload[0])
+                else:
+                    error, whole, when = payload
+                    ended[number] = _End(error=error, whole=whole, when=when)
+
+    def _cause(
+        self, ended: dict[int, _End], on_epoch: Callable[[EpochMetrics], None] | None
+    ) -> str:
+        """Why the run failed once the group broke: a rank that died, else the first failure
+        (a rank that fails alone leaves the group, and its peers' collectives fail after
+        it). The others get ``CAUSE_SECONDS`` to report."""
+        deadline = time.monotonic() + CAUSE_SECONDS
+        while (died := self._died()) is None and time.monotonic() < deadline:
+            open_ranks = [r for r in range(len(self._ranks)) if r not in ended]
+            if not open_ranks:
+                break
+            handles = [self._ranks[r].connection for r in open_ranks]
+            wait(
+                handles + [rank.process.sentinel for rank in self._ranks],
+                deadline - time.monotonic(),
+            )
+            self._read(ended, on_epoch)
+        if died is not None:
+            return died
+        failed = [end for end in ended.values() if end.error is not None]
+        return min(failed, key=lambda end: end.when).error
+
+    def _died(self) -> str | None:
+        """Why the run failed when a rank has died; else None (a rank that failed alone
+        leaves with exit code 0)."""
+        for number, rank in enumerate(self._ranks):
+            if rank.process.exitcode not in (None, 0):
                 return (
                     f"a process of the {len(self._ranks)}-process run died (rank {number}, "
                     f"exit code {rank.process.exitcode}: killed, or out of memory)"

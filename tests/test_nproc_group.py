@@ -1,0 +1,236 @@
+"""`--nproc N` keeps one process group for the whole sweep: the runs of a sweep are trained by
+the same N processes (normlab.experiment.ddp.TrainingGroup), with the records a group of
+their own gives; a run failing on every rank keeps the group, a rank that dies or fails
+alone fails its run and a fresh group trains the rest; the processes end with the sweep,
+on Ctrl-C, and when the sweep's process is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+import normlab.experiment.ddp as ddp
+from normlab.experiment import ResultsStore, RunConfig, plan_runs, run_sweep
+from normlab.experiment.ddp import TrainingGroup, train_distributed
+from normlab.experiment.executors.contract import SweepListener
+from normlab.experiment.train import train_model
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed"
+    ),
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds ranks in Linux /proc"),
+]
+
+FAILING_RANK = "NORMLAB_TEST_FAILING_RANK"  # read by _train_or_fail in the spawned ranks
+FAILURE = "NORMLAB_TEST_FAILURE"
+
+
+def _runs(norms: list[str], epochs: int = 1, **options) -> list[RunConfig]:
+    return plan_runs(
+        norms=norms,
+        batch_sizes=[32],
+        seeds=1,
+        epochs=epochs,
+        model_options={"hidden": [16]},
+        nproc=2,
+        **options,
+    )
+
+
+def _ranks_alive() -> list[int]:
+    """This process's children started by multiprocessing's spawn that still run."""
+    me = os.getpid()
+    found = []
+    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if b"spawn_main" in command and state != "Z":
+            found.append(int(pid))
+    return sorted(found)
+
+
+def _comparable(record: dict) -> dict:
+    """A record without its timings."""
+    kept = {key: value for key, value in record.items() if key not in ("seconds", "started")}
+    kept["history"] = [
+        {k: v for k, v in epoch.items() if k != "seconds"} for epoch in kept["history"]
+    ]
+    return kept
+
+
+class _RankWatcher(SweepListener):
+    """The ranks alive at each epoch of each run; the runs that finished and failed."""
+
+    def __init__(self) -> None:
+        self.ranks: dict[str, list[int]] = {}
+        self.finished: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def epoch_done(self, config, metrics):
+        self.ranks[config.norm] = _ranks_alive()
+
+    def run_done(self, config, record):
+        self.finished.append(config.norm)
+
+    def run_failed(self, config, error):
+        self.failed.append((config.norm, error))
+
+
+def test_runs_share_one_group_and_give_the_records_of_a_group_of_their_own():
+    """The second run of a group (after a run with per-process batch norm, with batch norm
+    synchronized) gives the record, timings aside, of the same run in a group started for
+    it alone, as `--nproc` gave when it spawned a group per run."""
+    first, second = _runs(["bn"]) + _runs(["bn"], sync_bn=True)
+    epochs = []
+    with TrainingGroup() as group:
+        group.train(first)
+        pids = group.pids
+        shared = group.train(second, on_epoch=epochs.append)
+        assert group.pids == pids and len(pids) == 2
+        assert _ranks_alive() == sorted(pids)
+    assert _ranks_alive() == []
+    alone = train_distributed(second, None)
+    assert shared["run_id"] == alone["run_id"] == second.run_id
+    assert shared["final"] == alone["final"]
+    assert _comparable(shared) == _comparable(alone)
+    assert [metrics.epoch for metrics in epochs] == [1]
+
+
+def test_the_runs_of_a_sweep_share_its_group_and_a_run_failing_on_every_rank_keeps_it(tmp_path):
+    runs = _runs(["ln", "in", "bn"])  # instance norm cannot take an MLP's (N, C) features
+    store = ResultsStore(tmp_path)
+    watcher = _RankWatcher()
+    outcome = run_sweep(runs, store, listener=watcher)
+    [(norm, error)] = watcher.failed
+    assert norm == "in" and error.startswith("RuntimeError: rank 0: ValueError: InstanceNorm")
+    assert watcher.finished == ["ln", "bn"]
+    assert len(watcher.ranks["ln"]) == 2 and watcher.ranks["bn"] == watcher.ranks["ln"]
+    assert [record["run_id"] for record in store.records()] == [runs[0].run_id, runs[2].run_id]
+    assert not outcome.interrupted
+    assert _ranks_alive() == []  # the sweep's end ended the group
+
+
+def _train_or_fail(config, data, **options):
+    """train_model, except that in the run of norm ``ln`` the rank named by $FAILING_RANK fails
+    alone after its first epoch, as $FAILURE says: ``exit`` (dies as a killed process does),
+    or the name of the exception it raises. Runs in the spawned ranks (see the test below)."""
+    rank = options["partition"].rank
+    if config.norm == "ln" and rank == int(os.environ[FAILING_RANK]):
+        report = options["on_epoch"]
+
+        def fail(metrics):
+            if report is not None:
+                report(metrics)
+            if os.environ[FAILURE] == "exit":
+                os._exit(3)
+            raise {"RuntimeError": RuntimeError, "ValueError": ValueError}[os.environ[FAILURE]](
+                f"rank {rank} fails alone"
+            )
+
+        options["on_epoch"] = fail
+    return train_model(config, data, **options)
+
+
+@pytest.mark.parametrize(
+    ("failure", "rank"),
+    [
+        ("exit", 1),
+        ("ValueError", 0),  # the peer waits in a collective: ended after FAILURE_GRACE
+        pytest.param("exit", 0, marks=pytest.mark.slow),
+        pytest.param("RuntimeError", 1, marks=pytest.mark.slow),
+    ],
+)
+def test_a_rank_that_dies_or_fails_alone_fails_its_run_and_a_fresh_group_trains_the_rest(
+    tmp_path, monkeypatch, failure, rank
+):
+    monkeypatch.setattr(ddp, "train_model", _train_or_fail)  # the ranks get it at their start
+    monkeypatch.setattr(ddp, "FAILURE_GRACE", 3.0)
+    monkeypatch.setenv(FAILING_RANK, str(rank))
+    monkeypatch.setenv(FAILURE, failure)
+    runs = _runs(["bn"]) + _runs(["ln"], epochs=2) + _runs(["rms"])
+    store = ResultsStore(tmp_path)
+    watcher = _RankWatcher()
+    start = time.monotonic()
+    outcome = run_sweep(runs, store, listener=watcher)
+    assert time.monotonic() - start < 120  # no collective waited for its timeout (10 min)
+    [(norm, error)] = watcher.failed
+    assert norm == "ln"
+    if failure == "exit":
+        assert f"a process of the 2-process run died (rank {rank}, exit code 3" in error
+    else:
+        assert f"rank {rank}: {failure}: rank {rank} fails alone" in error
+    assert watcher.finished == ["bn", "rms"]
+    assert len(watcher.ranks["rms"]) == 2
+    assert not set(watcher.ranks["rms"]) & set(watcher.ranks["bn"])  # a fresh group
+    assert [record["run_id"] for record in store.records()] == [runs[0].run_id, runs[2].run_id]
+    assert not outcome.interrupted and _ranks_alive() == []
+
+
+class _CtrlC(_RankWatcher):
+    def epoch_done(self, config, metrics):
+        super().epoch_done(config, metrics)
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_ends_the_groups_processes(tmp_path):
+    store = ResultsStore(tmp_path)
+    watcher = _CtrlC()
+    outcome = run_sweep(_runs(["bn", "ln"], epochs=2), store, listener=watcher)
+    assert outcome.interrupted and store.records() == []
+    assert len(watcher.ranks["bn"]) == 2
+    assert _ranks_alive() == []
+
+
+def _alive_in_session(session: int) -> list[int]:
+    """Processes of ``session`` still running (not zombies)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_groups_processes_die_with_a_killed_sweep(tmp_path):
+    """SIGKILL to the sweep's process alone once its group has trained a run: the ranks end
+    too (the kernel ends them as their parent dies, see lifetime.die_with_parent)."""
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "normlab.cli", "compare", "--norms", "bn,ln,rms"]
+    argv += ["--seeds", "1", "--epochs", "1", "--hidden", "16", "--nproc", "2"]
+    argv += ["--out", str(out)]
+    process = subprocess.Popen(
+        argv,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+    )
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while not (results.exists() and results.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no run finished"
+        time.sleep(0.1)
+    assert len(_alive_in_session(process.pid)) >= 3  # the sweep and its two ranks
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _alive_in_session(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive_in_session(process.pid) == [], "a rank outlived the sweep"
