@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from normlab.data import load_dataset
 from normlab.experiment.config import RunConfig
+from normlab.experiment.ddp import same_failure_everywhere
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import Partition, save_model, train_model
@@ -123,7 +124,7 @@ class TorchrunExecutor(Executor):
             if rank == 0 and self.models_dir is not None:
                 save_model(model, config, self.models_dir, record)
         except Exception as error:
-            if not _same_failure_everywhere(error):
+            if not same_failure_everywhere(error):
                 if rank == 0:
                     assert self._launch is not None
                     self._launch.lost(f"rank 0: {error_text(error)}")
@@ -155,13 +156,6 @@ def _init_group() -> None:
     store = dist.PrefixStore(f"normlab/attempt_{restart}", agent_store)
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
-
-
-def _same_failure_everywhere(error: Exception) -> bool:
-    """Whether ``error`` is one every rank meets at the same point: the run's model or
-    options cannot train (a ValueError or TypeError from building or the first step), as
-    opposed to a lost peer (a RuntimeError from a collective) or a fault of this process."""
-    return isinstance(error, ValueError | TypeError)
 
 
 class LaunchAccount:
