@@ -45,9 +45,12 @@ Then, unless switched off:
     proportional set sizes (PSS: shared pages split between their processes) seen at once,
     sampled every 20 ms.
 
+--nproc: per-run overhead of a digits sweep with --nproc 2, a group spawned per run
+    against the sweep's one group (benchmarks/nproc_overhead.py).
+
     python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--epochs 1]
         [--norms none,bn,ln] [--repeats 3] [--threads N] [--sweep-epochs 5,50]
-        [--json FILE] [--no-sweep] [--no-memory] [--stacked-seeds 3]
+        [--json FILE] [--no-sweep] [--no-memory] [--stacked-seeds 3] [--no-nproc]
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nproc_overhead import nproc_table, time_nproc_overhead  # this script's directory
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -539,6 +543,7 @@ def main() -> None:
         default=3,
         help="seeds trained stacked vs separately for each of --norms (0: skip; default 3)",
     )
+    parser.add_argument("--no-nproc", action="store_true", help="skip --nproc 2's overhead")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     console = Console()
@@ -591,6 +596,9 @@ def main() -> None:
         for norm in norms:
             stacked.append(time_stacked(data, norm, args.stacked_seeds, args.epochs, args.repeats))
         console.print(stacked_table(stacked))
+    nproc = None if args.no_nproc else time_nproc_overhead(epochs=1, repeats=args.sweep_repeats)
+    if nproc is not None:
+        console.print(nproc_table(nproc))
 
     if args.json:
         report = {
@@ -602,6 +610,7 @@ def main() -> None:
             "sweeps": sweeps,
             "memory": memory,
             "stacked": stacked,
+            "nproc": nproc,
         }
         args.json.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {args.json}")
