@@ -258,7 +258,7 @@ class TrainingGroup:
                 first = min(failed, key=lambda end: end.when).error
                 return None, f"{first} (the other processes did not fail with it)", False
             self._read(ended, on_epoch)
-            if self._died() or not all(end.whole for end in ended.values()):
+            if self._died(ended) or not all(end.whole for end in ended.values()):
                 return None, self._cause(ended, on_epoch), False
         errors = [ended[r].error for r in range(world) if ended[r].error is not None]
         if errors:
@@ -291,13 +291,13 @@ class TrainingGroup:
         (a rank that fails alone leaves the group, and its peers' collectives fail after
         it). The others get ``CAUSE_SECONDS`` to report."""
         deadline = time.monotonic() + CAUSE_SECONDS
-        while (died := self._died()) is None and time.monotonic() < deadline:
-            open_ranks = [r for r in range(len(self._ranks)) if r not in ended]
+        while (died := self._died(ended)) is None and time.monotonic() < deadline:
+            open_ranks = [self._ranks[r] for r in range(len(self._ranks)) if r not in ended]
             if not open_ranks:
                 break
-            handles = [self._ranks[r].connection for r in open_ranks]
+            handles = [rank.connection for rank in open_ranks]
             wait(
-                handles + [rank.process.sentinel for rank in self._ranks],
+                handles + [rank.process.sentinel for rank in open_ranks],
                 deadline - time.monotonic(),
             )
             self._read(ended, on_epoch)
@@ -306,11 +306,12 @@ class TrainingGroup:
         failed = [end for end in ended.values() if end.error is not None]
         return min(failed, key=lambda end: end.when).error
 
-    def _died(self) -> str | None:
-        """Why the run failed when a rank has died; else None (a rank that failed alone
-        leaves with exit code 0)."""
+    def _died(self, ended: dict[int, _End]) -> str | None:
+        """Why the run failed when a rank has died (ended, or exited before it reported the
+        end of the run); else None. A rank that failed alone reports, then exits with 0."""
         for number, rank in enumerate(self._ranks):
-            if rank.process.exitcode not in (None, 0):
+            code = rank.process.exitcode
+            if code not in (None, 0) or (code == 0 and number not in ended):
                 return (
                     f"a process of the {len(self._ranks)}-process run died (rank {number}, "
                     f"exit code {rank.process.exitcode}: killed, or out of memory)"
