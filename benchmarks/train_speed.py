@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nproc_overhead import nproc_table, time_nproc_overhead  # this script's directory
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -596,8 +595,11 @@ def main() -> None:
         for norm in norms:
             stacked.append(time_stacked(data, norm, args.stacked_seeds, args.epochs, args.repeats))
         console.print(stacked_table(stacked))
-    nproc = None if args.no_nproc else time_nproc_overhead(epochs=1, repeats=args.sweep_repeats)
-    if nproc is not None:
+    nproc = None
+    if not args.no_nproc:
+        from nproc_overhead import nproc_table, time_nproc_overhead  # beside this script
+
+        nproc = time_nproc_overhead(epochs=1, repeats=args.sweep_repeats)
         console.print(nproc_table(nproc))
 
     if args.json:
