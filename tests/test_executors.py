@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from normlab.data import DataError, Dataset
 from normlab.experiment import ResultsStore, RunConfig, plan_runs, run_sweep
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import Executor, RunSink, SweepListener
@@ -41,7 +44,7 @@ class _FakeExecutor(Executor):
         self.interrupt_at = interrupt_at
         self.given: list[list[RunConfig]] = []
 
-    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
+    def run(self, todo: list[RunConfig], sink: RunSink, data=None) -> None:
         self.given.append(todo)
         for number, config in enumerate(todo):
             if number == self.interrupt_at:
@@ -216,3 +219,67 @@ def test_a_failing_run_is_a_failed_run_in_process_and_in_the_pool(tmp_path, jobs
     assert config == runs[0] and error.startswith("ValueError: InstanceNorm") and "\n" not in error
     assert [record["run_id"] for record in store.records()] == [runs[1].run_id]
     assert ("failed", runs[0].run_id) in listener.events
+
+
+def _unloadable_mnist() -> tuple[list[RunConfig], Dataset]:
+    """Two runs on "mnist" from a directory with no files (loading it fails), and a small
+    random MNIST-shaped Dataset standing in for what the caller loaded."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(count) % 10
+        return torch.rand(count, 1, 28, 28, generator=generator), labels
+
+    (train_x, train_y), (val_x, val_y) = split(64), split(20)
+    data = Dataset("mnist", train_x, train_y, val_x, val_y, 10, "this test")
+    return _runs(dataset="mnist"), data
+
+
+@LINUX_PROC
+def test_pool_workers_train_on_the_callers_dataset_in_shared_memory_without_loading_it(
+    tmp_path,
+):
+    runs, data = _unloadable_mnist()
+    pool = ProcessPoolExecutor(jobs=2, data_dir=str(tmp_path / "empty"))
+    outcome = run_sweep(runs[:2], ResultsStore(tmp_path / "out"), executor=pool, data=data)
+    assert outcome.failed == [] and len(outcome.records) == 2  # no worker tried to load it
+    for tensor in (data.train_x, data.train_y, data.val_x, data.val_y):
+        assert tensor.is_shared()  # the workers were sent handles to its pages, not copies
+    assert _spawned_children() == []
+    with pytest.raises(DataError, match="mnist"):  # without data the sweep's process loads it
+        run_sweep(runs[2:], ResultsStore(tmp_path / "alone"), executor=pool)
+    assert _spawned_children() == []
+
+
+def _children_once_executed(count: int) -> set[int]:
+    """This process's ``count`` spawned children, once each has replaced the forked copy of
+    this process (a started child's command line says spawn_main from then on)."""
+    deadline = time.monotonic() + 30
+    while len(children := set(_spawned_children())) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(children) == count
+    return children
+
+
+class _ChildrenAtStart(SweepListener):
+    def __init__(self) -> None:
+        self.seen: list[set[int]] = []
+
+    def run_started(self, config):
+        self.seen.append(set(_spawned_children()))
+
+
+@LINUX_PROC
+def test_workers_started_before_the_data_loads_train_every_run_and_close_ends_unused_ones(
+    tmp_path,
+):
+    pool = ProcessPoolExecutor(jobs=2, threads=1)
+    with pool:
+        started = _children_once_executed(2)
+        listener = _ChildrenAtStart()
+        outcome = run_sweep(_runs(), ResultsStore(tmp_path), executor=pool, listener=listener)
+    assert len(outcome.records) == 4 and outcome.failed == []
+    assert all(seen == started for seen in listener.seen)  # no worker started per run
+    with pool:  # started, then the caller fails before run(): close ends them
+        _children_once_executed(2)
+    assert _spawned_children() == []

@@ -271,7 +271,9 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
     if rank > 0:  # rank 0 reports and writes; the others train their shares quietly
         console.quiet = True
         return _sweep_and_report(args, console, store, runs, executor)
-    with store.lock():  # a second sweep on this --out is refused here, before any work
+    # A second sweep on this --out is refused here, before any work; the pool's workers
+    # start while the data loads.
+    with store.lock(), executor:
         return _sweep_and_report(args, console, store, runs, executor)
 
 
@@ -336,7 +338,7 @@ def _sweep_and_report(
         where = f"{config.model} {config.norm_label} b={config.batch_size}"
         console.print(f"--stack-seeds: {where} trains its seeds as separate runs: {reason}")
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
-        outcome = run_sweep(runs, store, executor=executor, listener=progress)
+        outcome = run_sweep(runs, store, executor=executor, listener=progress, data=data)
     if outcome.interrupted:
         _say_how_to_resume(console, args.out, runs)
         return 130

@@ -43,6 +43,7 @@ def run_sweep(
     threads: int | None = None,
     models_dir: str | os.PathLike | None = None,
     address: str | None = None,
+    data: Dataset | None = None,
 ) -> SweepOutcome:
     """Train every run of ``runs`` not yet in ``store`` and append each record.
 
@@ -60,6 +61,10 @@ def run_sweep(
             ``<run_id>.pt`` (the record names it under ``model_file``); None
             saves nothing.
         address: with ``"ray"``, the cluster to use; None starts a local one.
+        data: the runs' dataset, already loaded (the command line loads it to check the
+            runs); None: the executor loads it. The pool executor shares it with its
+            workers; start the executor (``executor.start()``, or ``with executor:``)
+            before loading it to overlap the workers' start-up with the loading.
 
     The store's directory is locked for the whole sweep (see ResultsStore.lock):
     a sweep on a directory that another sweep is writing to raises
@@ -93,7 +98,7 @@ def run_sweep(
             if len(datasets) > 1:
                 raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
             if todo:
-                executor.run(todo, sink)
+                executor.run(todo, sink, data)
         except KeyboardInterrupt:
             outcome.interrupted = True
     return outcome

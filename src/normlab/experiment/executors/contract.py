@@ -3,9 +3,12 @@
 A sweep hands an ``Executor`` its runs; the executor says which are pending
 (``pending``), refuses runs it cannot train before any work (``check``), and
 trains the rest (``run``), reporting each run's start, epochs and end to one
-``RunSink``. The sink is the only thing that writes: it appends a finished
-run's record to the results store before anyone else hears of it, and tells
-the listener (progress bars) and the outcome.
+``RunSink``. An executor whose start takes time (the pool's workers import torch) begins it
+in ``start``, which the sweep's caller calls before loading the data so that the two
+overlap, and ends it in ``close`` (``with executor:`` does both); the loaded dataset goes to
+``run``, so that no executor loads it again. The sink is the only thing that writes: it
+appends a finished run's record to the results store before anyone else hears of it, and
+tells the listener (progress bars) and the outcome.
 
 One failure policy holds for every executor: a run that raises, and a run
 whose worker process (or rank, or Ray worker) dies, is reported to
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import EpochMetrics
@@ -124,9 +128,30 @@ class Executor(abc.ABC):
         """The runs of ``runs`` still to train."""
         return pending_runs(runs, store)
 
+    def start(self) -> None:
+        """Begin what takes time before a run can train (the pool starts its workers), so
+        that it overlaps with the caller's loading of the data; this default does nothing.
+        ``run`` works whether or not this was called; ``close`` ends what it began."""
+        return None
+
+    def close(self) -> None:
+        """End what ``start`` began and ``run`` did not (a caller that fails between the
+        two); calling it again, or without ``start``, does nothing."""
+        return None
+
+    def __enter__(self) -> Executor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @abc.abstractmethod
-    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
+    def run(self, todo: list[RunConfig], sink: RunSink, data: Dataset | None = None) -> None:
         """Train every run of ``todo`` (all on one dataset), reporting each to ``sink``.
+
+        ``data`` is that dataset, already loaded by the caller; None: the executor loads it
+        (from the runs' ``dataset`` and its ``data_dir``).
 
         Raises:
             KeyboardInterrupt: on Ctrl-C or SIGTERM, after ending the runs in flight.

@@ -45,11 +45,12 @@ class InProcessExecutor(Executor):
         self.models_dir = models_dir
         self.stack_seeds = stack_seeds
 
-    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
+    def run(self, todo: list[RunConfig], sink: RunSink, data: Dataset | None = None) -> None:
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            data = cached_dataset(todo[0].dataset, self.data_dir)
+            if data is None:
+                data = cached_dataset(todo[0].dataset, self.data_dir)
             warm_up(todo[0].optimizer)
             groups = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
             places = {"data_dir": self.data_dir, "models_dir": self.models_dir}

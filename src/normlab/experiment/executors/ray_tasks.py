@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import (
     Executor,
@@ -124,8 +125,10 @@ class RayExecutor(Executor):
         self.data_dir = data_dir
         self.models_dir = models_dir
 
-    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
-        """Train ``todo`` on the cluster.
+    def run(self, todo: list[RunConfig], sink: RunSink, data: Dataset | None = None) -> None:
+        """Train ``todo`` on the cluster. Each Ray worker process loads the dataset from
+        ``data_dir`` (once), since the cluster's machines do not share this one's memory;
+        ``data`` goes unused.
 
         Raises:
             ValueError: no node of the cluster has the CPUs a run needs, or the cluster at

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from normlab.data import load_dataset
+from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import same_failure_everywhere
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
@@ -81,11 +81,12 @@ class TorchrunExecutor(Executor):
         done, self._failed_before = set(shared[0][0]), shared[0][1]
         return [config for config in runs if config.run_id not in done]
 
-    def run(self, todo: list[RunConfig], sink: RunSink) -> None:
+    def run(self, todo: list[RunConfig], sink: RunSink, data: Dataset | None = None) -> None:
         rank, world = self._join()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        data = load_dataset(todo[0].dataset, self.data_dir)
+        if data is None:  # each rank's own copy
+            data = load_dataset(todo[0].dataset, self.data_dir)
         for config in todo:
             if config.run_id in self._failed_before:  # in an earlier attempt of this launch
                 if rank == 0:
