@@ -27,29 +27,33 @@ the torch ways; epochs 2+ of TF-Keras), best (fastest) of each: on a shared mach
 other processes only ever add time. Medians are shown beside the minimums.
 
 Then, unless switched off:
---sweep: runs per minute of ``run_sweep`` with --jobs 1 and --jobs 2 (one torch thread
-    per job) on a digits sweep of 8 runs (norms none,bn x batch sizes 32,256 x 2 seeds)
-    for each of ``--sweep-epochs``, each repetition a fresh process, alternating; the
-    sweep's wall time (data load, warm-up, worker start-up, training), the sum of the runs'
-    own seconds, the ratio, and beside it this machine's ceiling for that ratio, measured
-    before each repetition: two processes of one-thread torch matrix products against one.
+--sweep: runs per hour of whole ``normlab compare`` commands (a fresh process each: start-up,
+    data load, worker start-up, training, report) with --jobs 1, --jobs 2 and no --jobs
+    (compare's default), alternating, ``--sweep-repeats`` rounds, on ``make demo``'s sweep
+    (36 digits runs of 5 epochs) and on 8 MLP runs of 5 epochs on MNIST (norms none,bn x
+    batch sizes 32,256 x 2 seeds); threads per run are compare's default (cores / jobs).
+    Shown: wall time, the sum of the runs' own seconds, runs per hour and its ratio to
+    --jobs 1, and beside it this machine's ceiling for that ratio, measured before each
+    round: two processes of one-thread torch matrix products against one.
+    ``--sweep-extra "--epochs 1 --train-subset 500"`` appends arguments to every sweep
+    (a quick check of the harness; not the benchmark's figures).
 --stacked-seeds N: runs per hour of N seeds of the MLP at batch 32 for each of --norms,
     trained stacked (normlab.experiment.stacked, one batched model) against one after
     another, alternating --repeats times, each from its first model's build to its last
     record; the ratio of their best wall times.
---memory: peak resident memory of ``normlab compare --dataset mnist --norms bn
-    --batch-sizes 32 --seeds 1 --epochs 1``, and of the same with --seeds 2 --jobs 2 (two
-    runs, so that a worker process starts), over the process tree (Linux /proc): each
-    process's peak (VmHWM) summed, an upper bound of the tree's that counts the shared
-    dataset once per process, checked against 1.5 GB; and the largest sum of the processes'
-    proportional set sizes (PSS: shared pages split between their processes) seen at once,
-    sampled every 20 ms.
-
+--memory: peak memory of ``normlab compare --dataset mnist --norms bn --batch-sizes 32
+    --seeds 1 --epochs 1``, and of the same with --seeds 2 --jobs 2 (two runs, so that
+    worker processes start), over the process tree (Linux /proc): the largest sum of the
+    processes' proportional set sizes (PSS: a page shared by k processes counts 1/k in
+    each, so the dataset the workers share counts once) seen at once, sampled every 20 ms,
+    checked against 1 GB; and each process's peak resident size (VmHWM) summed, an upper
+    bound that counts shared pages once per process.
 --nproc: per-run overhead of a digits sweep with --nproc 2, a group spawned per run
     against the sweep's one group (benchmarks/nproc_overhead.py).
 
     python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--epochs 1]
-        [--norms none,bn,ln] [--repeats 3] [--threads N] [--sweep-epochs 5,50]
+        [--norms none,bn,ln] [--repeats 3] [--threads N] [--sweeps demo,mnist]
+        [--sweep-jobs 1,2,default] [--sweep-repeats 3] [--sweep-extra ARGS]
         [--json FILE] [--no-sweep] [--no-memory] [--stacked-seeds 3] [--no-nproc]
 """
 
@@ -59,11 +63,11 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,8 +90,7 @@ KERAS_SCRIPT = Path(__file__).resolve().with_name("keras_tutorial_mlp.py")
 TF_VENV = ROOT / ".venv-tf"
 BATCH_SIZE = 32
 SEED = 0
-MEMORY_LIMIT_MB = 1536
-SWEEP_RUNS = {"norms": ["none", "bn"], "batch_sizes": [32, 256], "seeds": 2}
+PSS_LIMIT_MB = 1024
 
 
 @dataclass
@@ -214,28 +217,35 @@ def time_keras(
 
 # --- sweep scaling ----------------------------------------------------------
 
-SWEEP_CHILD = textwrap.dedent(
-    """
-    import json, sys, tempfile, time
-    from normlab.experiment.config import plan_runs
-    from normlab.experiment.store import ResultsStore
-    from normlab.experiment.sweep import run_sweep
+DEMO_SWEEP = ["--norms", "none,bn,bn-scalar,ln", "--batch-sizes", "4,32,256", "--seeds", "3"]
+MNIST_SWEEP = ["--model", "mlp", "--norms", "none,bn", "--batch-sizes", "32,256", "--seeds", "2"]
 
-    if __name__ == "__main__":
-        jobs, epochs = int(sys.argv[1]), int(sys.argv[2])
-        runs = plan_runs(epochs=epochs, **json.loads(sys.argv[3]))
-        with tempfile.TemporaryDirectory() as directory:
-            start = time.perf_counter()
-            outcome = run_sweep(runs, ResultsStore(directory), jobs=jobs, threads=1)
-            wall = time.perf_counter() - start
-        print(json.dumps({
-            "wall": wall,
-            "runs": len(outcome.records),
-            "failed": len(outcome.failed),
-            "run_seconds": sum(record["seconds"] for record in outcome.records),
-        }))
-    """
-)
+
+def sweeps_to_time(data_dir: str) -> dict[str, list[str]]:
+    """The sweeps timed, as ``normlab compare`` arguments: ``make demo``'s (36 digits runs of
+    5 epochs) and 8 MLP runs of 5 epochs on MNIST."""
+    mnist = ["--dataset", "mnist", "--data-dir", data_dir, *MNIST_SWEEP, "--epochs", "5"]
+    return {"demo": DEMO_SWEEP, "mnist": mnist}
+
+
+def time_compare(argv: list[str], jobs: str) -> dict[str, float]:
+    """One ``normlab compare`` (``jobs``: a number, or "default": no --jobs) in a fresh
+    process: its wall time from start to exit, the runs it wrote and their own seconds."""
+    with tempfile.TemporaryDirectory() as directory:
+        command = [sys.executable, "-m", "normlab.cli", "compare", *argv, "--out", directory]
+        command += [] if jobs == "default" else ["--jobs", jobs]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+        lines = (Path(directory) / "results.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    return {
+        "wall": wall,
+        "runs": len(records),
+        "run_seconds": sum(record["seconds"] for record in records),
+    }
 
 
 BURN = """
@@ -265,39 +275,31 @@ def parallel_ceiling() -> float:
     return 2 * loop_seconds(1) / loop_seconds(2)
 
 
-def time_sweeps(epochs: int, repeats: int) -> dict[str, Any]:
-    """--jobs 1 and --jobs 2 alternating, each repetition a fresh process."""
-    results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+def time_sweeps(name: str, argv: list[str], jobs: list[str], repeats: int) -> dict[str, Any]:
+    """The sweep ``argv`` with each of ``jobs`` in turn, ``repeats`` rounds, each a fresh
+    ``normlab compare`` process (threads per run: compare's default, cores / jobs)."""
+    results: dict[str, list[dict[str, float]]] = {job: [] for job in jobs}
     ceiling = []
-    with tempfile.TemporaryDirectory() as directory:
-        child = Path(directory) / "sweep_child.py"  # spawn needs a main module on disk
-        child.write_text(SWEEP_CHILD)
-        for _ in range(repeats):
-            ceiling.append(parallel_ceiling())
-            for jobs in (1, 2):
-                command = [sys.executable, str(child), str(jobs), str(epochs)]
-                command.append(json.dumps(SWEEP_RUNS))
-                done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-                if done.returncode != 0:
-                    raise RuntimeError(f"the sweep with --jobs {jobs} failed:\n{done.stderr}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                if result["failed"]:
-                    raise RuntimeError(f"{result['failed']} runs of the sweep failed")
-                results[jobs].append(result)
-    summary: dict[str, Any] = {"epochs": epochs, "repeats": repeats, "ceiling": ceiling}
-    for jobs, rows in results.items():
-        walls = [row["wall"] for row in rows]
-        summary[f"jobs{jobs}"] = {
-            "walls": walls,
+    for _ in range(repeats):
+        ceiling.append(parallel_ceiling())
+        for job in jobs:
+            results[job].append(time_compare(argv, job))
+    summary: dict[str, Any] = {"sweep": name, "argv": argv, "repeats": repeats}
+    summary["ceiling"] = ceiling
+    for job, rows in results.items():
+        summary[f"jobs {job}"] = {
+            "walls": [row["wall"] for row in rows],
             "runs": rows[0]["runs"],
-            "runs_per_minute": [60 * row["runs"] / row["wall"] for row in rows],
+            "runs_per_hour": [3600 * row["runs"] / row["wall"] for row in rows],
             "run_seconds": [row["run_seconds"] for row in rows],
         }
-    one, two = summary["jobs1"], summary["jobs2"]
-    summary["ratio_median"] = statistics.median(two["runs_per_minute"]) / statistics.median(
-        one["runs_per_minute"]
-    )
-    summary["ratio_best"] = max(two["runs_per_minute"]) / max(one["runs_per_minute"])
+    baseline = summary[f"jobs {jobs[0]}"]["runs_per_hour"]
+    for job in jobs[1:]:
+        rates = summary[f"jobs {job}"]["runs_per_hour"]
+        summary[f"jobs {job}"]["over_first_median"] = statistics.median(rates) / statistics.median(
+            baseline
+        )
+        summary[f"jobs {job}"]["over_first_best"] = max(rates) / max(baseline)
     return summary
 
 
@@ -422,28 +424,26 @@ def speed_table(ways: dict[str, list[Way]]) -> Table:
     return table
 
 
-def _per_minute(values: list[float]) -> str:
-    return f"{max(values):.0f} / {statistics.median(values):.0f}"
-
-
 def sweep_table(sweeps: list[dict[str, Any]]) -> Table:
-    table = Table(title="Digits sweep of 8 runs, one torch thread per job (best / median)")
-    columns = ("epochs", "jobs", "sweep wall s", "sum of runs' s", "runs/min", "2 / 1")
+    table = Table(title="Sweeps as whole normlab compare commands (best / median)")
+    columns = ("sweep", "jobs", "runs", "wall s", "sum of runs' s", "runs/hour", "vs first")
     for column in (*columns, "ceiling"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="left" if column == "sweep" else "right")
     for sweep in sweeps:
-        for jobs in (1, 2):
-            row = sweep[f"jobs{jobs}"]
+        for key in [key for key in sweep if key.startswith("jobs ")]:
+            row = sweep[key]
             ratio = ceiling = ""
-            if jobs == 2:
-                ratio = f"{sweep['ratio_best']:.2f} / {sweep['ratio_median']:.2f}"
+            if "over_first_best" in row:
+                ratio = f"{row['over_first_best']:.2f} / {row['over_first_median']:.2f}"
                 ceiling = f"{max(sweep['ceiling']):.2f} / {statistics.median(sweep['ceiling']):.2f}"
+            rates = row["runs_per_hour"]
             table.add_row(
-                str(sweep["epochs"]),
-                str(jobs),
+                sweep["sweep"],
+                key.removeprefix("jobs "),
+                str(row["runs"]),
                 _cell(row["walls"]),
                 _cell(row["run_seconds"]),
-                _per_minute(row["runs_per_minute"]),
+                f"{max(rates):.0f} / {statistics.median(rates):.0f}",
                 ratio,
                 ceiling,
             )
@@ -500,9 +500,9 @@ def stacked_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def memory_table(memory: list[dict[str, Any]]) -> Table:
-    table = Table(title="Peak resident memory of normlab compare on MNIST (bn, batch 32, 1 epoch)")
+    table = Table(title="Peak memory of normlab compare on MNIST (bn, batch 32, 1 epoch)")
     columns = ("jobs", "seeds", "processes", "sum of peaks MB", "largest MB", "PSS MB")
-    for column in (*columns, "under 1.5 GB"):
+    for column in (*columns, "PSS under 1 GB"):
         table.add_column(column, justify="right")
     for row in memory:
         table.add_row(
@@ -512,7 +512,7 @@ def memory_table(memory: list[dict[str, Any]]) -> Table:
             f"{row['sum_of_peaks_mb']:.0f}",
             f"{row['largest_process_mb']:.0f}",
             f"{row['pss_together_mb']:.0f}",
-            "yes" if row["sum_of_peaks_mb"] < MEMORY_LIMIT_MB else "NO",
+            "yes" if row["pss_together_mb"] < PSS_LIMIT_MB else "NO",
         )
     return table
 
@@ -530,10 +530,14 @@ def main() -> None:
         help="torch threads, and TensorFlow's intra-op threads (default: every core)",
     )
     parser.add_argument("--tf-python", type=Path, default=TF_VENV / "bin" / "python")
+    parser.add_argument("--sweeps", default="demo,mnist", help="sweeps to time: demo, mnist")
     parser.add_argument(
-        "--sweep-epochs", default="5,50", help="epochs of the sweep's runs, one sweep each"
+        "--sweep-jobs", default="1,2,default", help="--jobs of each sweep; the first is the base"
     )
     parser.add_argument("--sweep-repeats", type=int, default=3)
+    parser.add_argument(
+        "--sweep-extra", default="", help="arguments appended to every sweep's compare"
+    )
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument(
@@ -545,6 +549,10 @@ def main() -> None:
     parser.add_argument("--no-nproc", action="store_true", help="skip --nproc 2's overhead")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
+    sweep_names = [name.strip() for name in args.sweeps.split(",")]
+    unknown = set(sweep_names) - set(sweeps_to_time(args.data_dir))
+    if unknown and not args.no_sweep:
+        parser.error(f"unknown --sweeps {sorted(unknown)}; choose from demo, mnist")
     console = Console()
 
     torch.set_num_threads(args.threads)
@@ -574,12 +582,17 @@ def main() -> None:
 
     sweeps: list[dict[str, Any]] = []
     if not args.no_sweep:
-        for epochs in [int(e) for e in args.sweep_epochs.split(",")]:
-            sweeps.append(time_sweeps(epochs, args.sweep_repeats))
+        known = sweeps_to_time(args.data_dir)
+        jobs = [job.strip() for job in args.sweep_jobs.split(",")]
+        for name in sweep_names:
+            argv = known[name] + shlex.split(args.sweep_extra)
+            sweeps.append(time_sweeps(name, argv, jobs, args.sweep_repeats))
         console.print(sweep_table(sweeps))
         console.print(
-            "ceiling: what two processes of one-thread torch matrix products get done together "
-            "over one alone, measured before each repetition (2.00 on two free cores)"
+            f"{available_cores()} cores. ceiling: what two processes of one-thread torch "
+            "matrix products get done together over one alone, measured before each round "
+            "(2.00 on two free cores)"
+            + (f"; every sweep with {args.sweep_extra}" if args.sweep_extra else "")
         )
     memory: list[dict[str, Any]] = []
     if not args.no_memory:
