@@ -15,7 +15,7 @@ import torch
 
 from normlab.data import DataError, Dataset
 from normlab.experiment import ResultsStore, RunConfig, plan_runs, run_sweep
-from normlab.experiment.executors.choose import executor_for
+from normlab.experiment.executors.choose import SMALL_SWEEP_STEPS, executor_for, in_process_if_small
 from normlab.experiment.executors.contract import Executor, RunSink, SweepListener
 from normlab.experiment.executors.in_process import InProcessExecutor
 from normlab.experiment.executors.pool import ProcessPoolExecutor
@@ -283,3 +283,24 @@ def test_workers_started_before_the_data_loads_train_every_run_and_close_ends_un
     with pool:  # started, then the caller fails before run(): close ends them
         _children_once_executed(2)
     assert _spawned_children() == []
+
+
+def test_a_sweep_too_small_to_repay_starting_workers_gets_an_in_process_executor(tmp_path):
+    pool = ProcessPoolExecutor(jobs=2, data_dir=str(tmp_path), models_dir=tmp_path / "m")
+    alone = in_process_if_small(pool, SMALL_SWEEP_STEPS - 1, threads=3)
+    assert isinstance(alone, InProcessExecutor) and alone.threads == 3
+    assert (alone.data_dir, alone.models_dir) == (pool.data_dir, pool.models_dir)
+    assert in_process_if_small(pool, SMALL_SWEEP_STEPS, threads=3) is None
+    assert in_process_if_small(InProcessExecutor(), 1, threads=3) is None
+
+
+@LINUX_PROC
+def test_compares_default_jobs_trains_a_small_sweep_in_its_own_process_and_says_so(
+    tmp_path, run_cli, monkeypatch
+):
+    monkeypatch.setattr("normlab.cli.available_cores", lambda: 4)  # the default: 4 workers
+    argv = ["compare", "--norms", "none,bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
+    status, stdout, _ = run_cli([*argv, "--out", str(tmp_path)])
+    assert status == 0
+    assert "too few to repay starting worker processes; training in this process" in stdout
+    assert len(ResultsStore(tmp_path).records()) == 2 and _spawned_children() == []

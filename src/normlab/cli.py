@@ -27,7 +27,11 @@ from normlab.experiment import (
 )
 from normlab.experiment.config import LR_SCALINGS, OMITTED_DEFAULTS, OPTIMIZERS
 from normlab.experiment.ddp import torchrun_rank
-from normlab.experiment.executors.choose import executor_for
+from normlab.experiment.executors.choose import (
+    SMALL_SWEEP_STEPS,
+    executor_for,
+    in_process_if_small,
+)
 from normlab.experiment.executors.contract import Executor, available_cores
 from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
@@ -299,8 +303,12 @@ def _sweep_and_report(
     report."""
     data = load_dataset(args.dataset, None if args.data_dir is None else str(args.data_dir))
     check_runs(runs, data)
-    for run in runs:  # refuse --steps that --epochs cannot hold before anything trains
-        planned_steps(run, len(batch_slices(len(data.train_x), run.batch_size)))
+    steps = {  # refuses --steps that --epochs cannot hold, before anything trains
+        run.run_id: planned_steps(
+            run, len(batch_slices(run.train_subset or len(data.train_x), run.batch_size))
+        )
+        for run in runs
+    }
     rank, _ = torchrun_rank()
     dropped = None
     if rank == 0:
@@ -315,6 +323,14 @@ def _sweep_and_report(
         )
     finished = store.finished_ids()
     already = sum(run.run_id in finished for run in runs)
+    todo_steps = sum(steps[run.run_id] for run in runs if run.run_id not in finished)
+    threads = args.threads or available_cores()
+    if args.jobs is None and (alone := in_process_if_small(executor, todo_steps, threads)):
+        executor = alone
+        console.print(
+            f"{todo_steps} training steps in all: too few to repay starting worker processes; "
+            "training in this process (--jobs 2 starts workers anyway)"
+        )
     norms = ", ".join(dict.fromkeys(run.norm_label for run in runs))
     batch_sizes = ", ".join(map(str, dict.fromkeys(args.batch_sizes)))
     console.print(
@@ -616,7 +632,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         help="runs trained at once, each in its own process (default: the number of cores; "
-        "1 with --nproc)",
+        "1 with --nproc, and 1 (this process) when the runs to train take fewer than "
+        f"{SMALL_SWEEP_STEPS} optimizer steps in all, too few to repay starting workers)",
     )
     compare.add_argument(
         "--nproc",
