@@ -138,6 +138,7 @@ def test_a_worker_process_trains_the_numbers_this_process_trains(digits):
     worker = context.Process(target=worker_main, args=(theirs, os.getpid(), 1, None, None))
     worker.start()
     try:
+        ours.send(digits)  # as the pool does: handles to the tensors' shared memory
         ours.send(config.to_dict())
         reports = []
         while not reports or reports[-1][0] not in ("finished", "failed"):
