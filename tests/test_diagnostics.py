@@ -223,6 +223,16 @@ def test_compare_refuses_steps_that_the_epochs_cannot_hold(tmp_path, run_cli):
     assert not (tmp_path / "results.jsonl").exists()
 
 
+def test_compare_refuses_steps_that_the_train_subsets_epochs_cannot_hold(tmp_path, run_cli):
+    """320 samples at batch 64 are 5 batches an epoch; the full split's 23 would hold 10."""
+    argv = ["compare", "--norms", "bn", "--batch-sizes", "64", "--hidden", "16", "--epochs", "1"]
+    argv += ["--train-subset", "320", "--steps", "10", "--jobs", "1"]
+    status, _, stderr = run_cli([*argv, "--out", str(tmp_path)])
+    assert status == 2
+    assert "1 epochs of 5 batches hold only 5" in stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 def test_records_with_and_without_diagnostics_both_load(digits):
     from normlab.report.runs import Sweep
     from normlab.study import measures
