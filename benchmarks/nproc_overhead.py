@@ -49,9 +49,10 @@ NPROC_CHILD = textwrap.dedent(
     class GroupPerRun(Executor):
         \"\"\"The in-process executor as it was: a process group spawned for each run.\"\"\"
 
-        def run(self, todo, sink):
+        def run(self, todo, sink, data=None):
             torch.set_num_threads(1)
-            load_dataset(todo[0].dataset)
+            if data is None:
+                load_dataset(todo[0].dataset)
             warm_up(todo[0].optimizer)
             for config in todo:
                 sink.started(config)
