@@ -82,20 +82,15 @@ def _converges_faster(runs: Runs, b: Budget) -> Section:
             measure="first-epoch validation accuracy, pp",
             side="greater",
         ),
-        [
-            group(
-                f"bn at batch {size}",
-                1,
-                runs.get("batch", norm="bn", batch_size=size),
-                m.first_epoch_acc,
-            ),
-            group(
-                f"none at batch {size}",
-                -1,
-                runs.get("batch", norm="none", batch_size=size),
-                m.first_epoch_acc,
-            ),
-        ],
+        difference(
+            runs,
+            "batch",
+            "bn",
+            "none",
+            m.first_epoch_acc,
+            label=f" at batch {size}",
+            batch_size=size,
+        ),
     )
     table = "First-epoch validation accuracy (%) and when 95% was first reached:\n\n"
     return Section(
@@ -177,17 +172,9 @@ def _deep_networks(runs: Runs, b: Budget) -> Section:
             measure="validation accuracy, pp",
             side="greater",
         ),
-        [
-            group(
-                f"bn, depth {deepest}", 1, runs.get("depth", norm="bn", hidden=hidden), m.val_acc
-            ),
-            group(
-                f"none, depth {deepest}",
-                -1,
-                runs.get("depth", norm="none", hidden=hidden),
-                m.val_acc,
-            ),
-        ],
+        difference(
+            runs, "depth", "bn", "none", m.val_acc, label=f", depth {deepest}", hidden=hidden
+        ),
     )
     gradients = make_test(
         dict(
@@ -203,20 +190,9 @@ def _deep_networks(runs: Runs, b: Budget) -> Section:
             side="greater",
             scale="log10-abs",
         ),
-        [
-            group(
-                f"none, depth {deepest}",
-                1,
-                runs.get("depth", norm="none", hidden=hidden),
-                m.grad_ratio,
-            ),
-            group(
-                f"bn, depth {deepest}",
-                -1,
-                runs.get("depth", norm="bn", hidden=hidden),
-                m.grad_ratio,
-            ),
-        ],
+        difference(
+            runs, "depth", "none", "bn", m.grad_ratio, label=f", depth {deepest}", hidden=hidden
+        ),
     )
     rows = []
     for norm in ("none", "bn", "ln"):
@@ -306,15 +282,9 @@ def _covariate_shift(runs: Runs) -> Section:
             side="less",
             scale="log10",
         ),
-        [
-            group("bn at batch 32", 1, runs.get("batch", norm="bn", batch_size=32), m.log10(m.ics)),
-            group(
-                "none at batch 32",
-                -1,
-                runs.get("batch", norm="none", batch_size=32),
-                m.log10(m.ics),
-            ),
-        ],
+        difference(
+            runs, "batch", "bn", "none", m.log10(m.ics), label=" at batch 32", batch_size=32
+        ),
     )
     table = _probe_table(
         runs,

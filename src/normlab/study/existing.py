@@ -4,7 +4,7 @@ tests of the claims study, and "batch norm degrades at small batch" under three 
 from __future__ import annotations
 
 from normlab.study import measures as m
-from normlab.study.findings import Group, Runs, group
+from normlab.study.findings import Group, Runs, difference, group
 from normlab.study.plan import Budget
 from normlab.study.sections import T1, T2, Section, accuracy_table, each, make_test
 
@@ -88,20 +88,15 @@ def existing_sections(runs: Runs, b: Budget) -> list[Section]:
             measure="validation accuracy, pp",
             side="greater",
         ),
-        [
-            group(
-                f"bn-scalar at batch {small}",
-                1,
-                runs.get("batch", norm="bn-scalar", batch_size=small),
-                m.val_acc,
-            ),
-            group(
-                f"bn at batch {small}",
-                -1,
-                runs.get("batch", norm="bn", batch_size=small),
-                m.val_acc,
-            ),
-        ],
+        difference(
+            runs,
+            "batch",
+            "bn-scalar",
+            "bn",
+            m.val_acc,
+            label=f" at batch {small}",
+            batch_size=small,
+        ),
     )
     channel = make_test(
         dict(
@@ -115,17 +110,15 @@ def existing_sections(runs: Runs, b: Budget) -> list[Section]:
             measure="validation accuracy, pp",
             side="greater",
         ),
-        [
-            group(
-                f"bn at batch {large}", 1, runs.get("batch", norm="bn", batch_size=large), m.val_acc
-            ),
-            group(
-                f"bn-scalar at batch {large}",
-                -1,
-                runs.get("batch", norm="bn-scalar", batch_size=large),
-                m.val_acc,
-            ),
-        ],
+        difference(
+            runs,
+            "batch",
+            "bn",
+            "bn-scalar",
+            m.val_acc,
+            label=f" at batch {large}",
+            batch_size=large,
+        ),
     )
     regularizes = make_test(
         dict(
