@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import cifar_arrays, mnist_arrays, write_cifar_bin, write_mnist_idx
+from process_tree import alive_in_session
 
 SCRIPT = Path(sys.executable).with_name("normlab")
 SMALL = ["--epochs", "1", "--hidden", "16", "--jobs", "1"]
@@ -286,27 +287,11 @@ def test_saved_models_reload_to_the_recorded_accuracy(tmp_path, run_cli):
 # --- interruptions: SIGTERM as Ctrl-C, workers that die with the sweep, Ctrl-C at any point ----
 
 
-def _alive_in_session(session: int) -> list[int]:
-    """Processes of ``session`` still running (not zombies): the sweep was started in a
-    session of its own, which its workers and multiprocessing's helpers inherit."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def _assert_none_left(session: int) -> None:
     deadline = time.monotonic() + 30
-    while _alive_in_session(session) and time.monotonic() < deadline:
+    while alive_in_session(session) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _alive_in_session(session) == [], "processes of the sweep outlived it"
+    assert alive_in_session(session) == [], "processes of the sweep outlived it"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

@@ -21,6 +21,7 @@ from normlab.experiment import ResultsStore, RunConfig, plan_runs, run_sweep
 from normlab.experiment.ddp import TrainingGroup, train_distributed
 from normlab.experiment.executors.contract import SweepListener
 from normlab.experiment.train import train_model
+from process_tree import alive_in_session
 
 pytestmark = [
     pytest.mark.skipif(
@@ -192,21 +193,6 @@ def test_ctrl_c_ends_the_groups_processes(tmp_path):
     assert _ranks_alive() == []
 
 
-def _alive_in_session(session: int) -> list[int]:
-    """Processes of ``session`` still running (not zombies)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_the_groups_processes_die_with_a_killed_sweep(tmp_path):
     """SIGKILL to the sweep's process alone once its group has trained a run: the ranks end
     too (the kernel ends them as their parent dies, see lifetime.die_with_parent)."""
@@ -227,10 +213,10 @@ def test_the_groups_processes_die_with_a_killed_sweep(tmp_path):
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no run finished"
         time.sleep(0.1)
-    assert len(_alive_in_session(process.pid)) >= 3  # the sweep and its two ranks
+    assert len(alive_in_session(process.pid)) >= 3  # the sweep and its two ranks
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     deadline = time.monotonic() + 30
-    while _alive_in_session(process.pid) and time.monotonic() < deadline:
+    while alive_in_session(process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _alive_in_session(process.pid) == [], "a rank outlived the sweep"
+    assert alive_in_session(process.pid) == [], "a rank outlived the sweep"
