@@ -107,6 +107,23 @@ def test_frozen_has_no_parameters_but_passes_input_gradients():
     torch.testing.assert_close(x.grad, scale.view(1, C, 1, 1).expand_as(x), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("stats", ["channel", "scalar"])
+@pytest.mark.parametrize("shape", [(6, C), (2, C, 3, 3)])
+def test_frozen_input_gradient_is_the_float64_formula_for_each_stats(stats, shape):
+    """Upstream gradient times weight / sqrt(running_var + eps). (Scalar statistics once went
+    to torch's kernel expanded, stride 0, and its backward read them wrongly.)"""
+    frozen = nl.FrozenBatchNorm(C, stats=stats).double()
+    with torch.no_grad():
+        frozen.weight.copy_(_randn(C, seed=31, dtype=torch.float64))
+        frozen.running_var.copy_(_randn(frozen.running_var.shape, seed=32).abs() + 0.5)
+    x = _randn(shape, seed=33, dtype=torch.float64).requires_grad_()
+    upstream = _randn(shape, seed=34, dtype=torch.float64)
+    (frozen(x) * upstream).sum().backward()
+    scale = frozen.weight / torch.sqrt(frozen.running_var + frozen.eps)
+    expected = upstream * scale.view(C, *[1] * (len(shape) - 2))
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_frozen_loads_torch_batchnorm2d_state_dict_strictly():
     """A torch BatchNorm2d state_dict (with num_batches_tracked) loads with strict=True."""
     bn = nn.BatchNorm2d(C)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normlab import functional as NF
@@ -104,16 +103,8 @@ class FrozenBatchNorm(NormBase):
         return frozen
 
     def _normalize(self, input: torch.Tensor) -> torch.Tensor:
-        channels = self.num_features
-        return F.batch_norm(
-            input,
-            self.running_mean.expand(channels),
-            self.running_var.expand(channels),
-            self.weight,
-            self.bias,
-            False,
-            0.0,
-            self.eps,
+        return NF.batch_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
         )
 
     def _load_from_state_dict(
