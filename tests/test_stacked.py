@@ -162,13 +162,13 @@ def test_each_replicas_loss_and_gradients_are_its_own_models(model, spec, data64
         loss = F.cross_entropy(single(images[k]), labels[k])
         loss.backward()
         assert _close(losses[k].mean().item(), loss.item())
+        grads, state = stack.replica_state(k, grads=True), stack.replica_state(k)
+        assert grads.keys() == dict(single.named_parameters()).keys()
         for name, parameter in single.named_parameters():
-            torch.testing.assert_close(
-                stack.params[name].grad[k], parameter.grad, rtol=TOLERANCE, atol=TOLERANCE
-            )
+            torch.testing.assert_close(grads[name], parameter.grad, rtol=TOLERANCE, atol=TOLERANCE)
+        assert state.keys() == single.state_dict().keys()
         for name, buffer in single.named_buffers():
-            held = stack.buffers[name][k] if name in stack.buffers else stack.shared[name]
-            torch.testing.assert_close(held, buffer, rtol=TOLERANCE, atol=TOLERANCE)
+            torch.testing.assert_close(state[name], buffer, rtol=TOLERANCE, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(

@@ -2,17 +2,17 @@
 
 Runs that differ only in their seed train the same model on the same data with the
 same optimizer. Here each seed's model is built exactly as a single run builds it
-(``seeded_model``), and the replicas' parameters and floating-point buffers are
-stacked along a new leading dim (``torch.func.stack_module_state``); one forward,
-``vmap`` over ``functional_call``, trains them all on a (K, batch, ...) stack of
-inputs, one batch per replica from its own seed's data order. The optimizer steps
-the stacked leaf tensors: Adam, AdamW, SGD and RMSprop are elementwise, so one
-optimizer over stacked parameters is the replicas' own optimizers side by side
-(their step counts, hence Adam's bias correction, are equal). Running statistics
-update in place inside ``vmap`` on their replica's slice. Integer buffers (the step
-counts ``num_batches_tracked``) are equal in every replica by construction and are
-held once, unbatched, so layers that read them on the host (a cumulative-average
-momentum, batch renormalization's schedule) still can.
+(``seeded_model``), and :class:`StackedModels` runs the K replicas as one model: each
+layer computes all K at once on their activations folded into the channels (one batched
+matrix product per linear layer, one grouped convolution, batch norm widened to K*C
+channels; see normlab.experiment.batched_layers), so a step costs one model's per-step
+overhead instead of K. One forward trains every replica on its own batch, from its own
+seed's data order. The optimizer steps the stacked tensors: Adam, AdamW, SGD and RMSprop
+are elementwise, so one optimizer over them is the replicas' own optimizers side by side
+(their step counts, hence Adam's bias correction, are equal). Integer buffers (the step
+counts ``num_batches_tracked``) are equal in every replica by construction and are held
+once, so layers that read them on the host (a cumulative-average momentum, batch
+renormalization's schedule) still can.
 
 So each replica's losses, gradients, parameters and running statistics are a single
 run's up to rounding (tests/test_stacked.py checks them to 1e-10 in float64), and each
@@ -27,7 +27,6 @@ as separate runs.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -39,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from normlab.data import Dataset
+from normlab.experiment.batched_layers import Batched, batched, fold, unfold
 from normlab.experiment.config import RunConfig
 from normlab.experiment.train import (
     EVAL_BATCH,
@@ -61,8 +60,8 @@ STACKABLE_MODELS = ("mlp", "cnn")
 
 _CHECKED_KINDS = frozenset(kind.name for kind in BUILT_IN)
 
-# torch warns, once per operator, where vmap loops over the replicas for want of a batching
-# rule (batch renormalization's in-place updates): slower, the same numbers.
+# torch warns, once per operator, where vmap (batched_layers' fallback, switchable norm's)
+# loops over the replicas for want of a batching rule: slower, the same numbers.
 _LOOPED_RULE = "There is a performance drop because we have not yet implemented the batching"
 
 
@@ -117,54 +116,52 @@ def stack_refusals(runs: Sequence[RunConfig]) -> list[tuple[RunConfig, str]]:
     return [entry for key, entry in seen.items() if counts[key] > 1]
 
 
-class StackedModels:
-    """K models of one architecture held as one: parameters and floating-point buffers
-    stacked along a leading replica dim, integer buffers (step counts) once.
+class StackedModels(nn.Module):
+    """K models of one architecture, an ``nn.Sequential``, as one module: layer i runs every
+    replica's layer i at once (normlab.experiment.batched_layers), on the replicas'
+    activations folded into the channels, and holds their tensors as its own.
 
     Args:
-        models: the replicas, built alike (same modules, shapes and dtypes).
+        models: the replicas, built alike (same layers, shapes and dtypes).
 
     Raises:
-        ValueError: the replicas' integer buffers differ (they are shared).
+        ValueError: a model that is not an ``nn.Sequential`` of the first one's layers, or
+            replicas whose integer buffers (shared) differ.
     """
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
-        params, buffers = stack_module_state(list(models))
-        self.params: dict[str, torch.Tensor] = params
-        self.shared: dict[str, torch.Tensor] = {}
-        for name in [name for name, value in buffers.items() if not value.is_floating_point()]:
-            values = buffers.pop(name)
-            if not bool((values == values[0]).all()):
-                raise ValueError(
-                    f"buffer {name!r} differs between the replicas; stacked replicas share "
-                    "their integer buffers, so they must start equal."
-                )
-            self.shared[name] = values[0].clone()
-        self.buffers: dict[str, torch.Tensor] = buffers
+        super().__init__()
+        shapes = {tuple(type(layer) for layer in model) for model in models}
+        if not all(isinstance(model, nn.Sequential) for model in models) or len(shapes) != 1:
+            raise ValueError(
+                "stacked replicas must be nn.Sequential models with the same layers; "
+                f"got {', '.join(type(model).__name__ for model in models)}."
+            )
         self.replicas = len(models)
-        # The replicas' own tensors are passed to every call: the template holds no data.
-        self.template = copy.deepcopy(models[0]).to("meta")
+        self.layers = nn.Sequential(*(batched(layers) for layers in zip(*models, strict=True)))
 
-    def train(self, mode: bool = True) -> StackedModels:
-        self.template.train(mode)
-        return self
-
-    def _call(self, params: Any, buffers: Any, images: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.template, (params, buffers, self.shared), (images,))
-
-    def __call__(self, images: torch.Tensor, *, shared_input: bool = False) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, *, shared_input: bool = False) -> torch.Tensor:
         """Logits (K, N, classes) of (K, N, *) images, one batch per replica, or with
         ``shared_input`` of (N, *) images that every replica sees."""
-        in_dims = (0, 0, None if shared_input else 0)
-        return vmap(self._call, in_dims=in_dims)(self.params, self.buffers, images)
+        if shared_input:
+            folded = images.repeat(1, self.replicas, *[1] * (images.ndim - 2))
+        else:
+            folded = fold(images)
+        return unfold(self.layers(folded), self.replicas)
+
+    def replica_state(self, index: int, *, grads: bool = False) -> dict[str, torch.Tensor]:
+        """Replica ``index``'s state_dict (with ``grads``: its parameters' gradients)."""
+        state = {}
+        for position, layer in enumerate(self.layers):
+            if isinstance(layer, Batched):
+                held = layer.replica_state(index, grads=grads)
+                state |= {f"{position}.{name}": value for name, value in held.items()}
+        return state
 
     def replica(self, index: int, model: nn.Module) -> nn.Module:
         """``model`` (built as the replicas were) with replica ``index``'s state copied in."""
-        state = {name: value[index] for name, value in self.params.items()}
-        state |= {name: value[index] for name, value in self.buffers.items()}
-        state |= self.shared
         with torch.no_grad():
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(self.replica_state(index), strict=True)
         return model
 
 
@@ -284,7 +281,7 @@ def train_stacked(
     plan = epoch_batches(config, batches)
     stack = StackedModels(models)
     optimizer = make_optimizer(
-        config.optimizer, list(stack.params.values()), config.effective_lr, config.weight_decay
+        config.optimizer, list(stack.parameters()), config.effective_lr, config.weight_decay
     )
     generators = [torch.Generator().manual_seed(run.seed) for run in configs]
     histories: list[list[EpochMetrics]] = [[] for _ in configs]

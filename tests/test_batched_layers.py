@@ -1,0 +1,139 @@
+"""Each batched layer against its K replicas run one by one, in float64: outputs, input and
+parameter gradients, and running statistics after training steps, in training and eval mode,
+with every parameter and buffer drawn at random (a layer at its initial affine would hide
+an affine applied to the wrong replica)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from normlab.experiment.batched_layers import Batched, VmappedLayer, batched, fold, unfold
+from normlab.experiment.stacked import StackedModels
+from normlab.models.feedforward import cnn, mlp
+from normlab.norm_spec import parse_norm
+from normlab.registry import BUILT_IN, make_norm
+
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
+
+REPLICAS = 3
+TOLERANCE = 1e-10
+
+
+def _norm(spec: str, channels: int) -> nn.Module:
+    kind, options = parse_norm(spec)
+    return make_norm(kind, channels, **dict(options))
+
+
+# (id, builder, one replica's input shape (N, C, *))
+LAYERS = [
+    ("linear", lambda: nn.Linear(5, 4), (6, 5)),
+    ("linear-no-bias", lambda: nn.Linear(5, 4, bias=False), (6, 5)),
+    ("conv", lambda: nn.Conv2d(3, 4, 3, padding=1), (4, 3, 5, 5)),
+    (
+        "conv-strided-grouped",
+        lambda: nn.Conv2d(4, 6, 3, stride=2, groups=2, bias=False),
+        (4, 4, 7, 7),
+    ),
+    ("relu", nn.ReLU, (4, 3, 5, 5)),
+    ("maxpool", lambda: nn.MaxPool2d(2), (4, 3, 6, 6)),
+    ("flatten", nn.Flatten, (4, 3, 2, 2)),
+]
+NORM_SPECS = [kind.name for kind in BUILT_IN if kind.name != "none"] + [
+    "bn(convention=keras)",
+    "bn(momentum=None)",
+    "bn-scalar(convention=keras)",
+    "bn-scalar(momentum=None)",
+    "frozen-bn(stats=scalar)",
+    "brn(warmup_steps=1,r_max_steps=3)",
+    "ln(over=all)",
+    "rms(over=all)",
+    "gn(groups=2)",
+]
+for spec in NORM_SPECS:
+    LAYERS.append((f"{spec} on (N, C, H, W)", lambda spec=spec: _norm(spec, 4), (5, 4, 3, 3)))
+    if not spec.startswith(("in", "gn")):  # they need positions
+        LAYERS.append((f"{spec} on (N, C)", lambda spec=spec: _norm(spec, 4), (6, 4)))
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _replicas(build) -> list[nn.Module]:
+    """REPLICAS layers from ``build``, each floating-point tensor drawn at random (variances
+    positive), integer buffers alike."""
+    layers = []
+    for k in range(REPLICAS):
+        layer = build()
+        generator = torch.Generator().manual_seed(100 + k)
+        with torch.no_grad():
+            for name, value in layer.state_dict(keep_vars=True).items():
+                if value.is_floating_point():
+                    drawn = torch.rand(value.shape, generator=generator)
+                    value.copy_(drawn + 0.5 if "var" in name else 2 * drawn - 1)
+        layers.append(layer)
+    return layers
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize(
+    ("build", "shape"), [entry[1:] for entry in LAYERS], ids=[e[0] for e in LAYERS]
+)
+def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
+    singles = _replicas(build)
+    layer = batched([copy.deepcopy(single) for single in singles])
+    for module in (layer, *singles):
+        module.train(mode == "train")
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):  # the second step reads the first's running statistics and step count
+        inputs = torch.randn(REPLICAS, *shape, generator=generator, requires_grad=True)
+        output = unfold(layer(fold(inputs)), REPLICAS)
+        upstream = torch.randn(output.shape, generator=generator)
+        (output * upstream).sum().backward()
+        for k, single in enumerate(singles):
+            own_input = inputs[k].detach().clone().requires_grad_()
+            own = single(own_input)
+            (own * upstream[k]).sum().backward()
+            torch.testing.assert_close(output[k], own, rtol=TOLERANCE, atol=TOLERANCE)
+            torch.testing.assert_close(
+                inputs.grad[k], own_input.grad, rtol=TOLERANCE, atol=TOLERANCE
+            )
+    if not isinstance(layer, Batched):
+        return
+    for k, single in enumerate(singles):
+        grads, state = layer.replica_state(k, grads=True), layer.replica_state(k)
+        assert grads.keys() == dict(single.named_parameters()).keys()
+        for name, parameter in single.named_parameters():
+            torch.testing.assert_close(grads[name], parameter.grad, rtol=TOLERANCE, atol=TOLERANCE)
+        assert state.keys() == single.state_dict().keys()
+        for name, value in single.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", [kind.name for kind in BUILT_IN])
+def test_every_built_in_kind_but_switch_has_a_batched_rule_of_its_own(model, kind):
+    """vmap is the fallback for what has no rule: about twice as slow per step, so a kind
+    that falls back by accident loses the stacking's speed without a wrong number."""
+    build = (lambda: mlp(16, norm=kind)) if model == "mlp" else (lambda: cnn((1, 8, 8), norm=kind))
+    try:
+        models = [build() for _ in range(REPLICAS)]
+    except ValueError:
+        pytest.skip(f"{kind} does not fit {model}")
+    fallbacks = [layer for layer in StackedModels(models).layers if isinstance(layer, VmappedLayer)]
+    assert len(fallbacks) == (2 if kind == "switch" else 0)
+
+
+def test_replicas_whose_step_counts_differ_are_refused():
+    layers = _replicas(lambda: _norm("bn", 4))
+    layers[1].num_batches_tracked += 1
+    with pytest.raises(ValueError, match=r"num_batches_tracked.*must start equal"):
+        batched(layers)
