@@ -197,6 +197,26 @@ def test_a_dead_pool_worker_fails_its_run_and_fresh_workers_train_the_rest(tmp_p
 
 
 @LINUX_PROC
+def test_a_dead_pool_worker_fails_the_unfinished_seeds_it_held_stacked(tmp_path):
+    runs = _runs(norms=["none", "bn", "ln"])  # 3 configurations of 2 seeds, 2 workers
+    store = ResultsStore(tmp_path)
+    listener = _Killer(store, runs[0], on="started")
+    executor = ProcessPoolExecutor(jobs=2, threads=1, stack_seeds=True)
+    outcome = run_sweep(runs, store, executor=executor, listener=listener)
+    assert listener.killed, "no worker was running"
+    _assert_each_run_once(runs, outcome, store)
+    failed = {config.run_id for config, _ in outcome.failed}
+    assert runs[0].run_id in failed
+    for config in runs:  # a group fails whole: its seeds die together
+        seeds = {run.run_id for run in runs if run.norm == config.norm}
+        assert seeds <= failed or not seeds & failed
+    for _, error in outcome.failed:
+        assert "worker process training it died (exit code -9" in error
+    assert len(store.records()) >= 2 and not outcome.interrupted  # a fresh worker's group
+    assert _spawned_children() == []
+
+
+@LINUX_PROC
 def test_a_dead_rank_fails_its_run_and_the_in_process_sweep_goes_on(tmp_path):
     runs = [*_runs(norms=["bn"], seeds=1, epochs=3, nproc=2), *_runs(norms=["ln"], seeds=1)]
     store = ResultsStore(tmp_path)

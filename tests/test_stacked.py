@@ -19,6 +19,7 @@ from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig, plan_runs
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.in_process import InProcessExecutor
+from normlab.experiment.executors.pool import ProcessPoolExecutor
 from normlab.experiment.stacked import (
     StackedModels,
     check_group,
@@ -243,10 +244,16 @@ def test_only_the_seeds_of_one_configuration_stack():
     assert stack_refusals(runs) == []
 
 
-def test_stack_seeds_is_refused_where_it_cannot_apply():
+@pytest.mark.parametrize("executor", ["torchrun", "ray"])
+def test_stack_seeds_is_refused_where_it_cannot_apply(executor):
     with pytest.raises(ValueError, match="--stack-seeds"):
-        executor_for("processes", jobs=2, stack_seeds=True)
-    assert isinstance(executor_for("processes", stack_seeds=True), InProcessExecutor)
+        executor_for(executor, stack_seeds=True)
+
+
+@pytest.mark.parametrize(("jobs", "kind"), [(None, InProcessExecutor), (2, ProcessPoolExecutor)])
+def test_stack_seeds_reaches_the_executor_on_this_machine(jobs, kind):
+    executor = executor_for("processes", jobs=jobs, stack_seeds=True)
+    assert isinstance(executor, kind) and executor.stack_seeds
 
 
 def _tiny_sweep() -> list[RunConfig]:
@@ -280,6 +287,25 @@ def test_a_stacked_sweep_writes_the_records_of_an_unstacked_one(tmp_path):
             assert _float32_close(key, single["final"][key], record["final"][key], single)
 
 
+def test_pool_workers_train_stacked_seeds_as_the_sweeps_own_process_does(tmp_path):
+    runs = _tiny_sweep()
+    here = run_sweep(
+        runs, ResultsStore(tmp_path / "here"), executor=InProcessExecutor(stack_seeds=True)
+    )
+    pool = ProcessPoolExecutor(jobs=2, stack_seeds=True)
+    store = ResultsStore(tmp_path / "pool")
+    there = run_sweep(runs, store, executor=pool)
+    assert not here.failed and not there.failed
+    by_id = {record["run_id"]: record for record in here.records}
+    assert sorted(r["run_id"] for r in store.records()) == sorted(by_id)
+    for record in store.records():
+        own = by_id[record["run_id"]]
+        assert record["config"] == own["config"]
+        for a, b in zip(own["history"], record["history"], strict=True):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                assert math.isclose(a[key], b[key], rel_tol=1e-12), (key, a, b)
+
+
 def _float32_close(key: str, single: float, stacked: float, record: dict) -> bool:
     """Equal up to float32 rounding, amplified by training: losses to 1e-3, accuracies to
     two samples (a near tie of two logits goes either way)."""
@@ -311,7 +337,7 @@ def test_a_stacked_digits_sweep_matches_separate_runs_on_the_whole_set(tmp_path)
             assert _float32_close("val_loss", a["val_loss"], b["val_loss"], single)
 
 
-@pytest.mark.slow  # three compare commands with their reports: about a minute on a loaded machine
+@pytest.mark.slow  # compare commands with their reports: about a minute on a loaded machine
 def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp_path, run_cli):
     small = ["--epochs", "1", "--hidden", "16", "--train-subset", "200", "--seeds", "2"]
     argv = ["compare", "--norms", "bn", "--stack-seeds", "--dropout", "0,0.2", *small]
@@ -321,7 +347,11 @@ def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp
     assert "mlp bn b=32 trains its seeds as separate runs: dropout" in text
     records = ResultsStore(tmp_path / "stacked").records()
     assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
-    status, _, err = run_cli([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
+    status, _, _ = run_cli([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
+    assert status == 0
+    records = ResultsStore(tmp_path / "jobs").records()
+    assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
+    status, _, err = run_cli([*argv, "--executor", "torchrun", "--out", str(tmp_path / "t")])
     assert status == 2 and "--stack-seeds" in err
 
 
@@ -341,14 +371,14 @@ def test_the_benchmark_times_stacked_against_separate_seeds(data64, monkeypatch)
 
 
 def test_a_failing_group_fails_the_seeds_it_had_not_finished(tmp_path, monkeypatch):
-    import normlab.experiment.executors.in_process as in_process
+    import normlab.experiment.executors.training as training
 
     def first_then_fail(configs, data, *, on_epoch, on_done):
         model = seeded_model(configs[0], data)
         on_done(configs[0], model, {"run_id": configs[0].run_id, "status": "finished"})
         raise RuntimeError("replica trouble")
 
-    monkeypatch.setattr(in_process, "train_stacked", first_then_fail)
+    monkeypatch.setattr(training, "train_stacked", first_then_fail)
     runs = _tiny_sweep()[:3]
     outcome = run_sweep(runs, ResultsStore(tmp_path), executor=InProcessExecutor(stack_seeds=True))
     assert [r["run_id"] for r in outcome.records] == [runs[0].run_id]

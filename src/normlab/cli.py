@@ -35,7 +35,7 @@ from normlab.experiment.executors.choose import (
 from normlab.experiment.executors.contract import Executor, available_cores
 from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
-from normlab.experiment.stacked import stack_refusals
+from normlab.experiment.stacked import seed_groups, stack_refusals
 from normlab.experiment.store import check_output_directory, check_output_file
 from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
@@ -259,7 +259,7 @@ def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConf
         models_dir=args.out / "models" if args.save_models else None,
         address=args.address,
         stack_seeds=args.stack_seeds,
-        **_jobs_and_threads(args, sum(run.run_id not in finished for run in runs)),
+        **_jobs_and_threads(args, [run for run in runs if run.run_id not in finished]),
     )
     executor.check(runs)
     if data_dir is not None and dataset_name(args.dataset) == "digits":
@@ -368,14 +368,15 @@ def _sweep_and_report(
     return 0
 
 
-def _jobs_and_threads(args: argparse.Namespace, pending: int) -> dict[str, int | None]:
+def _jobs_and_threads(args: argparse.Namespace, pending: list[RunConfig]) -> dict[str, int | None]:
     """--jobs and --threads for the executor: what was given, else this machine's cores
-    shared between the runs trained at once (and between the processes of each run)."""
+    shared between the tasks trained at once (runs, or stacked seeds; and between the
+    processes of each run)."""
     cores = available_cores()
     if args.executor == "torchrun":  # torchrun decides the processes and their threads
         return {"jobs": args.jobs, "threads": args.threads}
-    requested = args.jobs or (cores if args.nproc == 1 and not args.stack_seeds else 1)
-    at_once = max(1, min(requested, pending))
+    tasks = len(seed_groups(pending)) if args.stack_seeds else len(pending)
+    at_once = max(1, min(args.jobs or (cores if args.nproc == 1 else 1), tasks))
     threads = args.threads or max(1, cores // (at_once * args.nproc))
     return {
         "jobs": at_once if args.jobs is None and args.executor != "ray" else args.jobs,
@@ -669,8 +670,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--stack-seeds",
         action="store_true",
-        help="train the seeds of each configuration together, as one batched model in this "
-        "process (the same numbers per seed; refused configurations train separately)",
+        help="train the seeds of each configuration together, as one batched model "
+        "(the same numbers per seed; refused configurations train separately)",
     )
     compare.add_argument(
         "--save-models",

@@ -34,8 +34,8 @@ def executor_for(
         address: with ``"ray"``, the cluster; None starts a local one.
         data_dir: where the dataset's files are.
         models_dir: where to save each trained model; None saves nothing.
-        stack_seeds: train the seeds of each configuration together, in this process
-            (see normlab.experiment.stacked); ``"processes"`` with one job only.
+        stack_seeds: train the seeds of each configuration together, as one batched model
+            (see normlab.experiment.stacked); ``"processes"`` only.
 
     Raises:
         ValueError: an unknown name, or an option this executor does not use.
@@ -50,10 +50,10 @@ def executor_for(
             "--jobs sets this machine's processes; with --executor ray the cluster's CPUs "
             "decide how many runs train at once (each holds --threads CPUs). Drop --jobs."
         )
-    if stack_seeds and (name != "processes" or (jobs or 1) > 1):
+    if stack_seeds and name != "processes":
         raise ValueError(
-            "--stack-seeds trains the seeds of each configuration together in this process; "
-            "it does not combine with --executor ray, torchrun or --jobs above 1. Drop one."
+            "--stack-seeds trains the seeds of each configuration together in one process of "
+            "this machine; it does not combine with --executor ray or torchrun. Drop one."
         )
     places = {"data_dir": data_dir, "models_dir": models_dir}
     if name == "ray":
@@ -70,7 +70,9 @@ def executor_for(
         return InProcessExecutor(
             threads=1 if threads is None else threads, stack_seeds=stack_seeds, **places
         )
-    return ProcessPoolExecutor(jobs=jobs, threads=1 if threads is None else threads, **places)
+    return ProcessPoolExecutor(
+        jobs=jobs, threads=1 if threads is None else threads, stack_seeds=stack_seeds, **places
+    )
 
 
 #: below this many optimizer steps in all, compare's default trains a sweep in its own process
@@ -86,5 +88,8 @@ def in_process_if_small(executor: Executor, steps: int, threads: int) -> Executo
         return None
     executor.close()
     return InProcessExecutor(
-        threads=threads, data_dir=executor.data_dir, models_dir=executor.models_dir
+        threads=threads,
+        data_dir=executor.data_dir,
+        models_dir=executor.models_dir,
+        stack_seeds=executor.stack_seeds,
     )

@@ -12,9 +12,9 @@ from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import TrainingGroup
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
-from normlab.experiment.executors.training import cached_dataset, train_one
-from normlab.experiment.stacked import seed_groups, train_stacked
-from normlab.experiment.train import save_model, warm_up
+from normlab.experiment.executors.training import cached_dataset, train_one, train_seeds
+from normlab.experiment.stacked import seed_groups
+from normlab.experiment.train import warm_up
 
 
 class InProcessExecutor(Executor):
@@ -58,7 +58,7 @@ class InProcessExecutor(Executor):
             with TrainingGroup(threads=self.threads, **places) as processes:
                 for group in groups:
                     if len(group) > 1:
-                        self._run_stacked(group, data, sink)
+                        train_seeds(group, data, sink, self.models_dir)
                         continue
                     config = group[0]
                     sink.started(config)
@@ -78,23 +78,3 @@ class InProcessExecutor(Executor):
                     sink.finished(config, record)
         finally:
             torch.set_num_threads(previous_threads)
-
-    def _run_stacked(self, group: list[RunConfig], data: Dataset, sink: RunSink) -> None:
-        """Train ``group``'s seeds together; each reports as a run of its own, and a failure
-        of the group fails the seeds it had not finished."""
-        done: set[str] = set()
-
-        def finished(config: RunConfig, model: torch.nn.Module, record: dict) -> None:
-            if self.models_dir is not None:
-                save_model(model, config, self.models_dir, record)
-            done.add(config.run_id)
-            sink.finished(config, record)
-
-        for config in group:
-            sink.started(config)
-        try:
-            train_stacked(group, data, on_epoch=sink.epoch, on_done=finished)
-        except Exception as error:  # the group's failure must not end the sweep
-            for config in group:
-                if config.run_id not in done:
-                    sink.failed(config, error_text(error))

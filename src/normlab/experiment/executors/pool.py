@@ -1,5 +1,5 @@
 """The process-pool executor: ``jobs`` worker processes on this machine, each training one
-run after another.
+run after another (with ``stack_seeds``, one configuration's seeds at a time, stacked).
 
 The workers start once per sweep, in ``start``, which the caller calls before it loads the
 data: each worker's start-up (importing torch and normlab, torch's lazy imports on a first
@@ -10,9 +10,10 @@ pages (torch.multiprocessing's reductions, through the worker's pipe), so the wo
 their own state only, not a copy of the data each.
 
 Each worker is joined to the sweep's process by its own pipe: the sweep hands a worker
-one run at a time and the worker reports that run's start, epochs and end, so the sweep
-always knows which run each worker holds. A worker that dies (killed, out of memory)
-fails the run it held, a fresh worker takes its place and the sweep goes on. Workers ignore
+one task at a time (a run, or one configuration's seeds) and the worker reports each run's
+start, epochs and end, so the sweep always knows which runs each worker holds. A worker that
+dies (killed, out of memory) fails the runs it held that had not finished, a fresh worker
+takes its place and the sweep goes on. Workers ignore
 Ctrl-C (the sweep ends them) and die with the sweep's process, however it dies.
 """
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import torch
 import torch.multiprocessing  # registers the reductions that send tensors as shared memory
@@ -33,8 +36,9 @@ from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
 from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
-from normlab.experiment.executors.training import cached_dataset, train_one
-from normlab.experiment.train import warm_up
+from normlab.experiment.executors.training import cached_dataset, train_one, train_seeds
+from normlab.experiment.stacked import seed_groups
+from normlab.experiment.train import EpochMetrics, warm_up
 
 STOP_SECONDS = 30
 
@@ -47,7 +51,8 @@ def worker_main(
     models_dir: str | None,
 ) -> None:
     """A pool worker: take the sweep's Dataset (its tensors in shared memory), then train
-    each run the sweep sends (a RunConfig as a dict) until it sends None or goes away; report
+    each task the sweep sends (a list of RunConfigs as dicts: one run, or the seeds of one
+    configuration to train stacked) until it sends None or goes away; report each run's
     ("started" | "epoch" | "finished" | "failed", run_id, payload)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
@@ -66,29 +71,53 @@ def worker_main(
             data = task
             continue
         assert data is not None, "the sweep sends its Dataset before the first run"
-        config = RunConfig.from_dict(task)
-        connection.send(("started", config.run_id, None))
+        group = [RunConfig.from_dict(config) for config in task]
+        reports = _PipeReports(connection)
+        warm_up(group[0].optimizer)
+        if len(group) > 1:
+            train_seeds(group, data, reports, models_dir)
+            continue
+        config = group[0]
+        reports.started(config)
         try:
-            warm_up(config.optimizer)
             record = train_one(
                 config,
                 data,
-                lambda metrics, run_id=config.run_id: connection.send(("epoch", run_id, metrics)),
+                functools.partial(reports.epoch, config),
                 models_dir,
                 data_dir,
                 threads,
             )
         except Exception as error:  # one run's failure must not end the worker
-            connection.send(("failed", config.run_id, error_text(error)))
+            reports.failed(config, error_text(error))
             continue
-        connection.send(("finished", config.run_id, record))
+        reports.finished(config, record)
+
+
+@dataclass
+class _PipeReports:
+    """A worker's reports (see training.Reports), sent to the sweep by ``connection``."""
+
+    connection: Connection
+
+    def started(self, config: RunConfig) -> None:
+        self.connection.send(("started", config.run_id, None))
+
+    def epoch(self, config: RunConfig, metrics: EpochMetrics) -> None:
+        self.connection.send(("epoch", config.run_id, metrics))
+
+    def finished(self, config: RunConfig, record: dict[str, Any]) -> None:
+        self.connection.send(("finished", config.run_id, record))
+
+    def failed(self, config: RunConfig, error: str) -> None:
+        self.connection.send(("failed", config.run_id, error))
 
 
 @dataclass
 class _Worker:
     process: BaseProcess
     connection: Connection
-    run: RunConfig | None = None
+    runs: dict[str, RunConfig] = field(default_factory=dict)  # its task's unfinished runs
     has_data: bool = False
 
 
@@ -103,6 +132,9 @@ class ProcessPoolExecutor(Executor):
         threads: torch threads per worker.
         data_dir: where the dataset's files are (see normlab.data.load_dataset).
         models_dir: where workers save each trained model as ``<run_id>.pt``; None saves nothing.
+        stack_seeds: hand a worker the pending seeds of each configuration at once, to train
+            as one batched model (see normlab.experiment.stacked; ``stack_refusal``'s
+            configurations train their seeds as separate runs).
     """
 
     def __init__(
@@ -112,8 +144,10 @@ class ProcessPoolExecutor(Executor):
         threads: int = 1,
         data_dir: str | None = None,
         models_dir: str | os.PathLike | None = None,
+        stack_seeds: bool = False,
     ) -> None:
         self.jobs = check_positive("jobs", jobs)
+        self.stack_seeds = stack_seeds
         self.threads = check_positive("threads", threads)
         self.data_dir = data_dir
         self.models_dir = None if models_dir is None else str(models_dir)
@@ -140,12 +174,13 @@ class ProcessPoolExecutor(Executor):
 
     def run(self, todo: list[RunConfig], sink: RunSink, data: Dataset | None = None) -> None:
         workers, self._workers = self._workers, []
-        _stop(workers[len(todo) :], graceful=False)  # more workers than runs
-        del workers[len(todo) :]
-        waiting = collections.deque(todo)
+        tasks = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
+        _stop(workers[len(tasks) :], graceful=False)  # more workers than tasks
+        del workers[len(tasks) :]
+        waiting = collections.deque(tasks)
         completed = False
         try:
-            while len(workers) < min(self.jobs, len(todo)):
+            while len(workers) < min(self.jobs, len(tasks)):
                 workers.append(self._start_worker())
             if data is None:  # loaded while the workers start
                 data = cached_dataset(todo[0].dataset, self.data_dir)
@@ -153,16 +188,18 @@ class ProcessPoolExecutor(Executor):
                 tensor.share_memory_()
             for worker in workers:
                 _hand_out(worker, waiting, data)
-            while any(worker.run is not None for worker in workers):
-                busy = [worker for worker in workers if worker.run is not None]
+            while any(worker.runs for worker in workers):
+                busy = [worker for worker in workers if worker.runs]
                 wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
                     if _pass_reports(worker, sink):
                         _hand_out(worker, waiting, data)
                 for worker in [w for w in workers if not w.process.is_alive()]:
                     _pass_reports(worker, sink)  # what it sent before it died
-                    if worker.run is not None:
-                        sink.failed(worker.run, _died(worker))
+                    if worker.runs:
+                        error = _died(worker)
+                        for config in worker.runs.values():
+                            sink.failed(config, error)
                     workers.remove(worker)
                     worker.connection.close()
                     if waiting:  # a fresh worker takes its place
@@ -185,40 +222,42 @@ class ProcessPoolExecutor(Executor):
         return _Worker(process, ours)
 
 
-def _hand_out(worker: _Worker, waiting: collections.deque[RunConfig], data: Dataset) -> None:
-    """Send ``worker`` the next waiting run, if any (and first ``data``, if not yet sent:
+def _hand_out(worker: _Worker, waiting: collections.deque[list[RunConfig]], data: Dataset) -> None:
+    """Send ``worker`` the next waiting task, if any (and first ``data``, if not yet sent:
     handles to its shared memory, a few hundred bytes)."""
     if not waiting:
         return
-    worker.run = waiting.popleft()
+    task = waiting.popleft()
+    worker.runs = {config.run_id: config for config in task}
     with contextlib.suppress(OSError):  # a worker that has died fails its run as it dies
         if not worker.has_data:
             worker.connection.send(data)
             worker.has_data = True
-        worker.connection.send(worker.run.to_dict())
+        worker.connection.send([config.to_dict() for config in task])
 
 
 def _pass_reports(worker: _Worker, sink: RunSink) -> bool:
     """Pass every report ``worker`` has sent on to ``sink``, without waiting for more; True
-    when its run ended (the worker is then free). A report cut short by the worker's death is
-    dropped (its run fails as a dead worker's)."""
-    while worker.run is not None and _readable(worker.connection):
+    when its task's last run ended (the worker is then free). A report cut short by the
+    worker's death is dropped (its runs fail as a dead worker's)."""
+    while worker.runs and _readable(worker.connection):
         try:
-            kind, _, payload = worker.connection.recv()
+            kind, run_id, payload = worker.connection.recv()
         except (EOFError, OSError, ValueError, TypeError):
             return False
-        config = worker.run
+        config = worker.runs[run_id]
         if kind == "started":
             sink.started(config)
         elif kind == "epoch":
             sink.epoch(config, payload)
         else:
-            worker.run = None
+            del worker.runs[run_id]
             if kind == "finished":
                 sink.finished(config, payload)
             else:
                 sink.failed(config, payload)
-            return True
+            if not worker.runs:
+                return True
     return False
 
 

@@ -6,12 +6,28 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import TrainingGroup, train_distributed
+from normlab.experiment.executors.contract import error_text
+from normlab.experiment.stacked import train_stacked
 from normlab.experiment.train import EpochMetrics, save_model, train_model
+
+
+class Reports(Protocol):
+    """Where a run's start, epochs and end go (a RunSink, or a pool worker's pipe)."""
+
+    def started(self, config: RunConfig) -> None: ...
+
+    def epoch(self, config: RunConfig, metrics: EpochMetrics) -> None: ...
+
+    def finished(self, config: RunConfig, record: dict[str, Any]) -> None: ...
+
+    def failed(self, config: RunConfig, error: str) -> None: ...
 
 
 @functools.lru_cache(maxsize=2)
@@ -42,3 +58,28 @@ def train_one(
     if models_dir is not None:
         save_model(model, config, models_dir, record)
     return record
+
+
+def train_seeds(
+    group: list[RunConfig], data: Dataset, reports: Reports, models_dir: str | os.PathLike | None
+) -> None:
+    """Train the seeds ``group`` of one configuration together (normlab.experiment.stacked);
+    each reports as a run of its own, finished as soon as its record is final (its model
+    saved first when ``models_dir`` is given), and a failure of the group fails the seeds it
+    had not finished."""
+    done: set[str] = set()
+
+    def finished(config: RunConfig, model: torch.nn.Module, record: dict[str, Any]) -> None:
+        if models_dir is not None:
+            save_model(model, config, models_dir, record)
+        done.add(config.run_id)
+        reports.finished(config, record)
+
+    for config in group:
+        reports.started(config)
+    try:
+        train_stacked(group, data, on_epoch=reports.epoch, on_done=finished)
+    except Exception as error:  # the group's failure must not end the sweep
+        for config in group:
+            if config.run_id not in done:
+                reports.failed(config, error_text(error))
