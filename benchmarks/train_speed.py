@@ -40,7 +40,8 @@ Then, unless switched off:
 --stacked-seeds N: runs per hour of N seeds of the MLP at batch 32 for each of --norms,
     trained stacked (normlab.experiment.stacked, one batched model) against one after
     another, alternating --repeats times, each from its first model's build to its last
-    record; the ratio of their best wall times.
+    record; the ratio of their best wall times; and TF-Keras' best epoch over the stacked
+    lab's seconds per run-epoch (its best wall time over seeds x epochs).
 --memory: peak memory of ``normlab compare --dataset mnist --norms bn --batch-sizes 32
     --seeds 1 --epochs 1``, and of the same with --seeds 2 --jobs 2 (two runs, so that
     worker processes start), over the process tree (Linux /proc): the largest sum of the
@@ -478,15 +479,20 @@ def time_stacked(data: Dataset, norm: str, seeds: int, epochs: int, repeats: int
         "stacked_runs_per_hour": 3600 * seeds / min(stacked),
         "ratio_best": min(separate) / min(stacked),
         "ratio_median": statistics.median(separate) / statistics.median(stacked),
+        # the whole stacked run (build, validation, records) shared by its seeds and epochs
+        "seconds_per_run_epoch": min(stacked) / (seeds * epochs),
     }
 
 
 def stacked_table(rows: list[dict[str, Any]]) -> Table:
+    """Stacked against separate runs; with ``tf_keras_epoch`` in a row (TF-Keras' best steady
+    epoch, s), that over the stacked lab's seconds per run-epoch."""
     table = Table(title="Seeds stacked vs separate runs, MNIST MLP at batch 32 (best / median)")
     columns = ("norm", "seeds", "separate s", "stacked s", "runs/h separate", "runs/h stacked")
-    for column in (*columns, "stacked / separate"):
+    for column in (*columns, "stacked / separate", "TF-Keras epoch / stacked run-epoch"):
         table.add_column(column, justify="right")
     for row in rows:
+        keras = row.get("tf_keras_epoch")
         table.add_row(
             row["norm"],
             str(row["seeds"]),
@@ -495,6 +501,7 @@ def stacked_table(rows: list[dict[str, Any]]) -> Table:
             f"{row['separate_runs_per_hour']:.0f}",
             f"{row['stacked_runs_per_hour']:.0f}",
             f"{row['ratio_best']:.2f} / {row['ratio_median']:.2f}",
+            "skipped" if keras is None else f"{keras / row['seconds_per_run_epoch']:.2f}",
         )
     return table
 
@@ -606,7 +613,10 @@ def main() -> None:
     stacked: list[dict[str, Any]] = []
     if args.stacked_seeds > 0:
         for norm in norms:
-            stacked.append(time_stacked(data, norm, args.stacked_seeds, args.epochs, args.repeats))
+            row = time_stacked(data, norm, args.stacked_seeds, args.epochs, args.repeats)
+            keras = ways[norm][2]
+            row["tf_keras_epoch"] = None if keras.skipped else keras.best
+            stacked.append(row)
         console.print(stacked_table(stacked))
     nproc = None
     if not args.no_nproc:
