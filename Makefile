@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 
 # The lab on the built-in digits: 4 norms x 3 batch sizes x 3 seeds, into runs/<timestamp>/.
 demo: $(VENV)/.installed
-	$(BIN)/normlab compare --norms none,bn,bn-scalar,ln --batch-sizes 4,32,256 --seeds 3
+	$(BIN)/normlab compare --norms none,bn,bn-scalar,ln --batch-sizes 4,32,256 --seeds 3 --stack-seeds
 
 # The claims study: docs/claims/claims.md and its figures (about an hour on 2 cores; runs resume).
 MNIST ?= ../shared/data/mnist
