@@ -120,7 +120,9 @@ def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("kind", [kind.name for kind in BUILT_IN])
-def test_every_built_in_kind_but_switch_has_a_batched_rule_of_its_own(model, kind):
+def test_every_built_in_kind_but_switch_has_a_batched_rule_and_holds_each_parameter_once(
+    model, kind
+):
     """vmap is the fallback for what has no rule: about twice as slow per step, so a kind
     that falls back by accident loses the stacking's speed without a wrong number."""
     build = (lambda: mlp(16, norm=kind)) if model == "mlp" else (lambda: cnn((1, 8, 8), norm=kind))
@@ -128,8 +130,12 @@ def test_every_built_in_kind_but_switch_has_a_batched_rule_of_its_own(model, kin
         models = [build() for _ in range(REPLICAS)]
     except ValueError:
         pytest.skip(f"{kind} does not fit {model}")
-    fallbacks = [layer for layer in StackedModels(models).layers if isinstance(layer, VmappedLayer)]
+    stack = StackedModels(models)
+    fallbacks = [layer for layer in stack.layers if isinstance(layer, VmappedLayer)]
     assert len(fallbacks) == (2 if kind == "switch" else 0)
+    # the replicas' parameters, each once, and nothing else for the optimizer to step
+    held = sum(parameter.numel() for parameter in stack.parameters())
+    assert held == sum(parameter.numel() for model in models for parameter in model.parameters())
 
 
 def test_replicas_whose_step_counts_differ_are_refused():

@@ -139,7 +139,7 @@ def test_a_worker_process_trains_the_numbers_this_process_trains(digits):
     worker.start()
     try:
         ours.send(digits)  # as the pool does: handles to the tensors' shared memory
-        ours.send(config.to_dict())
+        ours.send([config.to_dict()])  # a task: one run
         reports = []
         while not reports or reports[-1][0] not in ("finished", "failed"):
             assert ours.poll(300), "the worker sent nothing for 300 s"

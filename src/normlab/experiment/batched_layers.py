@@ -146,22 +146,14 @@ class BatchedConv2d(Batched):
 
     def __init__(self, layers: Sequence[nn.Conv2d]) -> None:
         super().__init__(len(layers))
-        self.conv = layers[0]
-        for name, value in layers[0].named_parameters():
+        first = layers[0]
+        self.geometry = (first.stride, first.padding, first.dilation, first.groups * self.replicas)
+        for name, value in first.named_parameters():
             values = torch.cat([m.get_parameter(name) for m in layers]).detach()
             self._hold(name, values, value.shape, parameter=True)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        return F.conv2d(
-            input,
-            self.weight,
-            getattr(self, "bias", None),
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups * self.replicas,
-        )
+        return F.conv2d(input, self.weight, getattr(self, "bias", None), *self.geometry)
 
 
 class WidenedNorm(Batched):
