@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.data import Dataset, load_dataset
+from normlab.experiment.batched_layers import fold
 from normlab.experiment.config import RunConfig, plan_runs
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.in_process import InProcessExecutor
@@ -155,9 +156,9 @@ def test_each_replicas_loss_and_gradients_are_its_own_models(model, spec, data64
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(len(SEEDS), 5, 1, 8, 8, generator=generator)  # its own batch each
     labels = torch.randint(0, 4, (len(SEEDS), 5), generator=generator)
-    losses = F.cross_entropy(stack(images).flatten(0, 1), labels.flatten(), reduction="none").view(
-        labels.shape
-    )
+    losses = F.cross_entropy(
+        stack(fold(images)).flatten(0, 1), labels.flatten(), reduction="none"
+    ).view(labels.shape)
     losses.mean(1).sum().backward()
     for k, single in enumerate(models):
         loss = F.cross_entropy(single(images[k]), labels[k])

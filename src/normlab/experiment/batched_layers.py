@@ -44,6 +44,11 @@ def fold(images: torch.Tensor) -> torch.Tensor:
     return images.transpose(0, 1).flatten(1, 2)
 
 
+def fold_shared(images: torch.Tensor, replicas: int) -> torch.Tensor:
+    """(N, C, *) inputs that every replica sees, as the folded (N, K*C, *)."""
+    return images.repeat(1, replicas, *[1] * (images.ndim - 2))
+
+
 def unfold(folded: torch.Tensor, replicas: int) -> torch.Tensor:
     """Folded (N, K*C, *) activations as (K, N, C, *)."""
     return folded.unflatten(1, (replicas, -1)).transpose(0, 1)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.data import Dataset
-from normlab.experiment.batched_layers import Batched, batched, fold, unfold
+from normlab.experiment.batched_layers import Batched, batched, fold_shared, unfold
 from normlab.experiment.config import RunConfig
 from normlab.experiment.train import (
     EVAL_BATCH,
@@ -140,13 +140,9 @@ class StackedModels(nn.Module):
         self.replicas = len(models)
         self.layers = nn.Sequential(*(batched(layers) for layers in zip(*models, strict=True)))
 
-    def forward(self, images: torch.Tensor, *, shared_input: bool = False) -> torch.Tensor:
-        """Logits (K, N, classes) of (K, N, *) images, one batch per replica, or with
-        ``shared_input`` of (N, *) images that every replica sees."""
-        if shared_input:
-            folded = images.repeat(1, self.replicas, *[1] * (images.ndim - 2))
-        else:
-            folded = fold(images)
+    def forward(self, folded: torch.Tensor) -> torch.Tensor:
+        """Logits (K, N, classes) of the replicas' inputs folded into the channels,
+        (N, K*C, *): see batched_layers.fold and fold_shared."""
         return unfold(self.layers(folded), self.replicas)
 
     def replica_state(self, index: int, *, grads: bool = False) -> dict[str, torch.Tensor]:
@@ -187,10 +183,11 @@ def _train_epoch(
     losses = torch.empty(len(batches), replicas, dtype=torch.float64)
     predicted = torch.full((replicas, size), -1, dtype=torch.int64)
     for step, batch in enumerate(batches):
-        index = orders[:, batch].reshape(-1)
-        images = data.train_x.index_select(0, index).view(replicas, -1, *data.train_x.shape[1:])
-        labels = data.train_y.index_select(0, index).view(replicas, -1)
-        logits = stack(images)
+        # Gathered sample-major, (N*K) rows: already the folded (N, K*C, *) layout.
+        index = orders[:, batch].t().reshape(-1)
+        images = data.train_x.index_select(0, index)
+        labels = data.train_y.index_select(0, index).view(-1, replicas).t()  # (K, N)
+        logits = stack(images.view(labels.shape[1], -1, *images.shape[2:]))
         loss = _losses(logits, labels, "mean")
         losses[step] = loss.detach() * labels.shape[1]
         optimizer.zero_grad(set_to_none=True)
@@ -213,7 +210,7 @@ def _evaluate(
     loss_sum = torch.zeros(stack.replicas, dtype=torch.float64)
     correct = torch.zeros(stack.replicas, dtype=torch.int64)
     for start in range(0, len(images), EVAL_BATCH):
-        logits = stack(images[start : start + EVAL_BATCH], shared_input=True)
+        logits = stack(fold_shared(images[start : start + EVAL_BATCH], stack.replicas))
         target = labels[start : start + EVAL_BATCH].expand(stack.replicas, -1)
         loss_sum += _losses(logits, target, "sum")
         correct += (logits.argmax(2) == target).sum(1)
