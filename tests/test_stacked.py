@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,17 @@ def test_one_optimizer_over_stacked_parameters_is_each_replicas_own(
     ):
         _assert_same_state(single_model, model_k)
         _assert_same_numbers(record, record_k)
+
+
+def test_a_stacked_seeds_seconds_are_its_share_of_the_groups_wall_time(data64, float64):
+    configs = _configs("mlp", "bn")
+    start = time.perf_counter()
+    records = [record for _, record in train_stacked(configs, data64)]
+    wall = time.perf_counter() - start
+    # each seed its share: together they cost the group's time, not three times it
+    assert 0 < sum(record["seconds"] for record in records) <= wall
+    for epoch in range(len(records[0]["history"])):
+        assert sum(record["history"][epoch]["seconds"] for record in records) <= wall
 
 
 def test_a_replica_that_diverges_is_recorded_so_and_the_others_go_on(data64, float64):

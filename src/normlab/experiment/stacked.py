@@ -253,8 +253,9 @@ def train_stacked(
     """Train the seeds ``configs`` of one configuration together on ``data``.
 
     Each seed's model and record are those of ``train_model(config, data)`` up to
-    rounding; the records' ``seconds`` and each epoch's are the group's wall time (the
-    replicas train at once), ``started`` the group's start.
+    rounding; the records' ``seconds`` and each epoch's are the group's wall time so far
+    divided among its seeds (they train at once: a seed's share is what it cost, and the
+    shares add up to the sweep's time), ``started`` the group's start.
 
     Args:
         configs: runs equal but for their seeds (see check_group).
@@ -288,6 +289,7 @@ def train_stacked(
         model = stack.replica(index, models[index])
         progress = Progress(histories[index], steps, diverged_epoch, samples)
         record = run_record(configs[index], model, data, progress, started, clock, {})
+        record["seconds"] /= len(configs)
         results[index] = (model, record)
         if on_done is not None:
             on_done(configs[index], model, record)
@@ -299,7 +301,7 @@ def train_stacked(
             epoch_clock = time.perf_counter()
             train_loss, train_acc, samples = _train_epoch(stack, optimizer, data, taken, generators)
             val_loss, val_acc = _evaluate(stack, data.val_x, data.val_y)
-            seconds = time.perf_counter() - epoch_clock
+            seconds = (time.perf_counter() - epoch_clock) / len(configs)
             for index, run in enumerate(configs):
                 if index in results:
                     continue
