@@ -143,3 +143,10 @@ def test_replicas_whose_step_counts_differ_are_refused():
     layers[1].num_batches_tracked += 1
     with pytest.raises(ValueError, match=r"num_batches_tracked.*must start equal"):
         batched(layers)
+
+
+def test_models_that_are_not_sequentials_of_the_same_layers_are_refused():
+    with pytest.raises(ValueError, match=r"nn\.Sequential models with the same layers"):
+        StackedModels([mlp(16, norm="bn"), mlp(16, norm="ln")])
+    with pytest.raises(ValueError, match=r"nn\.Sequential models with the same layers"):
+        StackedModels([nn.Linear(3, 2), nn.Linear(3, 2)])

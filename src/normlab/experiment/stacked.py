@@ -131,8 +131,8 @@ class StackedModels(nn.Module):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
-        shapes = {tuple(type(layer) for layer in model) for model in models}
-        if not all(isinstance(model, nn.Sequential) for model in models) or len(shapes) != 1:
+        sequential = all(isinstance(model, nn.Sequential) for model in models)
+        if not sequential or len({tuple(map(type, model)) for model in models}) != 1:
             raise ValueError(
                 "stacked replicas must be nn.Sequential models with the same layers; "
                 f"got {', '.join(type(model).__name__ for model in models)}."
