@@ -89,7 +89,7 @@ def batch_norm(
         input, running_mean, unbiased_var, weight, bias, True, 1.0 - momentum, eps
     )
     with torch.no_grad():
-        # copy_, not out=: vmap has no rule for out= (normlab.experiment.stacked)
+        # copy_, not out=: vmap has no rule for out= (normlab.experiment.batched_layers)
         running_var.copy_(unbiased_var * ((count - 1) / count))
     return output
 
@@ -219,7 +219,7 @@ def switchable_norm(
 def _save_switchable(ctx: Any, inputs: tuple[Any, ...], saved: tuple[torch.Tensor, ...]) -> None:
     """setup_context of both switchable-norm Functions: their forward returns the output
     followed by the tensors backward needs (the form torch.func needs, so the layers also
-    train inside ``vmap``; see normlab.experiment.stacked); backward gets the input first."""
+    train inside ``vmap``; see normlab.experiment.batched_layers); backward gets the input first."""
     input, weight, bias, mean_logits, var_logits, _, _, training = inputs[:8]
     ctx.mark_non_differentiable(*saved)
     ctx.save_for_backward(input, *saved)
@@ -510,7 +510,7 @@ def _channel_sums(
 
     The kernel is called in its training form with a unit weight, although the input
     gradient is not asked for: the only form whose vmap rule returns both sums, so the
-    layers built on it also train inside ``vmap`` (normlab.experiment.stacked).
+    layers built on it also train inside ``vmap`` (normlab.experiment.batched_layers).
     """
     channels = x.shape[1]
     _, sum_centered, sum_g = torch.ops.aten.native_batch_norm_backward(
@@ -677,7 +677,7 @@ class _ScalarBatchNorm(torch.autograd.Function):
     Returns (output, mean, biased variance, 1 / sqrt(variance + eps)); the statistics are
     0-dim, in float32 or wider, and not differentiable. The statistics are handed to
     setup_context as outputs (the form torch.func needs), so the layer also trains inside
-    ``vmap`` (normlab.experiment.stacked).
+    ``vmap`` (normlab.experiment.batched_layers).
     """
 
     generate_vmap_rule = True
