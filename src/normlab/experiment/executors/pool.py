@@ -73,13 +73,13 @@ def worker_main(
         assert data is not None, "the sweep sends its Dataset before the first run"
         group = [RunConfig.from_dict(config) for config in task]
         reports = _PipeReports(connection)
-        warm_up(group[0].optimizer)
         if len(group) > 1:
             train_seeds(group, data, reports, models_dir)
             continue
         config = group[0]
         reports.started(config)
         try:
+            warm_up(config.optimizer)
             record = train_one(
                 config,
                 data,
