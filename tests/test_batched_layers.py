@@ -9,6 +9,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from normlab.experiment.batched_layers import Batched, VmappedLayer, batched, fold, unfold
@@ -67,11 +69,11 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def _replicas(build) -> list[nn.Module]:
-    """REPLICAS layers from ``build``, each floating-point tensor drawn at random (variances
+def _replicas(build, count: int = REPLICAS) -> list[nn.Module]:
+    """``count`` layers from ``build``, each floating-point tensor drawn at random (variances
     positive), integer buffers alike."""
     layers = []
-    for k in range(REPLICAS):
+    for k in range(count):
         layer = build()
         generator = torch.Generator().manual_seed(100 + k)
         with torch.no_grad():
@@ -83,19 +85,15 @@ def _replicas(build) -> list[nn.Module]:
     return layers
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize(
-    ("build", "shape"), [entry[1:] for entry in LAYERS], ids=[e[0] for e in LAYERS]
-)
-def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
-    singles = _replicas(build)
-    layer = batched([copy.deepcopy(single) for single in singles])
+def _assert_batched_is_each_replica(singles, layer, shape, training, generator, steps=2):
+    """``layer`` (the batched ``singles``) on random folded input of each replica's ``shape``
+    against each replica alone: outputs and input gradients, each of ``steps`` steps."""
     for module in (layer, *singles):
-        module.train(mode == "train")
-    generator = torch.Generator().manual_seed(3)
-    for _ in range(2):  # the second step reads the first's running statistics and step count
-        inputs = torch.randn(REPLICAS, *shape, generator=generator, requires_grad=True)
-        output = unfold(layer(fold(inputs)), REPLICAS)
+        module.train(training)
+    count = len(singles)
+    for _ in range(steps):  # a second step reads the first's running statistics and step count
+        inputs = torch.randn(count, *shape, generator=generator, requires_grad=True)
+        output = unfold(layer(fold(inputs)), count)
         upstream = torch.randn(output.shape, generator=generator)
         (output * upstream).sum().backward()
         for k, single in enumerate(singles):
@@ -106,8 +104,23 @@ def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
             torch.testing.assert_close(
                 inputs.grad[k], own_input.grad, rtol=TOLERANCE, atol=TOLERANCE
             )
-    if not isinstance(layer, Batched):
-        return
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize(
+    ("build", "shape"), [entry[1:] for entry in LAYERS], ids=[e[0] for e in LAYERS]
+)
+def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
+    singles = _replicas(build)
+    layer = batched([copy.deepcopy(single) for single in singles])
+    generator = torch.Generator().manual_seed(3)
+    _assert_batched_is_each_replica(singles, layer, shape, mode == "train", generator)
+    if isinstance(layer, Batched):
+        _assert_replica_states(layer, singles)
+
+
+def _assert_replica_states(layer: Batched, singles: list[nn.Module]) -> None:
+    """``layer.replica_state`` (values and gradients) is each of ``singles``' own."""
     for k, single in enumerate(singles):
         grads, state = layer.replica_state(k, grads=True), layer.replica_state(k)
         assert grads.keys() == dict(single.named_parameters()).keys()
@@ -116,6 +129,31 @@ def test_a_batched_layer_computes_each_replicas_numbers(build, shape, mode):
         assert state.keys() == single.state_dict().keys()
         for name, value in single.state_dict().items():
             torch.testing.assert_close(state[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    spec=st.sampled_from(["bn", "bn-scalar", "brn", "frozen-bn", "ln", "rms", "gn", "in"]),
+    replicas=st.integers(1, 4),
+    samples=st.integers(2, 5),
+    channels=st.integers(1, 6),
+    positions=st.sampled_from([(), (3,), (2, 3)]),
+    training=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_number_of_replicas_of_any_shape_compute_each_replicas_numbers(
+    spec, replicas, samples, channels, positions, training, seed
+):
+    """Property: for 1 to 4 replicas, (N, C), (N, C, L) and (N, C, H, W) input of any size,
+    in training and eval mode, the batched layer computes each replica's numbers."""
+    if spec in ("gn", "in") and not positions:
+        positions = (3,)  # they normalize over positions
+    singles = _replicas(lambda: _norm(spec, channels), replicas)
+    layer = batched([copy.deepcopy(single) for single in singles])
+    generator = torch.Generator().manual_seed(seed)
+    shape = (samples, channels, *positions)
+    _assert_batched_is_each_replica(singles, layer, shape, training, generator)
+    _assert_replica_states(layer, singles)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
