@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -11,10 +10,9 @@ import torch
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import TrainingGroup
-from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
-from normlab.experiment.executors.training import cached_dataset, train_one, train_seeds
+from normlab.experiment.executors.contract import Executor, RunSink, check_positive
+from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
-from normlab.experiment.train import warm_up
 
 
 class InProcessExecutor(Executor):
@@ -51,30 +49,13 @@ class InProcessExecutor(Executor):
         try:
             if data is None:
                 data = cached_dataset(todo[0].dataset, self.data_dir)
-            warm_up(todo[0].optimizer)
-            groups = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
+            tasks = seed_groups(todo) if self.stack_seeds else [[config] for config in todo]
             places = {"data_dir": self.data_dir, "models_dir": self.models_dir}
             # The data-parallel runs' processes end with the sweep (at once on Ctrl-C).
             with TrainingGroup(threads=self.threads, **places) as processes:
-                for group in groups:
-                    if len(group) > 1:
-                        train_seeds(group, data, sink, self.models_dir)
-                        continue
-                    config = group[0]
-                    sink.started(config)
-                    try:
-                        record = train_one(
-                            config,
-                            data,
-                            functools.partial(sink.epoch, config),
-                            self.models_dir,
-                            self.data_dir,
-                            self.threads,
-                            processes,
-                        )
-                    except Exception as error:  # one run's failure must not end the sweep
-                        sink.failed(config, error_text(error))
-                        continue
-                    sink.finished(config, record)
+                for task in tasks:
+                    train_task(
+                        task, data, sink, self.models_dir, self.data_dir, self.threads, processes
+                    )
         finally:
             torch.set_num_threads(previous_threads)

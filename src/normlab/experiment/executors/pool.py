@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import os
 import signal
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ import torch.multiprocessing  # registers the reductions that send tensors as sh
 
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
-from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
+from normlab.experiment.executors.contract import Executor, RunSink, check_positive
 from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
-from normlab.experiment.executors.training import cached_dataset, train_one, train_seeds
+from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.train import EpochMetrics, warm_up
 
@@ -71,27 +70,8 @@ def worker_main(
             data = task
             continue
         assert data is not None, "the sweep sends its Dataset before the first run"
-        group = [RunConfig.from_dict(config) for config in task]
-        reports = _PipeReports(connection)
-        if len(group) > 1:
-            train_seeds(group, data, reports, models_dir)
-            continue
-        config = group[0]
-        reports.started(config)
-        try:
-            warm_up(config.optimizer)
-            record = train_one(
-                config,
-                data,
-                functools.partial(reports.epoch, config),
-                models_dir,
-                data_dir,
-                threads,
-            )
-        except Exception as error:  # one run's failure must not end the worker
-            reports.failed(config, error_text(error))
-            continue
-        reports.finished(config, record)
+        runs = [RunConfig.from_dict(config) for config in task]
+        train_task(runs, data, _PipeReports(connection), models_dir, data_dir, threads)
 
 
 @dataclass

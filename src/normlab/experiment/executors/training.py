@@ -15,7 +15,7 @@ from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import TrainingGroup, train_distributed
 from normlab.experiment.executors.contract import error_text
 from normlab.experiment.stacked import train_stacked
-from normlab.experiment.train import EpochMetrics, save_model, train_model
+from normlab.experiment.train import EpochMetrics, save_model, train_model, warm_up
 
 
 class Reports(Protocol):
@@ -60,6 +60,32 @@ def train_one(
     return record
 
 
+def train_task(
+    task: list[RunConfig],
+    data: Dataset,
+    reports: Reports,
+    models_dir: str | os.PathLike | None,
+    data_dir: str | None,
+    threads: int,
+    group: TrainingGroup | None = None,
+) -> None:
+    """Train ``task``, one run (as train_one) or one configuration's seeds (as train_seeds),
+    each run reported to ``reports``; a run's failure is reported, never raised."""
+    if len(task) > 1:
+        train_seeds(task, data, reports, models_dir)
+        return
+    config = task[0]
+    reports.started(config)
+    try:
+        warm_up(config.optimizer)  # torch's lazy imports, outside the run's own seconds
+        on_epoch = functools.partial(reports.epoch, config)
+        record = train_one(config, data, on_epoch, models_dir, data_dir, threads, group)
+    except Exception as error:  # one run's failure must not end the sweep
+        reports.failed(config, error_text(error))
+        return
+    reports.finished(config, record)
+
+
 def train_seeds(
     group: list[RunConfig], data: Dataset, reports: Reports, models_dir: str | os.PathLike | None
 ) -> None:
@@ -78,6 +104,7 @@ def train_seeds(
     for config in group:
         reports.started(config)
     try:
+        warm_up(group[0].optimizer)
         train_stacked(group, data, on_epoch=reports.epoch, on_done=finished)
     except Exception as error:  # the group's failure must not end the sweep
         for config in group:
