@@ -19,6 +19,7 @@ from normlab.experiment.executors.choose import SMALL_SWEEP_STEPS, executor_for,
 from normlab.experiment.executors.contract import Executor, RunSink, SweepListener
 from normlab.experiment.executors.in_process import InProcessExecutor
 from normlab.experiment.executors.pool import ProcessPoolExecutor
+from process_tree import spawned_children
 
 LINUX_PROC = pytest.mark.skipif(
     not Path("/proc/self/task").exists(), reason="finds worker processes through Linux /proc"
@@ -136,20 +137,6 @@ def test_python_callers_get_the_command_lines_errors_before_any_work(tmp_path, r
     assert not store.path.exists()
 
 
-def _spawned_children() -> list[int]:
-    """This process's children started by multiprocessing's spawn (pool workers, ranks)."""
-    me = os.getpid()
-    found = []
-    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"spawn_main" in command:
-            found.append(int(pid))
-    return found
-
-
 class _Killer(_StoreWatcher):
     """Kills this process's spawned children (SIGKILL, as the out-of-memory killer would)
     when ``target`` starts (``on="started"``) or ends its first epoch (``on="epoch"``)."""
@@ -160,7 +147,7 @@ class _Killer(_StoreWatcher):
 
     def _kill(self, config, kind):
         if config == self.target and kind == self.on and not self.killed:
-            for pid in _spawned_children():
+            for pid in spawned_children():
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
 
@@ -193,7 +180,7 @@ def test_a_dead_pool_worker_fails_its_run_and_fresh_workers_train_the_rest(tmp_p
         assert "worker process training it died (exit code -9" in error
         assert "run the sweep again" in error
     assert len(store.records()) >= len(runs) - 2 and not outcome.interrupted
-    assert _spawned_children() == []  # the pool's workers are gone
+    assert spawned_children() == []  # the pool's workers are gone
 
 
 @LINUX_PROC
@@ -213,7 +200,7 @@ def test_a_dead_pool_worker_fails_the_unfinished_seeds_it_held_stacked(tmp_path)
     for _, error in outcome.failed:
         assert "worker process training it died (exit code -9" in error
     assert len(store.records()) >= 2 and not outcome.interrupted  # a fresh worker's group
-    assert _spawned_children() == []
+    assert spawned_children() == []
 
 
 @LINUX_PROC
@@ -226,7 +213,7 @@ def test_a_dead_rank_fails_its_run_and_the_in_process_sweep_goes_on(tmp_path):
     [(config, error)] = outcome.failed
     assert config == runs[0] and "process of the 2-process run died" in error
     assert [record["run_id"] for record in store.records()] == [runs[1].run_id]
-    assert _spawned_children() == []  # the other rank was ended, not left in a collective
+    assert spawned_children() == []  # the other rank was ended, not left in a collective
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -265,17 +252,17 @@ def test_pool_workers_train_on_the_callers_dataset_in_shared_memory_without_load
     assert outcome.failed == [] and len(outcome.records) == 2  # no worker tried to load it
     for tensor in (data.train_x, data.train_y, data.val_x, data.val_y):
         assert tensor.is_shared()  # the workers were sent handles to its pages, not copies
-    assert _spawned_children() == []
+    assert spawned_children() == []
     with pytest.raises(DataError, match="mnist"):  # without data the sweep's process loads it
         run_sweep(runs[2:], ResultsStore(tmp_path / "alone"), executor=pool)
-    assert _spawned_children() == []
+    assert spawned_children() == []
 
 
 def _children_once_executed(count: int) -> set[int]:
     """This process's ``count`` spawned children, once each has replaced the forked copy of
     this process (a started child's command line says spawn_main from then on)."""
     deadline = time.monotonic() + 30
-    while len(children := set(_spawned_children())) < count and time.monotonic() < deadline:
+    while len(children := set(spawned_children())) < count and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(children) == count
     return children
@@ -286,7 +273,7 @@ class _ChildrenAtStart(SweepListener):
         self.seen: list[set[int]] = []
 
     def run_started(self, config):
-        self.seen.append(set(_spawned_children()))
+        self.seen.append(set(spawned_children()))
 
 
 @LINUX_PROC
@@ -302,7 +289,7 @@ def test_workers_started_before_the_data_loads_train_every_run_and_close_ends_un
     assert all(seen == started for seen in listener.seen)  # no worker started per run
     with pool:  # started, then the caller fails before run(): close ends them
         _children_once_executed(2)
-    assert _spawned_children() == []
+    assert spawned_children() == []
 
 
 def test_a_sweep_too_small_to_repay_starting_workers_gets_an_in_process_executor(tmp_path):
@@ -323,4 +310,4 @@ def test_compares_default_jobs_trains_a_small_sweep_in_its_own_process_and_says_
     status, stdout, _ = run_cli([*argv, "--out", str(tmp_path)])
     assert status == 0
     assert "too few to repay starting worker processes; training in this process" in stdout
-    assert len(ResultsStore(tmp_path).records()) == 2 and _spawned_children() == []
+    assert len(ResultsStore(tmp_path).records()) == 2 and spawned_children() == []

@@ -21,7 +21,7 @@ from normlab.experiment import ResultsStore, RunConfig, plan_runs, run_sweep
 from normlab.experiment.ddp import TrainingGroup, train_distributed
 from normlab.experiment.executors.contract import SweepListener
 from normlab.experiment.train import train_model
-from process_tree import alive_in_session
+from process_tree import alive_in_session, spawned_children
 
 pytestmark = [
     pytest.mark.skipif(
@@ -46,21 +46,6 @@ def _runs(norms: list[str], epochs: int = 1, **options) -> list[RunConfig]:
     )
 
 
-def _ranks_alive() -> list[int]:
-    """This process's children started by multiprocessing's spawn that still run."""
-    me = os.getpid()
-    found = []
-    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            continue
-        if b"spawn_main" in command and state != "Z":
-            found.append(int(pid))
-    return sorted(found)
-
-
 def _comparable(record: dict) -> dict:
     """A record without its timings."""
     kept = {key: value for key, value in record.items() if key not in ("seconds", "started")}
@@ -79,7 +64,7 @@ class _RankWatcher(SweepListener):
         self.failed: list[tuple[str, str]] = []
 
     def epoch_done(self, config, metrics):
-        self.ranks[config.norm] = _ranks_alive()
+        self.ranks[config.norm] = spawned_children(running=True)
 
     def run_done(self, config, record):
         self.finished.append(config.norm)
@@ -99,8 +84,8 @@ def test_runs_share_one_group_and_give_the_records_of_a_group_of_their_own():
         pids = group.pids
         shared = group.train(second, on_epoch=epochs.append)
         assert group.pids == pids and len(pids) == 2
-        assert _ranks_alive() == sorted(pids)
-    assert _ranks_alive() == []
+        assert spawned_children(running=True) == sorted(pids)
+    assert spawned_children(running=True) == []
     alone = train_distributed(second, None)
     assert shared["run_id"] == alone["run_id"] == second.run_id
     assert shared["final"] == alone["final"]
@@ -119,7 +104,7 @@ def test_the_runs_of_a_sweep_share_its_group_and_a_run_failing_on_every_rank_kee
     assert len(watcher.ranks["ln"]) == 2 and watcher.ranks["bn"] == watcher.ranks["ln"]
     assert [record["run_id"] for record in store.records()] == [runs[0].run_id, runs[2].run_id]
     assert not outcome.interrupted
-    assert _ranks_alive() == []  # the sweep's end ended the group
+    assert spawned_children(running=True) == []  # the sweep's end ended the group
 
 
 def _train_or_fail(config, data, **options):
@@ -175,7 +160,7 @@ def test_a_rank_that_dies_or_fails_alone_fails_its_run_and_a_fresh_group_trains_
     assert len(watcher.ranks["rms"]) == 2
     assert not set(watcher.ranks["rms"]) & set(watcher.ranks["bn"])  # a fresh group
     assert [record["run_id"] for record in store.records()] == [runs[0].run_id, runs[2].run_id]
-    assert not outcome.interrupted and _ranks_alive() == []
+    assert not outcome.interrupted and spawned_children(running=True) == []
 
 
 class _CtrlC(_RankWatcher):
@@ -190,7 +175,7 @@ def test_ctrl_c_ends_the_groups_processes(tmp_path):
     outcome = run_sweep(_runs(["bn", "ln"], epochs=2), store, listener=watcher)
     assert outcome.interrupted and store.records() == []
     assert len(watcher.ranks["bn"]) == 2
-    assert _ranks_alive() == []
+    assert spawned_children(running=True) == []
 
 
 def test_the_groups_processes_die_with_a_killed_sweep(tmp_path):
