@@ -6,12 +6,14 @@ tutorials' framework), which is independent of the code under test.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 import torch
 from torch import nn
 
+from normlab.experiment.config import RunConfig
 from normlab.layers import BatchNorm, LayerNorm
 from normlab.models import RowRNN, build_model
 
@@ -176,3 +178,38 @@ def test_bad_model_options_say_what_to_do(kwargs, message):
     kwargs = {"input_shape": (1, 8, 8), "num_classes": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         build_model(**kwargs)
+
+
+def test_he_init_draws_weights_with_variance_two_over_fan_in_and_zero_bias() -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 28, 28), 10, hidden=[512, 256], init="he")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in linears:
+        fan_in = layer.weight.shape[1]
+        std = layer.weight.double().std().item()
+        assert abs(std / math.sqrt(2.0 / fan_in) - 1.0) < 0.05
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_init_scale_multiplies_every_linear_and_conv_weight_and_leaves_norms_alone() -> None:
+    torch.manual_seed(0)
+    base = build_model("cnn", (1, 8, 8), 10, hidden=[4], norm="bn")
+    torch.manual_seed(0)
+    scaled = build_model("cnn", (1, 8, 8), 10, hidden=[4], norm="bn", init_scale=10.0)
+    for (name, a), (_, b) in zip(base.named_parameters(), scaled.named_parameters(), strict=True):
+        weight_of_a_layer = name.endswith("weight") and a.dim() > 1
+        torch.testing.assert_close(b, a * 10.0 if weight_of_a_layer else a, rtol=0, atol=0)
+
+
+def test_init_options_at_their_defaults_leave_the_run_id_as_it_was() -> None:
+    plain = RunConfig(model_options={"hidden": [16]})
+    same = RunConfig(model_options={"hidden": [16], "init": "default", "init_scale": 1.0})
+    he = RunConfig(model_options={"hidden": [16], "init": "he"})
+    assert same.run_id == plain.run_id
+    assert he.run_id != plain.run_id
+
+
+@pytest.mark.parametrize(("init", "scale"), [("xavier", 1.0), ("he", 0.0), ("he", float("nan"))])
+def test_a_bad_init_is_refused_with_the_choices(init: str, scale: float) -> None:
+    with pytest.raises(ValueError, match="init"):
+        build_model("mlp", (1, 8, 8), 10, init=init, init_scale=scale)

@@ -27,10 +27,15 @@ MAX_RUNS = 50_000
 """The most runs one sweep plans. Every run is planned (and checked) before the first
 trains; a sweep beyond this is refused before any work rather than exhausting memory."""
 
-OMITTED_DEFAULTS: dict[str, Any] = {"weight_decay": "default", "dropout": 0.0}
+OMITTED_DEFAULTS: dict[str, Any] = {
+    "weight_decay": "default",
+    "dropout": 0.0,
+    "init": "default",
+    "init_scale": 1.0,
+}
 """Fields a record leaves out at their default (so the ids of runs that do not set them
 stay what they were before the field existed), and how to show that default:
-``weight_decay`` of the config (the optimizer's own), ``dropout`` of its model options."""
+``weight_decay`` of the config (the optimizer's own), the others of its model options."""
 
 
 def _whole(name: str, value: Any, least: int, option: str | None = None) -> None:
@@ -66,7 +71,7 @@ class RunConfig:
     ``train_subset`` trains on that many training samples, a fixed stratified
     subset (see normlab.data.stratified_subset); None trains on them all.
     ``model_options`` holds the model builder's keyword
-    options (``hidden``, ``cell``, ``depth``, ``dropout``; see
+    options (``hidden``, ``cell``, ``depth``, ``dropout``, ``init``, ``init_scale``; see
     normlab.models.build_model), JSON-serializable. ``weight_decay`` is the
     optimizer's (decoupled for adamw, L2 for the others, as torch defines it);
     None keeps the optimizer's default (0.01 for adamw, 0 for the others).
@@ -114,7 +119,7 @@ class RunConfig:
         options = {
             key: value
             for key, value in self.model_options.items()
-            if not (key == "dropout" and value == OMITTED_DEFAULTS["dropout"])
+            if not (key in OMITTED_DEFAULTS and value == OMITTED_DEFAULTS[key])
             and not (key == "depth" and value is None)
         }
         object.__setattr__(self, "model_options", options)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from normlab._checks import did_you_mean
+from normlab.models.common import check_init, initialize
 from normlab.models.factory import (
     ModelFactoryError,
     NormFactory,
@@ -68,6 +69,8 @@ def build_model(
     cell: str = "lstm",
     depth: int | None = None,
     dropout: float = 0.0,
+    init: str = "default",
+    init_scale: float = 1.0,
 ) -> nn.Module:
     """The lab's model ``name`` (or the factory ``MODULE:FACTORY``) for (N, *input_shape)
     images with ``num_classes`` classes.
@@ -82,7 +85,9 @@ def build_model(
     ``cell`` nor ``placement``. ``depth`` makes that many hidden layers (cnn
     stages, rnn layers, transformer blocks) of one width: ``hidden``'s single
     width, or the first default one. ``dropout`` is the probability of the
-    ``nn.Dropout`` after each hidden block of mlp, cnn and rnn (0: none).
+    ``nn.Dropout`` after each hidden block of mlp, cnn and rnn (0: none). ``init`` and
+    ``init_scale`` re-initialize the linear and convolution weights (see
+    :func:`normlab.models.common.initialize`).
     """
     check_model_name(name)
     if is_factory_spec(name):
@@ -94,6 +99,8 @@ def build_model(
                 ("--placement", placement == "before"),
                 ("--depth", depth is None),
                 ("--dropout", dropout == 0),
+                ("init", init == "default"),
+                ("init_scale", init_scale == 1.0),
             )
             if not unset
         ]
@@ -108,6 +115,25 @@ def build_model(
                 "decides its own layers and where its norms go. Drop them."
             )
         return build_factory_model(name, NormFactory(norm), num_classes, input_shape)
+    check_init(init, init_scale)
+    return initialize(
+        _lab_model(name, input_shape, num_classes, norm, placement, hidden, cell, depth, dropout),
+        init,
+        init_scale,
+    )
+
+
+def _lab_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    norm: NormSpec,
+    placement: str,
+    hidden: Sequence[int] | None,
+    cell: str,
+    depth: int | None,
+    dropout: float,
+) -> nn.Module:
     if name != "rnn" and cell != "lstm":
         raise ValueError(f"--cell applies to the rnn model only; got model {name!r}.")
     given = hidden is not None
