@@ -5,6 +5,7 @@ Oracles: the tensors and attributes the test itself saved."""
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,22 @@ def test_consistent_layers_get_no_shape_note(tmp_path):
     assert "shapes disagree" not in _notes(path)["1"]
     path = _saved(tmp_path, nn.BatchNorm1d(5).state_dict(), "state.pt")
     assert "shapes disagree" not in _notes(path)[""]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_a_file_that_is_not_a_regular_file_is_refused_by_what_it_is(tmp_path, run_cli, kind):
+    if kind == "fifo":
+        path = tmp_path / "pipe.pt"
+        os.mkfifo(path)  # opening it to read would block until a writer comes
+        what = "a FIFO"
+    else:
+        path = Path("/dev/zero")  # reads as endless zero bytes, stat says 0 bytes
+        if not path.is_char_device():
+            pytest.skip("no /dev/zero on this system")
+        what = "a character device"
+    with pytest.raises(CheckpointError, match=f"is {what}") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "empty" not in message and "regular file" in message
+    status, _, err = run_cli(["inspect", str(path)])
+    assert status == 2 and f"is {what}" in err and "Traceback" not in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Mapping
 from functools import cache
@@ -156,9 +157,15 @@ def _model_or_state_dict(obj: object) -> nn.Module | dict[str, torch.Tensor] | N
 def _torch_load(path: Path) -> object:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file. Check the path to the checkpoint.")
-    if path.is_dir():
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
         raise CheckpointError(
             f"{path}: is a directory; pass the checkpoint file that torch.save wrote."
+        )
+    if not stat.S_ISREG(mode):  # never opened: a FIFO would block, /dev/zero never ends
+        raise CheckpointError(
+            f"{path}: is {_file_kind(mode)}, not a regular file; pass the checkpoint file "
+            "that torch.save wrote (copy a piped checkpoint to a file first)."
         )
     if path.stat().st_size == 0:
         raise CheckpointError(
@@ -187,6 +194,17 @@ def _torch_load(path: Path) -> object:
             f"failed with {type(error).__name__}: {_reason(error) or 'no message'}. "
             "Pass a file written by torch.save, or save it again."
         ) from error
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file or a directory is, from its ``st_mode``."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 
 def _reason(error: BaseException) -> str:
