@@ -3,8 +3,10 @@ tensors the lab trains on, cached once, and every refusal naming the file and th
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -119,6 +121,112 @@ def test_npz_that_is_missing_or_not_an_npz_is_refused(tmp_path):
     bad.write_bytes(b"not a zip at all")
     with pytest.raises(DataError, match=r"bad\.npz"):
         load_dataset(f"npz:{bad}")
+
+
+def _npz_member(path, arrays, replace):
+    """Write ``arrays`` as an .npz (stored, uncompressed) whose members named in ``replace``
+    hold the given raw bytes instead of the array."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            archive.writestr(f"{key}.npy", replace.get(key, buffer.getvalue()))
+    return path
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _huge_declared_shape() -> bytes:
+    """An .npy header declaring (4e9, 8, 8) uint8 (256 GB), followed by 64 bytes of data."""
+    buffer = io.BytesIO()
+    header = {"descr": "|u1", "fortran_order": False, "shape": (4_000_000_000, 8, 8)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(64)
+
+
+def _npz_case(tmp_path, case):
+    """The file for one bad-npz case, as written by the user's tool or a broken copy."""
+    path = tmp_path / "data.npz"
+    arrays = _arrays()
+    if case == "missing y_test":
+        del arrays["y_test"]
+        return _save(tmp_path, arrays)
+    if case == "not a zip":
+        path.write_bytes(b"hello")
+        return path
+    if case == "an .npy":
+        np.save(path.with_suffix(".npy"), arrays["x_train"])
+        return path.with_suffix(".npy").rename(path)
+    if case == "truncated member":
+        return _npz_member(path, arrays, {"x_train": _npy_bytes(arrays["x_train"])[:-10]})
+    if case == "corrupt member":
+        good = _npz_member(path, arrays, {})
+        data = bytearray(good.read_bytes())
+        start = data.index(b"x_train.npy") + len("x_train.npy") + 200  # inside its pixels
+        data[start] ^= 0xFF  # the zip's CRC no longer matches
+        path.write_bytes(bytes(data))
+        return path
+    if case == "huge declared shape":
+        return _npz_member(path, arrays, {"x_train": _huge_declared_shape()})
+    if case == "object member":
+        objects = np.array([{"a": 1}] * 12, dtype=object)
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, objects, allow_pickle=True)
+        return _npz_member(path, arrays, {"y_train": buffer.getvalue()})
+    changes = {
+        "label 2**64-1 in y_train": lambda a: a.update(
+            y_train=np.array([*(np.arange(11) % 3), 2**64 - 1], np.uint64)
+        ),
+        "label 2**64-1 in y_test": lambda a: a.update(
+            y_test=np.array([*(np.arange(5) % 3), 2**64 - 1], np.uint64)
+        ),
+        "images of no values": lambda a: a.update(
+            x_train=np.zeros((12, 0), np.float32), x_test=np.zeros((6, 0), np.float32)
+        ),
+        "one class": lambda a: a.update(y_train=np.zeros(12, int), y_test=np.zeros(6, int)),
+    }
+    changes[case](arrays)
+    return _save(tmp_path, arrays)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing y_test", r"has no array y_test \(it holds x_train, y_train, x_test\)"),
+        ("not a zip", r"is not an \.npz file: it does not start as a zip archive does"),
+        ("an .npy", r"holds one array \(\.npy\), not an \.npz"),
+        ("truncated member", r"x_train is truncated: its header declares shape \(12, 5, 6, 3\)"),
+        ("corrupt member", r"x_train cannot be read \(.*CRC.*\); the file is corrupt"),
+        ("huge declared shape", r"x_train is truncated: its header declares shape \(4000000000, "),
+        ("object member", r"y_train holds Python objects \(dtype object\)"),
+        ("label 2**64-1 in y_train", r"y_train's largest label is 18446744073709551615 but"),
+        ("label 2**64-1 in y_test", r"y_test has label 18446744073709551615, a class that"),
+        ("images of no values", r"x_train's images hold no values \(shape \(12, 0\)\)"),
+        ("one class", r"y_train holds one class only \(0\); a classifier needs at least two"),
+    ],
+)
+def test_each_bad_npz_gets_its_own_message_naming_the_file_and_the_array(tmp_path, case, message):
+    path = _npz_case(tmp_path, case)
+    with pytest.raises(DataError, match=message) as error:
+        load_dataset(f"npz:{path}")
+    text = str(error.value)
+    assert text.startswith(f"{path}: ")
+    if case != "object member":
+        assert "unpickling" not in text
+
+
+def test_compare_refuses_npz_data_of_one_class_before_any_run(tmp_path, run_cli):
+    path = _npz_case(tmp_path, "one class")
+    out = tmp_path / "sweep"
+    argv = ["compare", "--dataset", f"npz:{path}", "--norms", "bn", "--seeds", "1"]
+    argv += ["--epochs", "1", "--hidden", "8", "--batch-sizes", "4", "--jobs", "1"]
+    status, _, stderr = run_cli([*argv, "--out", str(out)])
+    assert status == 2 and "one class only" in stderr and "Traceback" not in stderr
+    assert not (out / "results.jsonl").exists()
 
 
 def test_a_user_data_set_is_named_by_its_absolute_path(tmp_path, monkeypatch):
