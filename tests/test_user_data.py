@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -415,3 +418,105 @@ def test_compare_trains_on_a_folder_and_its_workers_read_the_cache(tmp_path, run
     assert decodes == [1]  # two runs, one decode
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[0]["data"]["input_shape"] == [1, 8, 8]
+
+
+def _png_declaring(path, width: int, height: int) -> None:
+    """A 1x1 grayscale PNG whose header is rewritten to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")  # then 13 bytes (width, height, ...) and the CRC of all 17
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_too_large_to_decode_safely_is_refused_naming_it(tmp_path):
+    _write_tree(tmp_path / "data")
+    bomb = tmp_path / "data" / "train" / "cat" / "huge.png"
+    _png_declaring(bomb, 20_000, 20_000)
+    with pytest.raises(DataError, match=rf"{bomb}: too large to decode safely .*400000000 pix"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_a_hidden_class_folder_is_refused_naming_it(tmp_path):
+    _write_tree(tmp_path / "data", classes=("a", "b", "c", "d", "..a"))
+    with pytest.raises(DataError, match=r"train/\.\.a: a class folder whose name starts with"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+@pytest.mark.parametrize("where", ["class folder", "image"])
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_symlink_loop_or_a_broken_link_is_refused_naming_it(tmp_path, where, link):
+    _write_tree(tmp_path / "data")
+    folder = tmp_path / "data" / "train"
+    path = folder / "owl" if where == "class folder" else folder / "cat" / "extra.png"
+    path.symlink_to(path.name if link == "loop" else tmp_path / "absent")
+    what = "loops" if link == "loop" else "points to nothing"
+    with pytest.raises(DataError, match=rf"{path}: a symbolic link that {what}"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_a_class_like_any_other(tmp_path):
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a",))
+    try:
+        for split in ("train", "test"):
+            odd = os.path.join(os.fsencode(root / split), b"caf\xe9")
+            os.mkdir(odd)
+            Image.new("L", (7, 5), 9).save(os.path.join(odd, b"0.png"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    data = load_dataset(f"folder:{root}")
+    assert data.num_classes == 2 and len(data.train_x) == 4
+    assert torch.allclose(data.train_x[data.train_y == 1], torch.tensor(9 / 255))
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path):
+    _write_tree(tmp_path / "data", classes=("cat",))
+    with pytest.raises(DataError, match=r"data/train has one class folder only \(cat\)"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_16_bit_images_are_scaled_by_their_range_as_8_bit_ones_are(tmp_path):
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a", "b"))
+    deep = np.array([[0, 126, 10059, 65535, 300, 7, 65534]] * 5, np.uint16)
+    image = Image.fromarray(deep)
+    assert image.mode == "I;16"
+    image.save(root / "test" / "a" / "deep.png")
+    data = load_dataset(f"folder:{root}")
+    expected = torch.from_numpy(deep.astype(np.float64) / 65535)
+    torch.testing.assert_close(data.val_x[2, 0].double(), expected, rtol=0, atol=1e-7)
+    eight_bit = np.asarray(Image.open(root / "train" / "a" / "0.png"), np.float64) / 255
+    torch.testing.assert_close(data.train_x[0, 0].double(), torch.from_numpy(eight_bit))
+    Image.new("RGB", (7, 5), (255, 0, 51)).save(root / "train" / "b" / "color.png")
+    mixed = load_dataset(f"folder:{root}")
+    assert mixed.val_x.shape[1] == 3  # the 16-bit gray image is RGB with equal channels
+    for channel in range(3):
+        torch.testing.assert_close(mixed.val_x[2, channel].double(), expected, rtol=0, atol=1e-7)
+    assert mixed.train_x[-1, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.2])
+
+
+def test_32_bit_integer_images_are_read_as_16_bit_or_refused_beyond_it(tmp_path, monkeypatch):
+    """Older Pillow reads a 16-bit PNG as mode "I" (32-bit integers): values up to 65535 are
+    scaled as 16-bit pixels; larger ones have no known range and are refused."""
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a", "b"))
+    target = root / "test" / "b" / "1.png"
+    original = image_folder._open_image
+
+    def as_mode_i(top):
+        def open_image(file):
+            if file != target:
+                return original(file)
+            return Image.fromarray(np.full((5, 7), top, np.int32))
+
+        return open_image
+
+    monkeypatch.setattr(image_folder, "_open_image", as_mode_i(65535))
+    assert torch.equal(load_dataset(f"folder:{root}").val_x[-1], torch.ones(1, 5, 7))
+    monkeypatch.setattr(image_folder, "_open_image", as_mode_i(70000))
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path / "other-cache"))
+    with pytest.raises(DataError, match=rf"{target}: 32-bit integer pixels from 70000 to 70000"):
+        load_dataset(f"folder:{root}")
