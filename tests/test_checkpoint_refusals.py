@@ -5,6 +5,9 @@ Oracles: the tensors and attributes the test itself saved."""
 from __future__ import annotations
 
 import collections
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,156 @@ def test_consistent_layers_get_no_shape_note(tmp_path):
     assert "shapes disagree" not in _notes(path)["1"]
     path = _saved(tmp_path, nn.BatchNorm1d(5).state_dict(), "state.pt")
     assert "shapes disagree" not in _notes(path)[""]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_a_file_that_is_not_a_regular_file_is_refused_by_what_it_is(tmp_path, run_cli, kind):
+    if kind == "fifo":
+        path = tmp_path / "pipe.pt"
+        os.mkfifo(path)  # opening it to read would block until a writer comes
+        what = "a FIFO"
+    else:
+        path = Path("/dev/zero")  # reads as endless zero bytes, stat says 0 bytes
+        if not path.is_char_device():
+            pytest.skip("no /dev/zero on this system")
+        what = "a character device"
+    with pytest.raises(CheckpointError, match=f"is {what}") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "empty" not in message and "regular file" in message
+    status, _, err = run_cli(["inspect", str(path)])
+    assert status == 2 and f"is {what}" in err and "Traceback" not in err
+
+
+class _Calls:
+    """Pickles as a call of ``target(*args)`` (REDUCE): what a crafted file can ask of the
+    unpickler."""
+
+    def __init__(self, target, args) -> None:
+        self.target, self.args = target, args
+
+    def __reduce__(self):
+        return (self.target, self.args)
+
+
+class _New:
+    """Pickles as ``target.__new__(target, *args)`` (NEWOBJ); the pickler checks that the class
+    is the object's own, so the opcodes are written by hand."""
+
+    def __init__(self, target, args) -> None:
+        self.target, self.args = target, args
+
+    def pickled(self) -> bytes:
+        module, name = self.target.__module__, self.target.__qualname__
+        args = pickle.dumps(self.args, protocol=2)[2:-1]  # the tuple's opcodes alone
+        return b"\x80\x02c" + f"{module}\n{name}\n".encode() + args + b"\x81."
+
+
+def _saved_with_pickle(tmp_path: Path, pickled: bytes) -> Path:
+    """A torch.save zip whose data.pkl is ``pickled``."""
+    template = _saved(tmp_path, {}, "template.pt")
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(template) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = pickled if info.filename.endswith("/data.pkl") else source.read(info)
+            target.writestr(info.filename, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (_Calls(nn.Linear, (2000, 2000)), "torch.nn.modules.linear.Linear"),
+        (
+            _Calls(nn.Sequential, tuple(_Calls(nn.Linear, (500, 500)) for _ in range(4))),
+            "torch.nn.modules.container.Sequential",
+        ),
+        (_Calls(bytearray, (10**6,)), "builtins.bytearray"),
+        (_Calls(torch.FloatTensor, (1000, 1000)), "torch.FloatTensor"),
+        (_New(torch.Tensor, (1000, 1000)), "torch.Tensor"),
+        (_Calls(torch.UntypedStorage, (10**6,)), "torch.storage.UntypedStorage"),
+    ],
+    ids=[
+        "Linear",
+        "Sequential of Linears",
+        "bytearray",
+        "FloatTensor",
+        "Tensor.__new__",
+        "storage",
+    ],
+)
+@pytest.mark.parametrize("where", ["top level", "under model"])
+def test_a_checkpoint_that_calls_a_constructor_is_refused_before_it_allocates(
+    tmp_path, run_cli, monkeypatch, payload, named, where
+):
+    constructed = []
+    original = nn.Linear.__init__
+
+    def recording(self, *args, **kwargs):
+        constructed.append(args)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Linear, "__init__", recording)
+    if isinstance(payload, _New):
+        pickled = payload.pickled()
+        if where != "top level":  # {"model": payload}
+            pickled = b"\x80\x02}X\x05\x00\x00\x00model" + pickled[2:-1] + b"s."
+        path = _saved_with_pickle(tmp_path, pickled)
+    else:
+        path = _saved(tmp_path, payload if where == "top level" else {"model": payload})
+    assert path.stat().st_size < 4096  # a tiny file that asks for megabytes (or gigabytes)
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and named in message and "state_dict()" in message
+    assert constructed == []  # refused from the file's opcodes, before any constructor ran
+    status, _, err = run_cli(["inspect", str(path)])
+    assert status == 2 and named in err and "Traceback" not in err
+
+
+def test_a_tensor_that_views_more_elements_than_its_storage_holds_is_refused(tmp_path, run_cli):
+    state = nn.BatchNorm1d(4).state_dict()
+    state["running_mean"] = torch.zeros(1).expand(10**6)  # 4 bytes of storage, 10**6 elements
+    path = _saved(tmp_path, state)
+    assert path.stat().st_size < 4096
+    with pytest.raises(CheckpointError, match=r"'running_mean' is a tensor of shape \(1000000,\)"):
+        load_checkpoint(path)
+    module = nn.Sequential(nn.BatchNorm1d(4))
+    module[0].running_var = torch.ones(1, 1).expand(1000, 1000)
+    path = _saved(tmp_path, module, "module.pt")
+    with pytest.raises(CheckpointError, match=r"'0.running_var' is a tensor of shape"):
+        load_checkpoint(path)
+    status, _, err = run_cli(["inspect", str(path)])
+    assert status == 2 and ".contiguous()" in err and "Traceback" not in err
+
+
+def test_what_torch_save_writes_for_modules_and_training_loops_still_loads(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.LSTM(2, 3), nn.LayerNorm(3))
+    optimizer = torch.optim.Adam(model.parameters())
+    model[0](torch.ones(1, 1, 4, 4)).sum().backward()
+    optimizer.step()
+    shared = torch.arange(6.0)
+    state = {"a": shared[:3], "b": shared[3:]}  # views of one storage, as a state_dict may hold
+    loop = {"model": model, "optimizer": optimizer.state_dict(), "epoch": 2, "seen": {1, 2}}
+    for obj in (loop, {"state_dict": model.state_dict(), "device": torch.device("cpu")}, state):
+        load_checkpoint(_saved(tmp_path, obj))
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (_Calls(torch.FloatTensor, (1000, 1000)), "torch.FloatTensor"),
+        (_Calls(bytearray, (10**6,)), "builtins.bytearray"),
+    ],
+    ids=["FloatTensor", "bytearray"],
+)
+def test_a_legacy_format_checkpoint_that_calls_a_constructor_is_refused(tmp_path, payload, named):
+    """(torch.save's legacy format writes a module class as a persistent id, which torch
+    refuses by itself; a global it may call is refused as in the zip format.)"""
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": payload, "w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=f"refused to load: its pickle calls {named}"):
+        load_checkpoint(path)
+    state = nn.BatchNorm1d(3).state_dict()
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert sorted(load_checkpoint(path)) == sorted(state)  # what torch.save writes still loads

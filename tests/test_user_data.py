@@ -3,8 +3,13 @@ tensors the lab trains on, cached once, and every refusal naming the file and th
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import pickle
+import struct
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -119,6 +124,112 @@ def test_npz_that_is_missing_or_not_an_npz_is_refused(tmp_path):
     bad.write_bytes(b"not a zip at all")
     with pytest.raises(DataError, match=r"bad\.npz"):
         load_dataset(f"npz:{bad}")
+
+
+def _npz_member(path, arrays, replace):
+    """Write ``arrays`` as an .npz (stored, uncompressed) whose members named in ``replace``
+    hold the given raw bytes instead of the array."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            archive.writestr(f"{key}.npy", replace.get(key, buffer.getvalue()))
+    return path
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _huge_declared_shape() -> bytes:
+    """An .npy header declaring (4e9, 8, 8) uint8 (256 GB), followed by 64 bytes of data."""
+    buffer = io.BytesIO()
+    header = {"descr": "|u1", "fortran_order": False, "shape": (4_000_000_000, 8, 8)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(64)
+
+
+def _npz_case(tmp_path, case):
+    """The file for one bad-npz case, as written by the user's tool or a broken copy."""
+    path = tmp_path / "data.npz"
+    arrays = _arrays()
+    if case == "missing y_test":
+        del arrays["y_test"]
+        return _save(tmp_path, arrays)
+    if case == "not a zip":
+        path.write_bytes(b"hello")
+        return path
+    if case == "an .npy":
+        np.save(path.with_suffix(".npy"), arrays["x_train"])
+        return path.with_suffix(".npy").rename(path)
+    if case == "truncated member":
+        return _npz_member(path, arrays, {"x_train": _npy_bytes(arrays["x_train"])[:-10]})
+    if case == "corrupt member":
+        good = _npz_member(path, arrays, {})
+        data = bytearray(good.read_bytes())
+        start = data.index(b"x_train.npy") + len("x_train.npy") + 200  # inside its pixels
+        data[start] ^= 0xFF  # the zip's CRC no longer matches
+        path.write_bytes(bytes(data))
+        return path
+    if case == "huge declared shape":
+        return _npz_member(path, arrays, {"x_train": _huge_declared_shape()})
+    if case == "object member":
+        objects = np.array([{"a": 1}] * 12, dtype=object)
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, objects, allow_pickle=True)
+        return _npz_member(path, arrays, {"y_train": buffer.getvalue()})
+    changes = {
+        "label 2**64-1 in y_train": lambda a: a.update(
+            y_train=np.array([*(np.arange(11) % 3), 2**64 - 1], np.uint64)
+        ),
+        "label 2**64-1 in y_test": lambda a: a.update(
+            y_test=np.array([*(np.arange(5) % 3), 2**64 - 1], np.uint64)
+        ),
+        "images of no values": lambda a: a.update(
+            x_train=np.zeros((12, 0), np.float32), x_test=np.zeros((6, 0), np.float32)
+        ),
+        "one class": lambda a: a.update(y_train=np.zeros(12, int), y_test=np.zeros(6, int)),
+    }
+    changes[case](arrays)
+    return _save(tmp_path, arrays)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing y_test", r"has no array y_test \(it holds x_train, y_train, x_test\)"),
+        ("not a zip", r"is not an \.npz file: it does not start as a zip archive does"),
+        ("an .npy", r"holds one array \(\.npy\), not an \.npz"),
+        ("truncated member", r"x_train is truncated: its header declares shape \(12, 5, 6, 3\)"),
+        ("corrupt member", r"x_train cannot be read \(.*CRC.*\); the file is corrupt"),
+        ("huge declared shape", r"x_train is truncated: its header declares shape \(4000000000, "),
+        ("object member", r"y_train holds Python objects \(dtype object\)"),
+        ("label 2**64-1 in y_train", r"y_train's largest label is 18446744073709551615 but"),
+        ("label 2**64-1 in y_test", r"y_test has label 18446744073709551615, a class that"),
+        ("images of no values", r"x_train's images hold no values \(shape \(12, 0\)\)"),
+        ("one class", r"y_train holds one class only \(0\); a classifier needs at least two"),
+    ],
+)
+def test_each_bad_npz_gets_its_own_message_naming_the_file_and_the_array(tmp_path, case, message):
+    path = _npz_case(tmp_path, case)
+    with pytest.raises(DataError, match=message) as error:
+        load_dataset(f"npz:{path}")
+    text = str(error.value)
+    assert text.startswith(f"{path}: ")
+    if case != "object member":
+        assert "unpickling" not in text
+
+
+def test_compare_refuses_npz_data_of_one_class_before_any_run(tmp_path, run_cli):
+    path = _npz_case(tmp_path, "one class")
+    out = tmp_path / "sweep"
+    argv = ["compare", "--dataset", f"npz:{path}", "--norms", "bn", "--seeds", "1"]
+    argv += ["--epochs", "1", "--hidden", "8", "--batch-sizes", "4", "--jobs", "1"]
+    status, _, stderr = run_cli([*argv, "--out", str(out)])
+    assert status == 2 and "one class only" in stderr and "Traceback" not in stderr
+    assert not (out / "results.jsonl").exists()
 
 
 def test_a_user_data_set_is_named_by_its_absolute_path(tmp_path, monkeypatch):
@@ -307,3 +418,105 @@ def test_compare_trains_on_a_folder_and_its_workers_read_the_cache(tmp_path, run
     assert decodes == [1]  # two runs, one decode
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[0]["data"]["input_shape"] == [1, 8, 8]
+
+
+def _png_declaring(path, width: int, height: int) -> None:
+    """A 1x1 grayscale PNG whose header is rewritten to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")  # then 13 bytes (width, height, ...) and the CRC of all 17
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_too_large_to_decode_safely_is_refused_naming_it(tmp_path):
+    _write_tree(tmp_path / "data")
+    bomb = tmp_path / "data" / "train" / "cat" / "huge.png"
+    _png_declaring(bomb, 20_000, 20_000)
+    with pytest.raises(DataError, match=rf"{bomb}: too large to decode safely .*400000000 pix"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_a_hidden_class_folder_is_refused_naming_it(tmp_path):
+    _write_tree(tmp_path / "data", classes=("a", "b", "c", "d", "..a"))
+    with pytest.raises(DataError, match=r"train/\.\.a: a class folder whose name starts with"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+@pytest.mark.parametrize("where", ["class folder", "image"])
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_symlink_loop_or_a_broken_link_is_refused_naming_it(tmp_path, where, link):
+    _write_tree(tmp_path / "data")
+    folder = tmp_path / "data" / "train"
+    path = folder / "owl" if where == "class folder" else folder / "cat" / "extra.png"
+    path.symlink_to(path.name if link == "loop" else tmp_path / "absent")
+    what = "loops" if link == "loop" else "points to nothing"
+    with pytest.raises(DataError, match=rf"{path}: a symbolic link that {what}"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_a_class_like_any_other(tmp_path):
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a",))
+    try:
+        for split in ("train", "test"):
+            odd = os.path.join(os.fsencode(root / split), b"caf\xe9")
+            os.mkdir(odd)
+            Image.new("L", (7, 5), 9).save(os.path.join(odd, b"0.png"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    data = load_dataset(f"folder:{root}")
+    assert data.num_classes == 2 and len(data.train_x) == 4
+    assert torch.allclose(data.train_x[data.train_y == 1], torch.tensor(9 / 255))
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path):
+    _write_tree(tmp_path / "data", classes=("cat",))
+    with pytest.raises(DataError, match=r"data/train has one class folder only \(cat\)"):
+        load_dataset(f"folder:{tmp_path / 'data'}")
+
+
+def test_16_bit_images_are_scaled_by_their_range_as_8_bit_ones_are(tmp_path):
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a", "b"))
+    deep = np.array([[0, 126, 10059, 65535, 300, 7, 65534]] * 5, np.uint16)
+    image = Image.fromarray(deep)
+    assert image.mode == "I;16"
+    image.save(root / "test" / "a" / "deep.png")
+    data = load_dataset(f"folder:{root}")
+    expected = torch.from_numpy(deep.astype(np.float64) / 65535)
+    torch.testing.assert_close(data.val_x[2, 0].double(), expected, rtol=0, atol=1e-7)
+    eight_bit = np.asarray(Image.open(root / "train" / "a" / "0.png"), np.float64) / 255
+    torch.testing.assert_close(data.train_x[0, 0].double(), torch.from_numpy(eight_bit))
+    Image.new("RGB", (7, 5), (255, 0, 51)).save(root / "train" / "b" / "color.png")
+    mixed = load_dataset(f"folder:{root}")
+    assert mixed.val_x.shape[1] == 3  # the 16-bit gray image is RGB with equal channels
+    for channel in range(3):
+        torch.testing.assert_close(mixed.val_x[2, channel].double(), expected, rtol=0, atol=1e-7)
+    assert mixed.train_x[-1, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.2])
+
+
+def test_32_bit_integer_images_are_read_as_16_bit_or_refused_beyond_it(tmp_path, monkeypatch):
+    """Older Pillow reads a 16-bit PNG as mode "I" (32-bit integers): values up to 65535 are
+    scaled as 16-bit pixels; larger ones have no known range and are refused."""
+    root = tmp_path / "data"
+    _write_tree(root, classes=("a", "b"))
+    target = root / "test" / "b" / "1.png"
+    original = image_folder._open_image
+
+    def as_mode_i(top):
+        def open_image(file):
+            if file != target:
+                return original(file)
+            return Image.fromarray(np.full((5, 7), top, np.int32))
+
+        return open_image
+
+    monkeypatch.setattr(image_folder, "_open_image", as_mode_i(65535))
+    assert torch.equal(load_dataset(f"folder:{root}").val_x[-1], torch.ones(1, 5, 7))
+    monkeypatch.setattr(image_folder, "_open_image", as_mode_i(70000))
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path / "other-cache"))
+    with pytest.raises(DataError, match=rf"{target}: 32-bit integer pixels from 70000 to 70000"):
+        load_dataset(f"folder:{root}")

@@ -6,28 +6,42 @@ A whole module saved with ``torch.save(model)`` loads only when every class it
 names is on an explicit allow-list: torch.nn's modules, normlab's layers and
 the lab's models (see :func:`allowed_classes`), and only when its module tree
 is well formed (modules under ``_modules``, tensors under ``_parameters`` and
-``_buffers``). Anything else is refused with a :class:`CheckpointError` that
-names the file, what was refused, and what to save instead.
+``_buffers``). What a checkpoint may construct is bounded by what it holds:
+before anything is unpickled, a pickle that calls a constructor (a module's,
+``bytearray``'s, a legacy tensor type's) rather than rebuilding tensors from the
+file's own storages is refused (see :mod:`normlab.checkpoints.pickle_calls`), and
+after loading, a tensor that views more elements than its storage holds (a
+broadcast view, which any reading of its values would allocate whole). Anything
+else is refused with a :class:`CheckpointError` that names the file, what was
+refused, and what to save instead.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from functools import cache
+from io import BytesIO
 from pathlib import Path
 from pickle import UnpicklingError
+from typing import IO
 
 import torch
 from torch import nn
 
 from normlab import layers as normlab_layers
 from normlab import models as normlab_models
+from normlab.checkpoints.pickle_calls import constructor_calls
 
 #: Keys under which training loops commonly store the model's state_dict, tried in order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+ZIP_MAGIC = b"PK\x03\x04"  # what torch.load checks to tell a zip checkpoint from a legacy one
+LEGACY_PICKLES = 5  # magic number, protocol, system info, the object, its storage keys
 
 _SAVE_STATE_DICT = (
     "If you wrote this file, save the model's state_dict instead: "
@@ -114,13 +128,13 @@ def locate_checkpoint(
     obj = _torch_load(path)
     found = _model_or_state_dict(obj)
     if found is not None:
-        _check_module_tree(found, path)
+        _check_loaded(found, path)
         return found, ""
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             found = _model_or_state_dict(obj.get(key))
             if found is not None:
-                _check_module_tree(found, path)
+                _check_loaded(found, path)
                 others = [str(other) for other in obj if other != key]
                 beside = f"; the file also holds {', '.join(others)}" if others else ""
                 return found, f"under {key!r}{beside}"
@@ -156,9 +170,15 @@ def _model_or_state_dict(obj: object) -> nn.Module | dict[str, torch.Tensor] | N
 def _torch_load(path: Path) -> object:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file. Check the path to the checkpoint.")
-    if path.is_dir():
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
         raise CheckpointError(
             f"{path}: is a directory; pass the checkpoint file that torch.save wrote."
+        )
+    if not stat.S_ISREG(mode):  # never opened: a FIFO would block, /dev/zero never ends
+        raise CheckpointError(
+            f"{path}: is {_file_kind(mode)}, not a regular file; pass the checkpoint file "
+            "that torch.save wrote (copy a piped checkpoint to a file first)."
         )
     if path.stat().st_size == 0:
         raise CheckpointError(
@@ -169,6 +189,7 @@ def _torch_load(path: Path) -> object:
             file.read(1)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot be read: {error.strerror or error}.") from error
+    _refuse_constructor_calls(path)
     try:
         with (
             torch.serialization.safe_globals(list(allowed_classes())),
@@ -187,6 +208,53 @@ def _torch_load(path: Path) -> object:
             f"failed with {type(error).__name__}: {_reason(error) or 'no message'}. "
             "Pass a file written by torch.save, or save it again."
         ) from error
+
+
+def _pickles(path: Path, stack: ExitStack) -> Iterator[IO[bytes]]:
+    """Each pickle torch.load will unpickle from ``path``, as a file at its start: a zip
+    checkpoint's data.pkl, read as torch reads it, or a legacy file's consecutive pickles.
+    Nothing when the pickle cannot be found (torch.load then fails before unpickling)."""
+    file = stack.enter_context(path.open("rb"))
+    if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+        file.seek(0)
+        yield from [file] * LEGACY_PICKLES
+        return
+    try:
+        record = torch._C.PyTorchFileReader(str(path)).get_record("data.pkl")
+    except Exception:  # not a readable torch zip: torch.load fails on it the same way
+        return
+    yield BytesIO(record)
+
+
+def _refuse_constructor_calls(path: Path) -> None:
+    """Fail when the checkpoint's pickle calls a constructor instead of rebuilding what the
+    file holds; read from its opcodes, before anything is unpickled."""
+    allowed = frozenset(_qualified_names(allowed_classes()))
+    try:  # torch's own list, so that a name torch refuses keeps torch's message
+        defaults = torch._weights_only_unpickler._get_allowed_globals()
+        resolvable = allowed | frozenset(defaults)
+    except AttributeError:
+        resolvable = None
+    with ExitStack() as stack:
+        calls = constructor_calls(_pickles(path, stack), allowed, resolvable)
+    if calls:
+        raise CheckpointError(
+            f"{path}: refused to load: its pickle calls {', '.join(calls)}, which torch.save "
+            "never writes (it rebuilds tensors from the file's own bytes and modules without "
+            "calling their constructors), and with arguments of the file's choosing such a "
+            f"call can allocate any amount of memory. {_SAVE_STATE_DICT}"
+        )
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file or a directory is, from its ``st_mode``."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 
 def _reason(error: BaseException) -> str:
@@ -231,6 +299,50 @@ def _refused_globals(path: Path, message: str) -> list[str]:
     if not refused:
         refused = re.findall(r"GLOBAL (\S+)", message)
     return refused
+
+
+def _check_loaded(found: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    _check_module_tree(found, path)
+    _check_tensor_sizes(found, path)
+
+
+def _named_tensors(found: nn.Module | dict[str, torch.Tensor]) -> Iterator[tuple[str, object]]:
+    """Every tensor a tool may read in ``found``: a state_dict's values; a module tree's
+    parameters, buffers and tensor attributes, by dotted name."""
+    if not isinstance(found, nn.Module):
+        yield from found.items()
+        return
+    for prefix, module in found.named_modules():
+        attributes = vars(module)
+        for key, value in [
+            *attributes["_parameters"].items(),
+            *attributes["_buffers"].items(),
+            *attributes.items(),
+        ]:
+            yield (f"{prefix}.{key}" if prefix else str(key)), value
+
+
+def _check_tensor_sizes(found: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    """Fail when a tensor has more elements than its storage holds: a broadcast view (stride
+    0) of a few bytes can declare billions of elements, which reading its values (its mean,
+    a float64 copy) would allocate whole."""
+    for name, tensor in _named_tensors(found):
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or tensor.layout != torch.strided
+            or tensor.device.type == "meta"
+        ):
+            continue
+        needed = tensor.numel() * tensor.element_size()
+        held = tensor.untyped_storage().nbytes()
+        if needed > held:
+            raise CheckpointError(
+                f"{path}: {name!r} is a tensor of shape {tuple(tensor.shape)} "
+                f"({needed:,} bytes) viewing {held:,} bytes of storage: a broadcast or "
+                "overlapping view, which reading its values would allocate whole. Save "
+                "tensors that own their memory (`t.contiguous()` or `t.clone()`), e.g. "
+                "`torch.save({k: v.clone() for k, v in model.state_dict().items()}, PATH)`."
+            )
 
 
 def _check_module_tree(found: nn.Module | dict[str, torch.Tensor], path: Path) -> None:

@@ -16,13 +16,13 @@ refused, never unpickled. ``x_test``/``y_test`` are the validation split.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from normlab.data.dataset import DataError, Dataset, labels_to_long
+from normlab.data.npz_archive import read_arrays
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CHANNELS = 4
@@ -73,8 +73,14 @@ def _as_nchw(images: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 def _images(images: np.ndarray, path: Path, key: str) -> torch.Tensor:
-    if len(images) == 0:
+    if images.ndim == 0 or len(images) == 0:
         raise _fail(path, f"{key} holds no samples.")
+    if 0 in images.shape[1:]:
+        raise _fail(
+            path,
+            f"{key}'s images hold no values (shape {images.shape}); each image needs at "
+            "least one pixel or feature.",
+        )
     if images.dtype == np.bool_ or not (
         np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
     ):
@@ -94,7 +100,8 @@ def _images(images: np.ndarray, path: Path, key: str) -> torch.Tensor:
     return as_float
 
 
-def _labels(labels: np.ndarray, path: Path, key: str, count: int) -> torch.Tensor:
+def _labels(labels: np.ndarray, path: Path, key: str, count: int) -> np.ndarray:
+    """``labels`` as (count,) non-negative integers (a view or the array itself)."""
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
@@ -110,16 +117,17 @@ def _labels(labels: np.ndarray, path: Path, key: str, count: int) -> torch.Tenso
         )
     if labels.min() < 0:
         raise _fail(path, f"{key} holds negative labels ({labels.min()}); classes are 0..K-1.")
-    return labels_to_long(labels)
+    return labels
 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
     """The data set in the .npz file ``path`` (see the module docstring for its arrays).
 
     Raises:
-        DataError: the file is missing or unreadable, lacks an array, holds pickled
-            objects, or an array has the wrong shape, dtype or values; the message
-            names the file and the array.
+        DataError: the file is missing, not an .npz, truncated or corrupt, lacks an array,
+            holds pickled objects, or an array has the wrong shape, dtype or values, or the
+            labels show fewer than two classes; the message names the file, the array and
+            the fix.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -127,21 +135,7 @@ def load_npz(path: str | os.PathLike) -> Dataset:
             f"{path}: no such file; --dataset npz:PATH needs an .npz with the arrays "
             f"{', '.join(KEYS)} (numpy.savez)."
         )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in KEYS if key not in archive.files]
-            if missing:
-                raise _fail(
-                    path,
-                    f"has no array {', '.join(missing)} (it holds "
-                    f"{', '.join(archive.files) or 'no arrays'}); save x_train, y_train, "
-                    "x_test and y_test with numpy.savez.",
-                )
-            arrays = {key: archive[key] for key in KEYS}
-    except ValueError as error:  # allow_pickle=False refuses object arrays
-        raise _fail(path, f"cannot be read without unpickling objects ({error}).") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise _fail(path, f"is not a readable .npz file ({error}).") from None
+    arrays = read_arrays(path, KEYS)
     train_x = _images(arrays["x_train"], path, "x_train")
     val_x = _images(arrays["x_test"], path, "x_test")
     if train_x.shape[1:] != val_x.shape[1:]:
@@ -152,25 +146,34 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         )
     train_y = _labels(arrays["y_train"], path, "y_train", len(train_x))
     val_y = _labels(arrays["y_test"], path, "y_test", len(val_x))
-    num_classes = int(train_y.max()) + 1
-    if num_classes > len(train_y):
+    # Checked as numpy integers, before the conversion to int64 could wrap a uint64 label.
+    largest = int(train_y.max())
+    if largest >= len(train_y):
         raise _fail(
             path,
-            f"y_train's largest label is {num_classes - 1} but there are only {len(train_y)} "
+            f"y_train's largest label is {largest} but there are only {len(train_y)} "
             "training samples; number the classes 0..K-1.",
         )
-    if int(val_y.max()) >= num_classes:
+    if int(val_y.max()) > largest:
         raise _fail(
             path,
             f"y_test has label {int(val_y.max())}, a class that y_train (labels "
-            f"0..{num_classes - 1}) never shows; the model could not learn it.",
+            f"0..{largest}) never shows; the model could not learn it.",
+        )
+    shown = np.unique(train_y)
+    if len(shown) < 2:
+        raise _fail(
+            path,
+            f"y_train holds one class only ({int(shown[0])}); a classifier needs at least two "
+            "classes: add samples of another class (or check that the labels were saved, "
+            "not zeros).",
         )
     return Dataset(
         name=f"npz:{path.resolve()}",
         train_x=train_x,
-        train_y=train_y,
+        train_y=labels_to_long(train_y),
         val_x=val_x,
-        val_y=val_y,
-        num_classes=num_classes,
+        val_y=labels_to_long(val_y),
+        num_classes=largest + 1,
         source=str(path.resolve()),
     )
