@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from normlab.report.runs import Run, Sweep
-from normlab.report.stats import Contrast, contrast
+from normlab.report.stats import Contrast, contrast, equivalence_p_value
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
@@ -34,8 +34,9 @@ RULES: Mapping[Side, str] = {
     "entirely below 0, inconclusive otherwise",
     "less": "supported when the 95% interval lies entirely below 0, contradicted when "
     "entirely above 0, inconclusive otherwise",
-    "within": "supported when the whole 95% interval lies within ±{margin:g} pp, "
-    "contradicted when it excludes 0, inconclusive otherwise",
+    "within": "supported when the equivalence test (TOST) rejects a difference of ±{margin:g} "
+    "pp or more at 5%, i.e. the 90% interval lies within ±{margin:g} pp; contradicted when "
+    "the 95% interval lies wholly outside ±{margin:g} pp; inconclusive otherwise",
 }
 
 MINUS = "\u2212"
@@ -203,9 +204,10 @@ def judge(result: Contrast, side: Side, margin: float | None = None) -> str:
         return NEEDS_SEEDS
     if side == "within":
         bound = margin or 0.0
-        if -bound <= low and high <= bound:
+        tost = equivalence_p_value(result, bound)
+        if tost is not None and tost < 1.0 - result.level:
             return SUPPORTED
-        return CONTRADICTED if low > 0 or high < 0 else INCONCLUSIVE
+        return CONTRADICTED if low > bound or high < -bound else INCONCLUSIVE
     above, below = low > 0, high < 0
     claimed, other = (above, below) if side == "greater" else (below, above)
     if claimed:

@@ -83,6 +83,55 @@ def contrast(
     )
 
 
+def paired_contrast(per_unit: Sequence[float], level: float = 0.95) -> Contrast:
+    """The mean of a contrast computed within each unit (a seed shared by every group:
+    the same initialization and data order), with a one-sample t interval.
+
+    ``per_unit`` holds Σ wᵢ·xᵢ for each unit; se = s / √n and df = n − 1. Pairing removes
+    the between-seed variation that every group shares, which Welch's interval counts.
+
+    Raises:
+        ValueError: no values, or level is not in (0, 1).
+    """
+    if not per_unit:
+        raise ValueError("a paired contrast needs at least one unit; got none.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level is a confidence level in (0, 1), such as 0.95; got {level}.")
+    estimate = statistics.fmean(per_unit)
+    n = len(per_unit)
+    if n < 2:
+        return Contrast(estimate, se=None, df=None, low=None, high=None, level=level)
+    variance = statistics.variance(per_unit)
+    if variance == 0.0:
+        return Contrast(estimate, se=0.0, df=math.inf, low=estimate, high=estimate, level=level)
+    se = math.sqrt(variance / n)
+    half_width = float(scipy_stats.t.ppf((1.0 + level) / 2.0, n - 1)) * se
+    return Contrast(
+        estimate,
+        se=se,
+        df=n - 1,
+        low=estimate - half_width,
+        high=estimate + half_width,
+        level=level,
+    )
+
+
+def minimum_detectable_effect(
+    result: Contrast, alpha: float = 0.05, power: float = 0.8
+) -> float | None:
+    """The smallest |contrast| a two-sided t test at ``alpha`` detects with probability
+    ``power``, given this contrast's standard error and degrees of freedom:
+    (t_{1−α/2, df} + t_{power, df}) · se. None without a standard error."""
+    if result.se is None or result.df is None:
+        return None
+    if result.se == 0.0:
+        return 0.0
+    quantiles = scipy_stats.t.ppf(1.0 - alpha / 2.0, result.df) + scipy_stats.t.ppf(
+        power, result.df
+    )
+    return float(quantiles) * result.se
+
+
 def p_value(result: Contrast, null: float = 0.0) -> float | None:
     """Two-sided p-value of the Welch t test of H0: contrast == ``null``.
 
@@ -100,8 +149,9 @@ def p_value(result: Contrast, null: float = 0.0) -> float | None:
 def equivalence_p_value(result: Contrast, margin: float) -> float | None:
     """p-value of the two one-sided tests (TOST) of H0: |contrast| >= ``margin``.
 
-    The larger of the one-sided p-values of contrast > −margin and contrast < margin;
-    small when the whole interval lies well within ±margin. None without an interval.
+    The larger of the one-sided p-values of contrast > −margin and contrast < margin.
+    It is below α exactly when the (1 − 2α) interval (90% for α = 0.05) lies within
+    ±margin. None without an interval.
     """
     if result.se is None or result.df is None:
         return None

@@ -1,11 +1,13 @@
 """The claims study's figures, one PNG per section, drawn from the records only.
 
-Every panel shows each run as a dot and the mean over seeds as a line or bar, so the
-spread behind each estimate is visible.
+Every panel shows each run as a dot and the mean over seeds with its 95% t interval, so
+the spread behind each estimate is visible. Accuracy axes that do not start at 0 say so in
+their label, and panels where training can fail show chance (10%) as a dashed line.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,38 +17,74 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from scipy import stats as scipy_stats
 
 from normlab.study import measures as m
+from normlab.study.claims import batch_records
 from normlab.study.findings import Runs
+from normlab.study.mechanism_claims import GN, gn_records, ics_records
 from normlab.study.plan import Budget
+from normlab.study.training_claims import depth_records, dropout_records, init_records
 
 COLORS = {
     "none": "#7f7f7f",
+    "none (He init)": "#000000",
     "bn": "#1f77b4",
     "bn-scalar": "#ff7f0e",
     "ln": "#2ca02c",
+    "brn": "#8c564b",
     "rms": "#9467bd",
-    "gn": "#d62728",
+    GN: "#d62728",
 }
 DPI = 110
+ZOOMED = " (axis zoomed: it does not start at 0)"
+TUTORIAL = {"none": 97.38, "ln": 97.76}
+
+
+def interval(values: Sequence[float]) -> float:
+    """Half-width of the 95% t interval of the mean of ``values`` (0 for fewer than 2)."""
+    if len(values) < 2:
+        return 0.0
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    return float(scipy_stats.t.ppf(0.975, len(values) - 1)) * sem
 
 
 def _line(
     ax: Any,
     xs: Sequence[Any],
     groups: Sequence[Sequence[float]],
-    norm: str,
-    label: str | None = None,
+    label: str,
 ) -> None:
-    color = COLORS.get(norm, "black")
-    means = [statistics.fmean(g) if g else float("nan") for g in groups]
-    ax.plot(xs, means, marker="o", color=color, label=label or norm, linewidth=1.8)
-    for x, values in zip(xs, groups, strict=True):
-        ax.scatter([x] * len(values), values, color=color, alpha=0.35, s=12, linewidths=0)
+    """Means with 95% intervals joined by a line, and every run as a faint dot."""
+    color = COLORS.get(label)
+    kept = [(x, g) for x, g in zip(xs, groups, strict=True) if g]
+    if not kept:
+        return
+    means = [statistics.fmean(g) for _, g in kept]
+    errors = [interval(g) for _, g in kept]
+    line = ax.errorbar(
+        [x for x, _ in kept], means, yerr=errors, marker="o", capsize=3, color=color,
+        label=label, linewidth=1.6,
+    )  # fmt: skip
+    color = line[0].get_color()
+    for x, values in kept:
+        ax.scatter([x] * len(values), values, color=color, alpha=0.3, s=10, linewidths=0)
 
 
 def _values(records: Sequence[Any], measure: m.Measure) -> list[float]:
-    return [v for v in (measure(r) for r in records) if v is not None]
+    return [v for v in (measure(r) for r in records) if v is not None and math.isfinite(v)]
+
+
+def _chance(ax: Any) -> None:
+    ax.axhline(m.CHANCE, color="black", linestyle="--", linewidth=0.8, label="chance")
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -55,294 +93,214 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def batch_size(
-    runs: Runs,
-    b: Budget,
-    path: Path,
-    measure: m.Measure = m.val_acc,
-    ylabel: str = "validation accuracy (%)",
-) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    sizes = list(b.batch_sizes)
-    for norm in ("none", "bn", "bn-scalar", "ln"):
-        groups = [_values(runs.get("batch", norm=norm, batch_size=s), measure) for s in sizes]
-        _line(ax, sizes, groups, norm)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"Tutorials' MLP on MNIST, {b.epochs} epochs (dots: seeds)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+def replication(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    norms = ["none", "bn", "bn-scalar", "ln"]
+    for i, norm in enumerate(norms):
+        _line(ax, [i], [_values(runs.get("replication", norm=norm), m.val_acc)], norm)
+        if norm in TUTORIAL:
+            ax.scatter([i + 0.15], [TUTORIAL[norm]], marker="*", s=120, color="black", zorder=3)
+    ax.scatter([], [], marker="*", s=80, color="black", label="the tutorial (one run)")
+    ax.set_xticks(range(len(norms)), norms)
+    _finish(
+        ax,
+        "norm",
+        "validation accuracy (%)" + ZOOMED,
+        f"The tutorial's MLP, Adam 1e-3, batch 32, {b.epochs} epochs, "
+        f"{b.replication_seeds} seeds (mean, 95% CI, dots: seeds)",
+    )
     _save(fig, path)
 
 
-def bn_small_batch(runs: Runs, b: Budget, path: Path) -> None:
-    sizes = [min(b.batch_sizes), max(b.batch_sizes)]
-    protocols = [
-        ("equal-steps", f"equal steps ({b.equal_steps})"),
-        ("batch", f"equal epochs ({b.epochs})"),
-        ("linear-lr", "linear lr scaling"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), sharey=True)
-    for ax, (experiment, title) in zip(axes, protocols, strict=True):
-        for norm in ("none", "bn", "ln"):
-            if not runs.configs(experiment, norm=norm):
-                continue
-            groups = [
-                _values(runs.get(experiment, norm=norm, batch_size=s), m.val_acc) for s in sizes
-            ]
-            _line(ax, [str(s) for s in sizes], groups, norm)
-        ax.set_title(title)
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy (%)")
-    axes[0].legend()
+def batch_size(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    sizes = list(b.batch_sizes)
+    for norm in ("none", "bn", "bn-scalar", "ln", "brn"):
+        groups = [_values(batch_records(runs, norm, s), m.val_acc) for s in sizes]
+        _line(ax, sizes, groups, norm)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    _finish(
+        ax,
+        "batch size (Adam lr 1e-3 x sqrt(batch / 32))",
+        "validation accuracy (%)" + ZOOMED,
+        f"The tutorials' MLP on MNIST, {b.epochs} epochs (mean, 95% CI, dots: seeds)",
+    )
     _save(fig, path)
 
 
 def convergence(runs: Runs, b: Budget, path: Path) -> None:
-    sizes = list(b.batch_sizes)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.8 * len(sizes), 3.6), sharey=True)
+    sizes = [32, max(b.batch_sizes)]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(10, 3.8), sharey=True)
     for ax, size in zip(axes, sizes, strict=True):
         for norm in ("none", "bn", "bn-scalar", "ln"):
-            records = runs.get("batch", norm=norm, batch_size=size)
-            if not records:
-                continue
-            epochs = range(1, max(len(r["history"]) for r in records) + 1)
+            records = batch_records(runs, norm, size)
+            epochs = range(1, b.epochs + 1)
             groups = [
-                [100 * r["history"][e - 1]["val_acc"] for r in records if len(r["history"]) >= e]
+                _values(records, lambda r, e=e: 100.0 * r["history"][e - 1]["val_acc"])
                 for e in epochs
             ]
             _line(ax, list(epochs), groups, norm)
-        ax.set_title(f"batch {size}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy (%)")
-    axes[0].legend()
+        _finish(ax, "epoch", "validation accuracy (%)" + ZOOMED, f"batch {size}")
     _save(fig, path)
 
 
 def learning_rate(runs: Runs, b: Budget, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for norm in ("none", "bn"):
-        _line(
-            ax,
-            list(b.lrs),
-            [_values(runs.get("lr", norm=norm, lr=lr), m.val_acc) for lr in b.lrs],
-            norm,
-        )
+    for norm in ("none", "bn", "ln"):
+        groups = [_values(runs.get("lr", norm=norm, lr=lr), m.val_acc) for lr in b.lrs]
+        _line(ax, list(b.lrs), groups, norm)
+    _chance(ax)
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate (SGD, momentum 0.9)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Learning-rate sweep (10% is chance level: the run stopped learning)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    ax.set_ylim(0, 100)
+    _finish(ax, "learning rate (SGD, momentum 0.9)", "validation accuracy (%)", "Learning rate")
     _save(fig, path)
 
 
 def depth(runs: Runs, b: Budget, path: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    panels: list[tuple[str, Callable[[Any], float | None]]] = [
-        ("validation accuracy (%)", m.val_acc),
-        ("|log10 first/last grad norm|, init", m.grad_ratio),
-        ("|log10 first/last grad norm|, training", lambda r: m.grad_ratio(r, at_init=False)),
-    ]
-    for ax, (label, measure) in zip(axes, panels, strict=True):
-        for norm in ("none", "bn", "ln"):
-            groups = [
-                _values(runs.get("depth", norm=norm, hidden=[b.depth_width] * d), measure)
-                for d in b.depths
-            ]
-            _line(ax, list(b.depths), groups, norm)
-        ax.set_xscale("log", base=2)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    models = (
+        ("none", "none", False),
+        ("none (He init)", "none", True),
+        ("bn", "bn", False),
+        ("ln", "ln", False),
+    )
+    for ax, (measure, ylabel) in zip(
+        axes,
+        ((m.val_acc, "validation accuracy (%)"), (m.signed_grad_ratio, "log10 gradient ratio")),
+        strict=True,
+    ):
+        for label, norm, he in models:
+            groups = [_values(depth_records(runs, b, norm, d, he), measure) for d in b.depths]
+            _line(ax, list(b.depths), groups, label)
         ax.set_xticks(list(b.depths), [str(d) for d in b.depths])
-        ax.set_xlabel("hidden layers")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+        if measure is m.val_acc:
+            _chance(ax)
+            ax.set_ylim(0, 100)
+            title = f"Depth: MLPs of width {b.depth_width}"
+        else:
+            ax.axhline(0, color="black", linewidth=0.8)
+            title = "first / last layer gradient norm at init (<0 vanishing, >0 exploding)"
+        _finish(ax, "hidden layers", ylabel, title)
+    _save(fig, path)
+
+
+def init(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    scales = list(b.init_scales)
+    for norm in ("none", "bn", "ln"):
+        _line(ax, scales, [_values(init_records(runs, norm, s), m.val_acc) for s in scales], norm)
+    _chance(ax)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 100)
+    _finish(ax, "weight scale (x He init)", "validation accuracy (%)", "Initialization")
     _save(fig, path)
 
 
 def dropout(runs: Runs, b: Budget, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    labels = ["none", "none + dropout", "bn", "bn + dropout"]
-    cells = [("none", 0.0), ("none", b.dropout), ("bn", 0.0), ("bn", b.dropout)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
     for ax, (measure, ylabel) in zip(
         axes,
-        [(m.val_acc, "validation accuracy (%)"), (m.gap, "gap: train - val (pp)")],
+        ((m.val_acc, "validation accuracy (%)" + ZOOMED), (m.gap, "train - validation (pp)")),
         strict=True,
     ):
-        for i, (norm, p) in enumerate(cells):
-            values = _values(runs.get("dropout", norm=norm, dropout=p), measure)
-            color = COLORS[norm]
-            if values:
-                ax.bar(i, statistics.fmean(values), color=color, alpha=0.45 if p else 0.8)
-                ax.scatter([i] * len(values), values, color="black", s=10)
-        ax.set_xticks(range(4), labels, rotation=15)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, axis="y")
-    accuracies = [
-        v for n, p in cells for v in _values(runs.get("dropout", norm=n, dropout=p), m.val_acc)
-    ]
-    if accuracies:
-        axes[0].set_ylim(min(accuracies) - 1, max(accuracies) + 0.5)
-    _save(fig, path)
-
-
-def _per_probe(records: Sequence[Any], key: str) -> tuple[list[int], list[list[float]]]:
-    """Per probe index: the step and, for each run, the mean of ``key`` over layers 2..."""
-    probes = [r["diagnostics"]["probes"] for r in records if r.get("diagnostics")]
-    if not probes:
-        return [], []
-    count = min(len(p) for p in probes)
-    steps = [probes[0][i]["step"] for i in range(count)]
-    values = [[statistics.fmean(p[i][key][1:]) for p in probes] for i in range(count)]
-    return steps, values
-
-
-def ics(runs: Runs, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in (
-        (axes[0], "ics", "ICS ‖G - G'‖ (layers 2..)"),
-        (axes[1], "ics_cosine", "cos(G, G') (layers 2..)"),
-    ):
         for norm in ("none", "bn", "ln"):
-            steps, values = _per_probe(runs.get("batch", norm=norm, batch_size=32), key)
-            if steps:
-                _line(ax, steps, values, norm)
-        ax.set_xlabel("optimizer step (batch 32)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[0].legend()
+            groups = [_values(dropout_records(runs, norm, p), measure) for p in b.dropouts]
+            _line(ax, list(b.dropouts), groups, norm)
+        _finish(ax, "dropout probability", ylabel, f"{b.fit_subset}-image subset, fitted")
     _save(fig, path)
 
 
-def landscape(runs: Runs, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    etas: list[float] = []
-    for norm in ("none", "bn", "ln"):
-        records = [r for r in runs.get("batch", norm=norm, batch_size=32) if r.get("diagnostics")]
-        if not records:
-            continue
-        probes = [p for r in records for p in r["diagnostics"]["probes"] if p["epoch"] >= 1]
-        etas = probes[0]["landscape"]["step_sizes"]
-        for ax, key, relative in ((axes[0], "losses", True), (axes[1], "gradient_changes", False)):
-            rows = [[v - p["loss"] if relative else v for v in p["landscape"][key]] for p in probes]
-            means = [statistics.fmean(col) for col in zip(*rows, strict=True)]
-            ax.plot(etas, means, marker="o", color=COLORS[norm], label=norm)
-            ax.fill_between(
-                etas,
-                [min(c) for c in zip(*rows, strict=True)],
-                [max(c) for c in zip(*rows, strict=True)],
-                color=COLORS[norm],
-                alpha=0.15,
-            )
-    axes[0].set_ylabel("L(W - η∇L) - L(W)")
-    axes[1].set_ylabel("‖∇L(W - η∇L) - ∇L(W)‖")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        if etas:
-            ax.set_xticks(etas, [f"{eta:g}" for eta in etas])
-        ax.set_xlabel("step size η along the negative gradient")
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[0].legend()
-    fig.suptitle("Probes after each epoch, batch 32 (band: min to max over probes and seeds)")
+def _probe_series(records: Sequence[Any], measure: Callable[[Any], float | None]) -> list[list]:
+    """Per probe index, the values of ``measure`` over ``records``' probes."""
+    series: list[list[float]] = []
+    for record in records:
+        for i, probe in enumerate((record.get("diagnostics") or {}).get("probes") or []):
+            value = measure(probe)
+            if value is not None and math.isfinite(value):
+                while len(series) <= i:
+                    series.append([])
+                series[i].append(value)
+    return series
+
+
+def _relative(probe: Any) -> float | None:
+    pairs = [(s, n) for s, n in zip(probe["ics"][1:], probe["grad_norms"][1:], strict=True)]
+    values = [s / n for s, n in pairs if n > 0]
+    return statistics.fmean(values) if values else None
+
+
+def ics(runs: Runs, b: Budget, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    for ax, optimizer in zip(axes, ("adam", "sgd"), strict=True):
+        for norm in ("none", "bn", "bn-scalar", "ln"):
+            series = _probe_series(ics_records(runs, b, norm, optimizer, False), _relative)
+            _line(ax, list(range(len(series))), series, norm)
+        ax.set_yscale("log")
+        _finish(
+            ax,
+            "probe (0: step 0, then after each epoch)",
+            "relative ICS ||G - G'|| / ||G||",
+            f"The tutorials' MLP, {optimizer}",
+        )
     _save(fig, path)
 
 
-def bars(
-    path: Path, panels: Sequence[tuple[str, Sequence[tuple[str, str, list[float]]]]], ylabel: str
-) -> None:
-    """One panel per (title, [(label, norm, values)]): a bar per label at the mean, dots per run."""
-    panels = [panel for panel in panels if any(values for _, _, values in panel[1])]
-    fig, axes = plt.subplots(
-        1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.6), squeeze=False
-    )
-    for ax, (title, bars_) in zip(axes[0], panels, strict=False):
-        lows = []
-        for i, (_label, norm, values) in enumerate(bars_):
-            if values:
-                ax.bar(i, statistics.fmean(values), color=COLORS.get(norm, "black"), alpha=0.75)
-                ax.scatter([i] * len(values), values, color="black", s=10)
-                lows.append(min(values))
-        ax.set_xticks(range(len(bars_)), [label for label, _, _ in bars_])
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, axis="y")
-        if ylabel.startswith("validation") and lows:
-            top = max(v for _, _, values in bars_ for v in values)
-            ax.set_ylim(max(0, min(lows) - 2), min(100, top + 1))
+def landscape(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for norm in ("none", "bn", "bn-scalar", "ln"):
+        series = _probe_series(
+            ics_records(runs, b, norm, "adam", False),
+            lambda probe: probe["landscape"]["beta_smoothness"],
+        )
+        _line(ax, list(range(len(series))), series, norm)
+    ax.set_yscale("log")
+    _finish(ax, "probe", "effective beta-smoothness", "The tutorials' MLP, Adam")
     _save(fig, path)
 
 
-def write_all(runs: Runs, b: Budget, directory: Path) -> None:
-    """Every figure of the report into ``directory``."""
+def width(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for norm in ("bn", "bn-scalar"):
+        groups = [_values(runs.get("width", norm=norm, hidden=[w, w]), m.val_acc) for w in b.widths]
+        _line(ax, list(b.widths), groups, norm)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(b.widths), [str(w) for w in b.widths])
+    _finish(ax, "hidden width", "validation accuracy (%)" + ZOOMED, "Two hidden layers")
+    _save(fig, path)
+
+
+def group_norm(runs: Runs, b: Budget, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    sizes = list(b.small_batches)
+    for norm in (GN, "bn", "brn", "ln"):
+        _line(ax, sizes, [_values(gn_records(runs, norm, s), m.val_acc) for s in sizes], norm)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    _finish(ax, "batch size", "validation accuracy (%)" + ZOOMED, "The CNN on MNIST")
+    _save(fig, path)
+
+
+FIGURES: dict[str, Callable[[Runs, Budget, Path], None]] = {
+    "replication.png": replication,
+    "batch_size.png": batch_size,
+    "convergence.png": convergence,
+    "learning_rate.png": learning_rate,
+    "depth.png": depth,
+    "init.png": init,
+    "dropout.png": dropout,
+    "ics.png": ics,
+    "landscape.png": landscape,
+    "width.png": width,
+    "group_norm.png": group_norm,
+}
+
+
+def write_all(runs: Runs, b: Budget, directory: Path) -> list[Path]:
+    """Every figure into ``directory``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    batch_size(runs, b, directory / "batch_size.png")
-    batch_size(runs, b, directory / "gap.png", m.gap, "generalization gap, train - val (pp)")
-    bn_small_batch(runs, b, directory / "bn_small_batch.png")
-    convergence(runs, b, directory / "convergence.png")
-    learning_rate(runs, b, directory / "learning_rate.png")
-    depth(runs, b, directory / "depth.png")
-    dropout(runs, b, directory / "dropout.png")
-    ics(runs, directory / "ics.png")
-    landscape(runs, directory / "landscape.png")
-    sequence = [
-        (
-            model,
-            [
-                (n, n, _values(runs.get(model, norm=n), m.val_acc))
-                for n in ("none", "bn", "ln", "rms")
-                if runs.configs(model, norm=n)
-            ],
-        )
-        for model in ("rnn", "transformer")
-        if runs.planned(model)
-    ]
-    bars(directory / "sequence.png", sequence, "validation accuracy (%)")
-    timing = [
-        (
-            f"batch {s}",
-            [
-                (
-                    n,
-                    n,
-                    [
-                        1000 * v
-                        for v in _values(runs.get("batch", norm=n, batch_size=s), m.step_seconds)
-                    ],
-                )
-                for n in ("none", "bn", "bn-scalar", "ln")
-            ],
-        )
-        for s in b.batch_sizes
-    ]
-    bars(directory / "step_time.png", timing, "ms per training step")
-    width = [
-        (
-            f"width {w}",
-            [
-                (n, n, _values(runs.get("width", norm=n, hidden=[w, w]), m.val_acc))
-                for n in ("bn", "bn-scalar")
-            ],
-        )
-        for w in b.widths
-    ]
-    bars(directory / "width.png", width, "validation accuracy (%)")
-    gn = [
-        (
-            f"{model} at batch {s}",
-            [
-                (n, n, _values(runs.get(experiment, norm=n, batch_size=s), m.val_acc))
-                for n in ("gn", "bn")
-            ],
-        )
-        for model, experiment in (("cnn", "conv-small-batch"), ("resnet20", "resnet20-small-batch"))
-        if runs.planned(experiment)
-        for s in b.small_batches
-    ]
-    bars(directory / "group_norm.png", gn, "validation accuracy (%)")
+    paths = []
+    for name, draw in FIGURES.items():
+        draw(runs, b, directory / name)
+        paths.append(directory / name)
+    return paths

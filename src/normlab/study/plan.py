@@ -1,16 +1,17 @@
 """The claims study's experiments: which runs each claim needs, at a quick or a full budget.
 
 Every experiment is a list of :class:`~normlab.experiment.RunConfig`; the analysis
-finds each run's record by its run id, so experiments that plan the same run share it.
-All runs train on MNIST; most on a fixed stratified training subset (``train_subset``)
-and every one is validated on the 10,000 test images.
+finds each run's record by its run id, so experiments that plan the same run share it
+(the batch experiment's runs at batch 32 are the replication's first seeds). All runs
+train on MNIST, on the full training set at the full budget (the regularization
+experiment on a subset it can fit), and every one is validated on the 10,000 test images.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from normlab.experiment.config import RunConfig
@@ -20,73 +21,80 @@ TUTORIAL_HIDDEN = (128, 64)
 """The tutorials' MLP: Dense 128, Dense 64, Dense 10."""
 
 
+THRESHOLDS = {"mlp": 97.5, "cnn": 98.5, "resnet20": 98.5, "rnn": 97.0, "transformer": 96.5}
+"""The validation accuracy (%) the best configuration of an experiment on each model must
+reach for the experiment to count as trained (on the full training set)."""
+FIT_THRESHOLD = 99.0
+"""Experiments on a training subset that must fit it: the best configuration's final
+training accuracy (%)."""
+REFERENCE_BATCH = 32
+"""The tutorials' batch size; learning rates scale with the square root of the batch
+relative to it (Adam), so batch 32 trains at the tutorials' own 1e-3."""
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How much the study trains: seeds, epochs, subset sizes and the grids of each axis."""
+    """How much the study trains: seeds, epochs, training-set sizes and each axis's grid.
+
+    ``subset`` None trains on the full training set."""
 
     name: str
+    replication_seeds: int
     seeds: int
     epochs: int
-    subset: int
+    subset: int | None
     batch_sizes: tuple[int, ...]
-    equal_steps: int
-    sweep_seeds: int
-    sweep_epochs: int
     lrs: tuple[float, ...]
     depths: tuple[int, ...]
     depth_width: int
     widths: tuple[int, ...]
-    dropout: float
-    dropout_subset: int
-    dropout_epochs: int
+    dropouts: tuple[float, ...]
+    fit_subset: int
+    fit_epochs: int
+    init_scales: tuple[float, ...]
     small_batches: tuple[int, ...]
-    conv_subset: int
     conv_epochs: int
-    resnet_subset: int
+    ics_depth: int
 
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         name="quick",
+        replication_seeds=2,
         seeds=2,
-        epochs=2,
+        epochs=1,
         subset=2000,
         batch_sizes=(8, 32, 256),
-        equal_steps=200,
-        sweep_seeds=2,
-        sweep_epochs=2,
         lrs=(0.01, 0.1, 1.0),
-        depths=(2, 16),
+        depths=(2, 8),
         depth_width=32,
-        widths=(16, 256),
-        dropout=0.3,
-        dropout_subset=1000,
-        dropout_epochs=4,
+        widths=(16, 128),
+        dropouts=(0.0, 0.5),
+        fit_subset=500,
+        fit_epochs=3,
+        init_scales=(0.1, 1.0, 10.0),
         small_batches=(4, 32),
-        conv_subset=1000,
         conv_epochs=1,
-        resnet_subset=500,
+        ics_depth=4,
     ),
     "full": Budget(
         name="full",
+        replication_seeds=10,
         seeds=5,
-        epochs=3,
-        subset=5000,
-        batch_sizes=(4, 32, 256),
-        equal_steps=600,
-        sweep_seeds=3,
-        sweep_epochs=3,
-        lrs=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+        epochs=5,
+        subset=None,
+        batch_sizes=(4, 8, 32, 256),
+        lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
         depths=(2, 8, 16, 32),
-        depth_width=64,
+        depth_width=128,
         widths=(16, 64, 256, 1024),
-        dropout=0.3,
-        dropout_subset=2000,
-        dropout_epochs=15,
-        small_batches=(4, 32),
-        conv_subset=2000,
+        dropouts=(0.0, 0.1, 0.3, 0.5),
+        fit_subset=10000,
+        fit_epochs=30,
+        init_scales=(0.1, 0.3, 1.0, 3.0, 10.0),
+        small_batches=(2, 4, 8, 32),
         conv_epochs=2,
-        resnet_subset=1000,
+        ics_depth=8,
     ),
 }
 
@@ -106,141 +114,135 @@ def _runs(seeds: int, **grid: Iterable[Any] | Any) -> list[RunConfig]:
     ]
 
 
-def _epochs_for(steps: int, subset: int, batch_size: int) -> int:
-    return math.ceil(steps / math.ceil(subset / batch_size))
+def sqrt_scaled(batch_size: int, lr: float = 1e-3) -> float:
+    """Adam's learning rate at ``batch_size``: ``lr`` at the tutorials' batch of 32, scaled
+    with the square root of the batch (the noise scale of Adam's update; Malladi et al.
+    2022), rounded to 6 significant digits so that run ids are stable."""
+    return float(f"{lr * math.sqrt(batch_size / REFERENCE_BATCH):.6g}")
 
 
-def plan(
-    budget: Budget, models: Iterable[str] = ("mlp", "cnn", "rnn"), dropout: bool = True
-) -> dict[str, list[RunConfig]]:
-    """Each experiment's runs, by name. ``models`` are the lab models available; the
-    transformer and resnet20 experiments are planned only when those models are, and the
-    dropout experiment only when the models take ``dropout``."""
+def _by_batch(seeds: int, batch_sizes: Sequence[int], **grid: Any) -> list[RunConfig]:
+    """``_runs`` at each batch size with Adam's learning rate scaled by ``sqrt_scaled``."""
+    return [
+        run
+        for size in batch_sizes
+        for run in _runs(seeds, batch_size=size, lr=sqrt_scaled(size), **grid)
+    ]
+
+
+def plan(budget: Budget) -> dict[str, list[RunConfig]]:
+    """Each experiment's runs, by name, in the order they train (the primary tests' first).
+
+    Every experiment trains on the full MNIST training set at the full budget, except
+    those that must fit their training set (``fit_subset``)."""
     b = budget
     mlp = {"model": "mlp", "model_options": {"hidden": list(TUTORIAL_HIDDEN)}}
-    experiments: dict[str, list[RunConfig]] = {
-        # Claims 1, 5, 6, 8, 9, 10 and the seven existing ones: the tutorials' MLP.
-        "batch": _runs(
-            b.seeds,
+    data = {"epochs": b.epochs, "train_subset": b.subset}
+    he = {"init": "he"}
+    return {
+        # The first tutorial's experiment as it ran it: Adam 1e-3, batch 32, 5 epochs.
+        "replication": _runs(
+            b.replication_seeds,
             **mlp,
+            **data,
             norm=["none", "bn", "bn-scalar", "ln"],
-            batch_size=list(b.batch_sizes),
-            epochs=b.epochs,
-            train_subset=b.subset,
-            diagnostics=True,
+            batch_size=REFERENCE_BATCH,
         ),
-        # "bn degrades at small batch" with the number of updates held equal.
-        "equal-steps": [
-            replace(run, epochs=_epochs_for(b.equal_steps, b.subset, run.batch_size))
-            for run in _runs(
-                b.seeds,
-                **mlp,
-                norm=["bn", "ln", "none"],
-                batch_size=[min(b.batch_sizes), max(b.batch_sizes)],
-                epochs=1,
-                steps=b.equal_steps,
-                train_subset=b.subset,
-            )
-        ],
-        # ... and with the learning rate scaled with the batch (Goyal et al. 2017).
-        "linear-lr": _runs(
+        # Batch size, with batch renorm as the mechanism control for small batches.
+        "batch": _by_batch(
+            b.seeds, b.batch_sizes, **mlp, **data, norm=["none", "bn", "bn-scalar", "ln", "brn"]
+        ),
+        # SGD with momentum over a grid that brackets every norm's optimum.
+        "lr": _runs(
             b.seeds,
             **mlp,
-            norm=["bn", "ln"],
-            batch_size=[min(b.batch_sizes), max(b.batch_sizes)],
-            epochs=b.epochs,
-            lr_scaling="linear",
-            lr_reference_batch=32,
-            train_subset=b.subset,
-        ),
-        # Claim 2: SGD with momentum over a learning-rate grid.
-        "lr": _runs(
-            b.sweep_seeds,
-            **mlp,
-            norm=["none", "bn"],
+            **data,
+            norm=["none", "bn", "ln"],
             optimizer="sgd",
             lr=list(b.lrs),
             batch_size=64,
-            epochs=b.sweep_epochs,
-            train_subset=b.subset,
         ),
-        # Claim 3: depth, with gradient diagnostics.
-        "depth": _runs(
-            b.sweep_seeds,
-            model="mlp",
-            norm=["none", "bn", "ln"],
-            model_options=[{"hidden": [b.depth_width] * depth} for depth in b.depths],
-            batch_size=64,
-            epochs=b.sweep_epochs,
-            train_subset=b.subset,
-            diagnostics=True,
-        ),
-        # Claim 4: dropout with and without batch norm, on a small subset that overfits.
-        "dropout": []
-        if not dropout
-        else _runs(
+        # Depth: torch's default init and He init without normalization, bn and ln.
+        "depth": [
+            run
+            for options, norms in (({}, ["none", "bn", "ln"]), (he, ["none"]))
+            for run in _runs(
+                b.seeds,
+                model="mlp",
+                **data,
+                norm=norms,
+                model_options=[
+                    {"hidden": [b.depth_width] * depth, **options} for depth in b.depths
+                ],
+                batch_size=64,
+                diagnostics=True,
+            )
+        ],
+        # Initialization: He init times a scale, with and without each norm.
+        "init": _runs(
             b.seeds,
             model="mlp",
-            norm=["none", "bn"],
+            **data,
+            norm=["none", "bn", "ln"],
             model_options=[
-                {"hidden": list(TUTORIAL_HIDDEN)},
-                {"hidden": list(TUTORIAL_HIDDEN), "dropout": b.dropout},
+                {"hidden": list(TUTORIAL_HIDDEN), **he, "init_scale": scale}
+                for scale in b.init_scales
             ],
-            batch_size=32,
-            epochs=b.dropout_epochs,
-            train_subset=b.dropout_subset,
+            batch_size=REFERENCE_BATCH,
         ),
-        # Claim 11: per-feature vs scalar statistics as the width grows.
-        "width": _runs(
-            b.sweep_seeds,
+        # Regularization: a subset small enough to fit, dropout with and without a norm.
+        "dropout": _runs(
+            b.seeds,
             model="mlp",
+            norm=["none", "bn", "ln"],
+            model_options=[{"hidden": list(TUTORIAL_HIDDEN), "dropout": p} for p in b.dropouts],
+            batch_size=REFERENCE_BATCH,
+            epochs=b.fit_epochs,
+            train_subset=b.fit_subset,
+        ),
+        # Per-feature vs scalar statistics as the width grows.
+        "width": _runs(
+            b.seeds,
+            model="mlp",
+            **data,
             norm=["bn", "bn-scalar"],
             model_options=[{"hidden": [width, width]} for width in b.widths],
-            batch_size=32,
-            epochs=b.sweep_epochs,
-            train_subset=b.subset,
+            batch_size=REFERENCE_BATCH,
         ),
-        # Claim 7: recurrent network (and transformer) with ln, bn, rms.
-        "rnn": _runs(
-            b.sweep_seeds,
-            model="rnn",
-            model_options={"hidden": [64]},
-            norm=["ln", "bn", "rms", "none"],
-            batch_size=64,
-            epochs=b.sweep_epochs,
-            train_subset=b.subset,
-        ),
-        # Claim 12: group norm vs batch norm at small batches, on convolutional networks.
-        "conv-small-batch": _runs(
-            b.sweep_seeds,
-            model="cnn",
-            norm=["gn", "bn"],
-            batch_size=list(b.small_batches),
-            epochs=b.conv_epochs,
-            train_subset=b.conv_subset,
-        ),
+        # Internal covariate shift and smoothness, probed from step 0, Adam and SGD.
+        "ics": [
+            run
+            for optimizer, lr in (("adam", 1e-3), ("sgd", 0.03))
+            for run in _runs(
+                b.seeds,
+                model="mlp",
+                **data,
+                norm=["none", "bn", "bn-scalar", "ln"],
+                model_options=[
+                    {"hidden": list(TUTORIAL_HIDDEN)},
+                    {"hidden": [TUTORIAL_HIDDEN[0]] * b.ics_depth},
+                ],
+                optimizer=optimizer,
+                lr=lr,
+                batch_size=REFERENCE_BATCH,
+                diagnostics=True,
+            )
+        ],
+        # Group norm (8 groups, not instance norm) against bn, brn and ln at small batches.
+        "group-norm": [
+            run
+            for norm, options in (("gn", {"groups": 8}), ("bn", {}), ("brn", {}), ("ln", {}))
+            for run in _by_batch(
+                b.seeds,
+                b.small_batches,
+                model="cnn",
+                norm=norm,
+                norm_options=options,
+                epochs=b.conv_epochs,
+                train_subset=b.subset,
+            )
+        ],
     }
-    if not dropout:
-        del experiments["dropout"]
-    if "transformer" in models:
-        experiments["transformer"] = _runs(
-            b.sweep_seeds,
-            model="transformer",
-            norm=["ln", "bn", "rms"],
-            batch_size=64,
-            epochs=b.sweep_epochs,
-            train_subset=b.conv_subset,
-        )
-    if "resnet20" in models:
-        experiments["resnet20-small-batch"] = _runs(
-            b.sweep_seeds,
-            model="resnet20",
-            norm=["gn", "bn"],
-            batch_size=list(b.small_batches),
-            epochs=b.conv_epochs,
-            train_subset=b.resnet_subset,
-        )
-    return experiments
 
 
 def all_runs(experiments: dict[str, list[RunConfig]]) -> list[RunConfig]:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-import platform
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from normlab.report.claims import verdicts
-from normlab.study.findings import ALPHA, Check, format_estimate, format_p
+from normlab.report.claims import INCONCLUSIVE
+from normlab.study.findings import (
+    ALPHA,
+    UNDERTRAINED,
+    Adequacy,
+    Check,
+    describe,
+    format_estimate,
+    format_mde,
+    format_p,
+)
+from normlab.study.measures import CHANCE_MARGIN, collapsed
 from normlab.study.plan import Budget
 from normlab.study.sections import Section, markdown_table
 
@@ -26,8 +37,10 @@ def _test_row(number: str, test: Check) -> list[str]:
     return [
         number,
         test.key,
+        "primary" if test.primary else "secondary",
         test.prediction,
         format_estimate(test),
+        format_mde(test),
         format_p(test.p),
         format_p(test.p_adjusted),
         verdict,
@@ -45,8 +58,10 @@ def summary(sections: Sequence[Section]) -> str:
     header = [
         "#",
         "test",
+        "role",
         "claim predicts",
         "estimate [95% CI]",
+        "MDE",
         "p",
         "Holm p",
         "verdict (Holm)",
@@ -71,19 +86,39 @@ def _test_block(test: Check) -> list[str]:
         f"*Experiment.* {test.experiment}.",
         "",
     ]
+    if test.adequacy is not None:
+        a = test.adequacy
+        best = "no finished run" if a.best is None else f"{a.best:.2f}% ({a.best_label})"
+        lines += [
+            f"*Trained?* The experiment's best configuration must reach {a.threshold:g}% "
+            f"validation accuracy to count as trained: {best} → "
+            f"{'trained' if a.met else '**undertrained**'}.",
+            "",
+        ]
     if test.estimate is None:
-        why = (
-            "the model it needs is not in this normlab"
+        why = test.reason or (
+            "its runs have not finished yet"
             if test.verdict == "not run"
             else "fewer than two finished runs in some group"
         )
         lines += [f"*Result.* {test.verdict}: {why}.", ""]
         return lines
+    interval = "paired over seeds" if test.paired else "Welch, over seeds"
+    adjusted = (
+        f"Holm-adjusted p = {format_p(test.p_adjusted)}"
+        if test.primary
+        else "a secondary test, not adjusted"
+    )
+    detectable = ""
+    if test.verdict in (INCONCLUSIVE, UNDERTRAINED) and test.mde is not None:
+        detectable = (
+            f" With these runs the test could detect an effect of {format_mde(test)} "
+            "(80% power at alpha = 0.05)."
+        )
     lines += [
-        f"*Result.* {test.measure}: **{format_estimate(test)}** (95% Welch interval over seeds); "
-        f"p = {format_p(test.p)}{_tost(test)}, "
-        f"Holm-adjusted p = {format_p(test.p_adjusted)} → **{test.verdict}** "
-        f"(unadjusted interval rule: {test.raw_verdict}).",
+        f"*Result.* {test.measure}: **{format_estimate(test)}** (95% interval, {interval}); "
+        f"p = {format_p(test.p)}{_tost(test)}, {adjusted} → **{test.verdict}** "
+        f"(unadjusted interval rule: {test.raw_verdict}).{detectable}",
         "",
         "Groups (weight): "
         + "; ".join(f"{g.label} ({g.weight:+.3g}): " + _group_text(g, test) for g in test.groups)
@@ -98,9 +133,18 @@ def _tost(test: Check) -> str:
 
 
 def _group_text(g: Any, test: Check) -> str:
-    from normlab.study.findings import describe
-
     return describe(g, test.scale).split(": ", 1)[1]
+
+
+def _versions(records: Sequence[Mapping[str, Any]]) -> str:
+    """The library versions the records were trained with (one line per distinct set)."""
+    seen = {
+        json.dumps(r.get("versions") or {}, sort_keys=True): r.get("versions") or {}
+        for r in records
+    }
+    return "; ".join(
+        ", ".join(f"{name} {version}" for name, version in sorted(v.items())) for v in seen.values()
+    )
 
 
 def render(
@@ -108,13 +152,12 @@ def render(
     budget: Budget,
     command: str,
     records: Sequence[Mapping[str, Any]],
-    batch_records: Sequence[Mapping[str, Any]],
-    wall_seconds: float,
-    missing_models: Sequence[str],
-    versions: Mapping[str, str],
+    planned: int,
 ) -> str:
-    """The whole report as markdown (figures referenced by file name, next to it)."""
+    """The whole report as markdown (figures referenced by file name, next to it), from
+    ``records`` alone: the same records always give the same text."""
     diverged = sum(r.get("status") == "diverged" for r in records)
+    at_chance = sum(collapsed(r) for r in records)
     tests = [t for s in sections for t in s.tests]
     family = sum(t.p_adjusted is not None for t in tests)
     counts = {
@@ -125,35 +168,54 @@ def render(
         if budget.name == "full"
         else (f"**a `--budget {budget.name}` run, not the full study**")
     )
+    hours = sum(float(r.get("seconds") or 0.0) for r in records) / 3600
+    complete = (
+        "every planned run finished"
+        if len(records) >= planned
+        else f"**{planned - len(records)} planned runs have not finished yet**: the tests "
+        "that need them say so, and the same command resumes the study"
+    )
     lines = [
         "# The tutorials' claims about normalization, measured",
         "",
         f"This is {label}: every claim the normalization tutorials make, turned into a "
         "testable hypothesis, an experiment on real MNIST, an estimate with a 95% interval and "
-        "a verdict. It is generated by one command:",
+        "a verdict. It is generated by one command, and regenerated from the records committed "
+        "beside it (`records.jsonl.gz`) by the same command with `--report-only`:",
         "",
         f"```\n{command}\n```",
         "",
-        f"- Runs: {len(records)} ({diverged} diverged), all on MNIST (IDX files), validated on "
-        "the 10,000 test images; training on fixed stratified subsets of the 60,000 training "
-        "images (sizes per experiment below). Seeds differ in initialization and data order.",
-        f"- Wall time: {wall_seconds / 60:.1f} min for the runs and this report, on "
-        f"{versions.get('cores', '?')} CPU cores **shared with other work** while it ran "
-        f"(torch {versions.get('torch', '?')}, normlab {versions.get('normlab', '?')}, "
-        f"Python {platform.python_version()}).",
-        f"- Verdicts: {', '.join(f'{n} {v}' for v, n in counts.items())}, over {family} tests.",
+        f"- Runs: {len(records)} of the {planned} planned ({complete}); "
+        f"{diverged + at_chance} diverged ({diverged} with a NaN or infinite loss, "
+        f"{at_chance} ending below chance + {CHANCE_MARGIN:g} pp). All on MNIST (IDX files), "
+        "validated on the 10,000 test images; training on the 60,000 training images or a "
+        "fixed stratified subset (per experiment below). Seeds differ in initialization and "
+        "data order; runs of one seed share both across norms.",
+        f"- Training time: {hours:.1f} CPU-hours of runs (sum of the runs' own wall times, "
+        "seeds trained together counted by their share), on 2-core machines. Versions: "
+        f"{_versions(records)}.",
+        f"- Verdicts: {', '.join(f'{n} {v}' for v, n in counts.items())}, over {len(tests)} "
+        f"tests ({family} primary tests in the Holm family).",
         "",
-        "**How to read it.** Each test is a linear contrast of group means over seeds (weights "
-        "listed with each result), with a Welch-Satterthwaite 95% t interval. The p-value is the "
-        "two-sided Welch test of 'no difference' (for the one equivalence claim, the two "
-        "one-sided tests of 'differs by at least the margin'). With "
-        f"{family} tests at once, Holm's method adjusts the p-values so that the chance of any "
-        f"false verdict stays at {ALPHA:g}: a claim is *supported* when its Holm-adjusted p < "
-        f"{ALPHA:g} and the estimate lies on the predicted side, *contradicted* when it is "
-        "significant on the other side, *inconclusive* otherwise. The intervals shown are the "
-        "unadjusted 95% intervals; the last column gives the verdict they alone would give. "
-        "Ratios (timing, ICS, landscape) are contrasts of log10 values, shown as ratios of "
-        "geometric means.",
+        "**How to read it.** Each claim has one pre-registered *primary* test, at the "
+        "tutorial's own setting where it has one; *secondary* tests (the same contrast at "
+        "other batch sizes, interactions, mechanism checks) are reported beside it, "
+        "unadjusted. Each test is a linear contrast of group means (weights listed with each "
+        "result). When every group has one run per seed and the groups share their seeds "
+        "(the same initialization and data order), the contrast is computed within each seed "
+        "and its interval is a paired t interval; otherwise it is Welch-Satterthwaite's. The "
+        "p-value is the two-sided t test of 'no difference'; for an equivalence claim, the "
+        "two one-sided tests (TOST) of 'differs by at least the margin', which reject exactly "
+        "when the 90% interval lies within the margin, and such a claim is contradicted only "
+        "when the 95% interval lies wholly outside the margin. Holm's method adjusts the "
+        f"{family} primary p-values so that the chance of any false primary verdict stays at "
+        f"{ALPHA:g}: a claim is *supported* when its adjusted p < {ALPHA:g} and the estimate "
+        "lies on the predicted side, *contradicted* when it is significant on the other side, "
+        "*inconclusive* otherwise; beside an inconclusive verdict, MDE is the smallest effect "
+        "the test would detect with 80% power. Every experiment states the accuracy its best "
+        "configuration must reach; a claim whose experiment falls short is *not tested "
+        "(undertrained)*, never a verdict. Ratios (timing, ICS, landscape) are contrasts of "
+        "log10 values, shown as ratios of geometric means.",
         "",
         "## Summary",
         "",
@@ -162,12 +224,6 @@ def render(
         ONE_S_TWO_S,
         "",
     ]
-    if missing_models:
-        lines += [
-            f"**Not run:** {', '.join(missing_models)}: not in this version of normlab, so "
-            "the tests that need them have no verdict.",
-            "",
-        ]
     shown: dict[str, int] = {}  # a table or figure already shown -> its section's number
     for i, section in enumerate(sections, start=1):
         lines += [f"## {i}. {section.title}", ""]
@@ -179,6 +235,8 @@ def render(
             else:
                 shown[table] = i
                 lines += [table, ""]
+        if not section.figure:
+            continue
         if section.figure in shown:
             lines += [
                 f"(Figure: `{section.figure}`, shown in section {shown[section.figure]}.)",
@@ -187,25 +245,68 @@ def render(
         else:
             shown[section.figure] = i
             lines += [f"![{section.title}]({section.figure})", ""]
-    lab = verdicts(batch_records) if batch_records else []
-    if lab:
-        rows = [
-            [
-                v.claim,
-                v.comparison,
-                f"{v.estimate:+.2f}",
-                "—" if v.low is None else f"[{v.low:+.2f}, {v.high:+.2f}]",
-                v.outcome,
-            ]
-            for v in lab
-        ]
-        lines += [
-            "## Appendix: the lab's own verdicts per batch size",
-            "",
-            "What `normlab report` says about the batch experiment's runs (unadjusted "
-            "intervals, one row per batch size or comparison; validation accuracy in pp).",
-            "",
-            markdown_table(["claim", "comparison", "estimate", "95% CI", "verdict"], rows),
-            "",
-        ]
     return "\n".join(lines)
+
+
+def _group_json(g: Any) -> dict[str, Any]:
+    return {
+        "label": g.label,
+        "weight": g.weight,
+        "values": list(g.values),
+        "seeds": list(g.seeds),
+        "runs": g.runs,
+        "diverged": g.diverged + g.collapsed,
+    }
+
+
+def _adequacy_json(a: Adequacy) -> dict[str, Any]:
+    return {
+        **a.facts,
+        "threshold": a.threshold,
+        "best_mean_val_acc": a.best,
+        "best_configuration": a.best_label,
+        "trained": a.met,
+    }
+
+
+def write_json(
+    path: Path,
+    sections: Sequence[Section],
+    budget: Budget,
+    records: Sequence[Mapping[str, Any]],
+) -> None:
+    """``claims.json``: every test, machine-readable."""
+    tests = []
+    for section in sections:
+        for test in section.tests:
+            tests.append(
+                {
+                    "id": test.key,
+                    "section": section.key,
+                    "claim": test.title,
+                    "quote": test.quote,
+                    "source": test.source,
+                    "primary": test.primary,
+                    "hypothesis": test.hypothesis,
+                    "prediction": test.prediction if test.side != "within" or test.margin else "",
+                    "measure": test.measure,
+                    "estimate": test.estimate,
+                    "interval": None if test.low is None else [test.low, test.high],
+                    "paired": test.paired,
+                    "p": test.p,
+                    "holm_p": test.p_adjusted,
+                    "verdict": test.verdict,
+                    "unadjusted_verdict": test.raw_verdict,
+                    "minimum_detectable_effect": test.mde,
+                    "margin": test.margin,
+                    "scale": test.scale,
+                    "reason": test.reason or None,
+                    "groups": [_group_json(g) for g in test.groups],
+                    "experiment": {
+                        "description": test.experiment,
+                        **({} if test.adequacy is None else _adequacy_json(test.adequacy)),
+                    },
+                }
+            )
+    document = {"budget": budget.name, "runs": len(records), "tests": tests}
+    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -1,39 +1,43 @@
 """``normlab study claims``: plan every experiment, train what is not finished yet on the
-lab's executors, and write the markdown report with its figures.
+lab's executors, keep the records beside the report, and write the markdown report, its
+JSON and its figures.
 
-The runs' records go to ``OUT/results.jsonl`` (resumable like ``normlab compare``); the
-report (``claims.md``, the PNG figures) to the report directory. ``OUT/study.json``
-accumulates the wall time of every invocation that trained or rendered.
+The runs' records go to ``OUT/results.jsonl`` (resumable like ``normlab compare``). After
+every invocation the planned runs' records are also written, compressed and without the
+machine's paths, to ``REPORT/records.jsonl.gz``: that file is committed with the report,
+a later invocation on another machine or ``OUT`` starts from it, and
+:func:`render_from_records` regenerates the report from it alone, identically.
+``OUT/study.json`` accumulates the wall time of every invocation that trained.
 """
 
 from __future__ import annotations
 
-import inspect
+import gzip
 import json
-import math
+import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 from rich.console import Console
 
-import normlab
 from normlab.data import load_dataset
 from normlab.experiment import ResultsStore, check_runs, read_results, run_sweep
-from normlab.experiment.config import RunConfig
+from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
-from normlab.models import MODELS, build_model
 from normlab.study import figures
 from normlab.study.claims import sections
 from normlab.study.findings import Runs, adjust
 from normlab.study.plan import BUDGETS, Budget, all_runs, plan
-from normlab.study.report import render
+from normlab.study.report import render, write_json
 
 REPORT_FILE = "claims.md"
-OPTIONAL_MODELS = ("transformer", "resnet20")
+JSON_FILE = "claims.json"
+RECORDS_FILE = "records.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,6 @@ class StudyResult:
     outcome: SweepOutcome
 
 
-def _cost(run: RunConfig) -> float:
-    """A rough relative cost, so that the longest runs start first and the pool ends even."""
-    samples = run.train_subset or 60000
-    steps = run.steps or run.epochs * math.ceil(samples / run.batch_size)
-    factor = {"mlp": 1.0, "rnn": 4.0, "cnn": 4.0, "transformer": 8.0, "resnet20": 30.0}
-    width = len(run.model_options.get("hidden", (0, 0)))
-    return steps * factor.get(run.model, 4.0) * max(1.0, width / 2)
-
-
 def _wall(out: Path, seconds: float) -> float:
     """Add ``seconds`` to the study's accumulated wall time and return the total."""
     path = out / "study.json"
@@ -63,6 +58,38 @@ def _wall(out: Path, seconds: float) -> float:
     state["wall_seconds"] = state.get("wall_seconds", 0.0) + seconds
     path.write_text(json.dumps(state, indent=1))
     return float(state["wall_seconds"])
+
+
+def portable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without the machine it ran on: the data's source path becomes its name."""
+    data = dict(record.get("data") or {})
+    source = data.get("source")
+    if isinstance(source, str) and os.path.isabs(source.split(" ")[-1].strip("()")):
+        data["source"] = "mnist (IDX files)"
+    return {**record, "data": data}
+
+
+def read_committed(report_dir: Path) -> list[dict[str, Any]]:
+    """The records committed beside the report, in order; none when there is no file."""
+    path = report_dir / RECORDS_FILE
+    if not path.is_file():
+        return []
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def write_committed(report_dir: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``records`` (portable, one JSON line each) to ``report_dir``'s records file,
+    atomically, sorted by run id so that the file changes only where records do."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / RECORDS_FILE
+    ordered = sorted((portable(r) for r in records), key=lambda r: r["run_id"])
+    text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in ordered)
+    handle, temporary = tempfile.mkstemp(dir=report_dir, prefix=".records-")
+    with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        out.write(text.encode("utf-8"))
+    os.replace(temporary, path)
+    return path
 
 
 def run_study(
@@ -78,73 +105,71 @@ def run_study(
     command: str = "",
     console: Console | None = None,
 ) -> StudyResult:
-    """Train every run the claims study needs that ``out`` does not hold yet, then write
-    the report into ``report_dir``. Interrupted or failed runs leave the report unwritten;
-    the same call again resumes."""
+    """Train every run the claims study needs that neither ``out`` nor the records committed
+    in ``report_dir`` hold yet, in the plan's order (the primary experiments first), seeds
+    stacked; keep the records in ``report_dir``; once every run has finished, write the
+    report. The same call again resumes."""
     clock = time.perf_counter()
     console = console or Console()
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
-    available = [model for model in OPTIONAL_MODELS if model in MODELS]
-    dropout = "dropout" in inspect.signature(build_model).parameters
-    experiments = plan(budget, models=("mlp", "cnn", "rnn", *available), dropout=dropout)
-    runs = sorted(all_runs(experiments), key=_cost, reverse=True)
+    experiments = plan(budget)
+    runs = all_runs(experiments)
+    planned = {run.run_id for run in runs}
     data = load_dataset("mnist", data_dir)
     check_runs(runs, data)
     store = ResultsStore(out)
     with store.lock():  # one writer per directory: a second study on this --out is refused
         store.repair()
         done = store.finished_ids()
-        already = sum(run.run_id in done for run in runs)
+        for record in read_committed(report_dir):
+            if record["run_id"] in planned and record["run_id"] not in done:
+                store.append(record)
+                done.add(record["run_id"])
+        already = len(done & planned)
         console.print(
             f"claims study, budget {budget.name}: {len(runs)} runs in {len(experiments)} "
-            f"experiments ({already} already in {store.path})"
+            f"experiments ({already} already finished)"
         )
         if executor == "processes":
             jobs = max(1, min(jobs or available_cores(), max(1, len(runs) - already)))
             threads = threads or max(1, available_cores() // jobs)
-        with SweepProgress(console, total=len(runs), already_done=already) as progress:
-            outcome = run_sweep(
-                runs,
-                store,
-                data_dir=data_dir,
-                jobs=jobs,
-                threads=threads or 1,
-                listener=progress,
-                executor=executor,
-                address=address,
+            chosen: Any = executor_for(
+                "processes", jobs=jobs, threads=threads, data_dir=data_dir, stack_seeds=True
             )
-    finished = len(store.finished_ids() & {run.run_id for run in runs})
+        else:
+            chosen = executor_for(executor, threads=threads, address=address, data_dir=data_dir)
+        with SweepProgress(console, total=len(runs), already_done=already) as progress:
+            outcome = run_sweep(runs, store, executor=chosen, listener=progress, data=data)
+        records = [r for r in read_results(out) if r["run_id"] in planned]
+        write_committed(report_dir, records)
+    _wall(out, time.perf_counter() - clock)
+    finished = len({r["run_id"] for r in records})
     if outcome.interrupted or finished < len(runs):
-        _wall(out, time.perf_counter() - clock)
         return StudyResult(None, len(runs), finished, outcome)
-    records = read_results(out)
-    lookup = Runs(experiments, records)
-    tested = adjust_sections(sections(lookup, budget))
-    figures.write_all(lookup, budget, report_dir)
-    batch_ids = {run.run_id for run in experiments["batch"]}
-    wall = _wall(out, time.perf_counter() - clock)
-    text = render(
-        tested,
-        budget,
-        command,
-        [r for r in records if r["run_id"] in {c.run_id for c in runs}],
-        [r for r in records if r["run_id"] in batch_ids],
-        wall,
-        [f"the {model} model" for model in OPTIONAL_MODELS if model not in MODELS]
-        + ([] if dropout else ["the models' dropout option"]),
-        {
-            "torch": torch.__version__,
-            "normlab": normlab.__version__,
-            "cores": str(available_cores()),
-        },
-    )
-    path = report_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
+    path = render_from_records(report_dir, budget, command)
     return StudyResult(path, len(runs), finished, outcome)
 
 
+def render_from_records(report_dir: Path, budget: Budget | str, command: str) -> Path:
+    """Write ``claims.md``, ``claims.json`` and the figures into ``report_dir`` from the
+    records committed there alone (the same records always give the same files). Runs the
+    plan has that the records lack are reported as missing, never guessed."""
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    experiments = plan(budget)
+    planned = {run.run_id for run in all_runs(experiments)}
+    records = [r for r in read_committed(report_dir) if r["run_id"] in planned]
+    lookup = Runs(experiments, records)
+    tested = adjust_sections(sections(lookup, budget))
+    figures.write_all(lookup, budget, report_dir)
+    text = render(tested, budget, command, records, len(planned))
+    path = report_dir / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    write_json(report_dir / JSON_FILE, tested, budget, records)
+    return path
+
+
 def adjust_sections(found: Sequence) -> list:
-    """Every section with its tests Holm-adjusted across the whole study."""
+    """Every section with its tests Holm-adjusted across the whole study's primary tests."""
     from dataclasses import replace
 
     tests = adjust([t for s in found for t in s.tests])

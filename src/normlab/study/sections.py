@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normlab.study import measures as m
-from normlab.study.findings import Check, Group, Runs, compute, group
+from normlab.study.findings import Adequacy, Check, Group, Runs, adequacy, compute, group
+from normlab.study.plan import FIT_THRESHOLD, THRESHOLDS, Budget
 
-T1 = "the first tutorial (batch norm vs layer norm on the MNIST MLP)"
-T2 = "the second tutorial (batch norm in Keras, '1s' vs '2s')"
+T1 = "the first tutorial (batch norm vs layer norm with the Keras MLP on MNIST)"
+T2 = "the second tutorial (batch normalization in TensorFlow)"
+T3 = "the third tutorial (batch norm '1s' vs '2s')"
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,25 @@ def values_of(records: Sequence[Any], measure: m.Measure) -> list[float]:
     return [v for v in (measure(r) for r in records) if v is not None]
 
 
-def make_test(spec: dict[str, Any], groups: Sequence[Group], available: bool = True) -> Check:
-    return compute(Check(**spec, groups=tuple(groups), available=available))
+def make_test(
+    spec: dict[str, Any],
+    groups: Sequence[Group],
+    available: bool = True,
+    trained: Adequacy | None = None,
+) -> Check:
+    """The test ``spec`` describes on ``groups``, computed; ``trained`` is its experiment's
+    adequacy (a test of an undertrained experiment gets no verdict)."""
+    return compute(Check(**spec, groups=tuple(groups), available=available, adequacy=trained))
+
+
+def trained(runs: Runs, experiment: str, fit: bool = False) -> Adequacy:
+    """Whether ``experiment``'s best configuration reached its model's validation threshold
+    or, with ``fit``, fit its training set (FIT_THRESHOLD training accuracy)."""
+    if fit:
+        return adequacy(runs, experiment, FIT_THRESHOLD, m.train_acc)
+    configs = runs.configs(experiment)
+    model = configs[0].model if configs else "mlp"
+    return adequacy(runs, experiment, THRESHOLDS.get(model, 0.0), m.val_acc)
 
 
 def each(
@@ -88,3 +107,12 @@ def accuracy_table(
             row.append(cell + (f" ({diverged} diverged)" if diverged else ""))
         rows.append(row)
     return markdown_table(["norm", *(f"batch {s}" for s in sizes)], rows)
+
+
+ACC = "final validation accuracy, pp"
+
+
+def experiment_text(b: Budget, what: str, epochs: int | None = None) -> str:
+    """``what``, then the epochs and the training set of ``b``."""
+    data = "the 60,000 training images" if b.subset is None else f"a {b.subset}-image subset"
+    return f"{what}; {epochs or b.epochs} epochs on {data}, validated on the 10,000 test images"
