@@ -595,3 +595,73 @@ def test_a_norm_keeps_its_colour_whatever_else_the_sweep_ran():
     )
     assert _styles(first)["bn"] == _styles(second)["bn"]
     assert len({style["color"] for style in _styles(second).values()}) == 3
+
+
+# --- a record the report cannot use is named before anything is written ---------------
+
+
+def _corrupt(record: dict, case: str) -> dict:
+    """``record`` broken in one of the ways a hand edit or another tool breaks a record."""
+    if case == "nan-history-val-acc":
+        record["history"][-1]["val_acc"] = math.nan
+    elif case == "history-val-acc-above-1":
+        record["history"][0]["val_acc"] = 97.2
+    elif case == "nan-history-epoch":
+        record["history"][0]["epoch"] = math.nan
+    elif case == "text-history-epoch":
+        record["history"][0]["epoch"] = "first"
+    elif case == "nan-final-val-acc":
+        record["final"]["val_acc"] = math.nan
+    elif case == "null-final-val-acc":
+        record["final"]["val_acc"] = None
+    elif case == "no-final-val-acc":
+        del record["final"]["val_acc"]
+    elif case == "no-final":
+        del record["final"]
+    elif case == "list-run-id":
+        record["run_id"] = [record["run_id"]]
+    elif case == "text-seconds":
+        record["seconds"] = "fast"
+    return record
+
+
+CORRUPTIONS = [
+    "nan-history-val-acc",
+    "history-val-acc-above-1",
+    "nan-history-epoch",
+    "text-history-epoch",
+    "nan-final-val-acc",
+    "null-final-val-acc",
+    "no-final-val-acc",
+    "no-final",
+    "list-run-id",
+    "text-seconds",
+]
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_normlab_report_names_the_file_and_line_of_a_corrupt_record_and_writes_nothing(
+    tmp_path, run_cli, case
+):
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    records[4] = _corrupt(records[4], case)
+    write_results(tmp_path, records)
+    status, _, stderr = run_cli(["report", str(tmp_path)])
+    assert status == 2, stderr
+    assert f"{tmp_path / 'results.jsonl'} line 5" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_normlab_report_refuses_a_run_recorded_twice_naming_both_lines(tmp_path, run_cli):
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    write_results(tmp_path, [*records, {**records[1], "final": {**records[1]["final"]}}])
+    status, _, stderr = run_cli(["report", str(tmp_path)])
+    assert status == 2, stderr
+    assert f"{tmp_path / 'results.jsonl'} lines 2 and 7" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_verdicts_refuse_two_records_of_one_run():
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    with pytest.raises(RecordError, match=rf"{records[0]['run_id']}.*twice"):
+        verdicts([*records, records[0]])

@@ -312,7 +312,7 @@ def _sweep_and_report(
     rank, _ = torchrun_rank()
     dropped = None
     if rank == 0:
-        from normlab.report.render import check_records
+        from normlab.report.runs import check_records
 
         dropped = store.repair()
         check_records(store.directory)  # a record the report cannot read fails now, not after

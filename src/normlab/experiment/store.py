@@ -7,7 +7,10 @@ whole record lost only its newline: it is a finished run, kept, and the
 newline is restored before anything is appended. Any other tail was never a
 finished run; ``ResultsStore.repair`` cuts it off (and says so). A malformed
 line anywhere else is an error naming the file and line: it is somebody's
-finished result and is never dropped silently.
+finished result and is never dropped silently. normlab writes each run once,
+so a run_id on two lines (a line copied in by hand, or two files joined) is
+an error naming the file and both lines too: which record is the run is the
+user's choice, never the reader's.
 
 One process writes to a directory at a time: ``ResultsStore.lock`` takes an
 exclusive ``flock`` on ``directory/.normlab.lock`` and writes who holds it
@@ -73,6 +76,35 @@ def _problem(line: bytes) -> str | None:
     return None
 
 
+def _field_problem(record: dict[str, Any]) -> str | None:
+    """Why a parsed record's run_id or config cannot identify a run, or None."""
+    if not isinstance(record["run_id"], str) or not record["run_id"]:
+        return f"has run_id {record['run_id']!r}; a run_id is a non-empty string"
+    if not isinstance(record["config"], dict):
+        return f"has config {record['config']!r}; a config is an object of fields"
+    return None
+
+
+def _refuse_duplicates(path: Path, records: list[tuple[int, dict[str, Any]]]) -> None:
+    """Raise naming every run_id that is on more than one line, with those lines."""
+    lines: dict[str, list[int]] = {}
+    for number, record in records:
+        lines.setdefault(record["run_id"], []).append(number)
+    repeated = [(run_id, numbers) for run_id, numbers in lines.items() if len(numbers) > 1]
+    if not repeated:
+        return
+    shown = "; ".join(
+        f"lines {', '.join(map(str, numbers[:-1]))} and {numbers[-1]} hold run {run_id!r}"
+        for run_id, numbers in repeated[:5]
+    )
+    more = f" (and {len(repeated) - 5} more runs)" if len(repeated) > 5 else ""
+    raise ResultsError(
+        f"{path} {shown}{more}. normlab records each run once, so all but one of those "
+        "lines were added by hand or joined from another file, and which one holds the run is "
+        "not normlab's to guess: delete the lines you do not mean to keep, then run again."
+    )
+
+
 def _whole_record(tail: bytes) -> bool:
     """Whether ``tail`` (a last line without its newline) is a complete run record."""
     return bool(tail.strip()) and _problem(tail) is None
@@ -87,7 +119,8 @@ def numbered_records(directory: str | os.PathLike) -> list[tuple[int, dict[str, 
 
     Raises:
         ResultsError: a complete line that is not UTF-8, not JSON, or not an
-            object with a run_id and config; the message names the file and line.
+            object with a string run_id and an object config, or a run_id on two
+            lines; the message names the file and the lines.
     """
     path = results_path(directory)
     if not path.exists():
@@ -103,12 +136,15 @@ def numbered_records(directory: str | os.PathLike) -> list[tuple[int, dict[str, 
         if not line.strip():
             continue
         problem = _problem(line)
+        if problem is None:
+            problem = _field_problem(json.loads(line))
         if problem is not None:
             raise ResultsError(
                 f"{path} line {number} {problem}; it is not a finished run's record. Fix or "
                 "delete that line, then run again."
             )
         records.append((number, json.loads(line)))
+    _refuse_duplicates(path, records)
     return records
 
 

@@ -10,11 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from normlab.experiment.store import ResultsError, numbered_records, results_path
+from normlab.experiment.store import results_path
 from normlab.report.claims import verdicts
 from normlab.report.html import report_html
 from normlab.report.plots import batch_size_png, curves_png
-from normlab.report.runs import RecordError, Sweep, run_from_record
+from normlab.report.runs import Sweep, check_records
 
 HTML_FILE = "report.html"
 CURVES_FILE = "curves.png"
@@ -35,24 +35,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
-
-
-def check_records(directory: str | os.PathLike) -> list[dict]:
-    """Every record of ``directory/results.jsonl``, each checked to be one the report can read.
-
-    Raises:
-        normlab.experiment.store.ResultsError: a line is not a run record, or a
-            record lacks a field the report needs; the message names the file and line.
-    """
-    path = results_path(directory)
-    records = []
-    for number, record in numbered_records(path):
-        try:
-            run_from_record(record)
-        except RecordError as error:
-            raise ResultsError(f"{path} line {number}: {error}") from None
-        records.append(record)
-    return records
 
 
 def render_report(directory: str | os.PathLike) -> ReportFiles:
