@@ -36,7 +36,14 @@ from normlab.report import (
 )
 from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, NEEDS_SEEDS, SUPPORTED
 from normlab.report.plots import BATCH_SIZE_FIGSIZE, DPI, curves_figsize
-from report_fixtures import make_record, realistic_records, records_from_values, write_results
+from report_fixtures import (
+    CORRUPTIONS,
+    corrupt,
+    make_record,
+    realistic_records,
+    records_from_values,
+    write_results,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"
@@ -600,51 +607,12 @@ def test_a_norm_keeps_its_colour_whatever_else_the_sweep_ran():
 # --- a record the report cannot use is named before anything is written ---------------
 
 
-def _corrupt(record: dict, case: str) -> dict:
-    """``record`` broken in one of the ways a hand edit or another tool breaks a record."""
-    if case == "nan-history-val-acc":
-        record["history"][-1]["val_acc"] = math.nan
-    elif case == "history-val-acc-above-1":
-        record["history"][0]["val_acc"] = 97.2
-    elif case == "nan-history-epoch":
-        record["history"][0]["epoch"] = math.nan
-    elif case == "text-history-epoch":
-        record["history"][0]["epoch"] = "first"
-    elif case == "nan-final-val-acc":
-        record["final"]["val_acc"] = math.nan
-    elif case == "null-final-val-acc":
-        record["final"]["val_acc"] = None
-    elif case == "no-final-val-acc":
-        del record["final"]["val_acc"]
-    elif case == "no-final":
-        del record["final"]
-    elif case == "list-run-id":
-        record["run_id"] = [record["run_id"]]
-    elif case == "text-seconds":
-        record["seconds"] = "fast"
-    return record
-
-
-CORRUPTIONS = [
-    "nan-history-val-acc",
-    "history-val-acc-above-1",
-    "nan-history-epoch",
-    "text-history-epoch",
-    "nan-final-val-acc",
-    "null-final-val-acc",
-    "no-final-val-acc",
-    "no-final",
-    "list-run-id",
-    "text-seconds",
-]
-
-
 @pytest.mark.parametrize("case", CORRUPTIONS)
 def test_normlab_report_names_the_file_and_line_of_a_corrupt_record_and_writes_nothing(
     tmp_path, run_cli, case
 ):
     records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
-    records[4] = _corrupt(records[4], case)
+    records[4] = corrupt(records[4], case)
     write_results(tmp_path, records)
     status, _, stderr = run_cli(["report", str(tmp_path)])
     assert status == 2, stderr

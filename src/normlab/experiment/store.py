@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from normlab import paths
+
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".normlab.lock"
 
@@ -154,38 +156,16 @@ def read_results(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [record for _, record in numbered_records(directory)]
 
 
-def _first_existing(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _check_writable(path: Path) -> None:
-    """Fail unless ``path`` (which may not exist yet) can be created as a directory or is one
-    that can be written: its nearest existing ancestor is a writable directory."""
-    existing = _first_existing(path.absolute())
-    if not existing.is_dir():
-        where = "is a file" if existing == path.absolute() else f"lies under the file {existing}"
-        raise ResultsError(f"{path} {where}; the output must be a directory. Use another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ResultsError(
-            f"cannot write to {existing} (permission denied), so {path} cannot hold the "
-            "output; use another directory."
-        )
-
-
 def check_output_file(path: str | os.PathLike) -> None:
-    """Fail unless a file can be written at ``path`` (its directory created if needed).
-    Changes nothing on disk.
+    """Fail unless a file can be written at ``path`` (see normlab.paths.check_output_file).
 
     Raises:
         ResultsError: ``path`` is a directory, or its directory cannot be created or written.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ResultsError(f"{path} is a directory; name a file to write.")
-    _check_writable(path.parent)
+    try:
+        paths.check_output_file(path)
+    except paths.PathError as error:
+        raise ResultsError(str(error)) from None
 
 
 def check_output_directory(
@@ -195,7 +175,7 @@ def check_output_directory(
 
     Changes nothing on disk: call it before any work starts. ``files`` and
     ``directories`` are names inside ``directory`` that will be written
-    (``results.jsonl`` is always checked).
+    (``results.jsonl`` is always checked); see normlab.paths.check_output_directory.
 
     Raises:
         ResultsError: ``directory`` names a ``.jsonl`` file, is a file, lies
@@ -208,17 +188,10 @@ def check_output_directory(
             f"{path} names a .jsonl file, but the results store is a directory: pass the "
             f"directory ({path.with_suffix('')}); its results go to DIRECTORY/{RESULTS_FILE}."
         )
-    _check_writable(path)
-    for name in (RESULTS_FILE, *files):
-        if (path / name).is_dir():
-            raise ResultsError(
-                f"{path / name} is a directory, but normlab writes a file there; move it away."
-            )
-    for name in directories:
-        if (path / name).exists() and not (path / name).is_dir():
-            raise ResultsError(
-                f"{path / name} is not a directory, but normlab writes files into it; move it away."
-            )
+    try:
+        paths.check_output_directory(path, files=(RESULTS_FILE, *files), directories=directories)
+    except paths.PathError as error:
+        raise ResultsError(str(error)) from None
 
 
 def _holder_text(data: bytes) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normlab.experiment.store import results_path
+from normlab.paths import write_atomically
 from normlab.report.claims import verdicts
 from normlab.report.html import report_html
 from normlab.report.plots import batch_size_png, curves_png
@@ -28,13 +29,6 @@ class ReportFiles:
     html: Path
     curves: Path
     batch_size: Path | None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a sibling temporary file, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def render_report(directory: str | os.PathLike) -> ReportFiles:
@@ -64,10 +58,10 @@ def render_report(directory: str | os.PathLike) -> ReportFiles:
         curves=out / CURVES_FILE,
         batch_size=out / BATCH_SIZE_FILE if batch_size is not None else None,
     )
-    _write_atomically(files.curves, curves)
+    write_atomically(files.curves, curves)
     if batch_size is not None:
-        _write_atomically(out / BATCH_SIZE_FILE, batch_size)
+        write_atomically(out / BATCH_SIZE_FILE, batch_size)
     else:
         (out / BATCH_SIZE_FILE).unlink(missing_ok=True)
-    _write_atomically(files.html, page.encode("utf-8"))
+    write_atomically(files.html, page.encode("utf-8"))
     return files

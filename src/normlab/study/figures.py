@@ -29,6 +29,22 @@ COLORS = {
     "gn": "#d62728",
 }
 DPI = 110
+FILES = (
+    "batch_size.png",
+    "gap.png",
+    "bn_small_batch.png",
+    "convergence.png",
+    "learning_rate.png",
+    "depth.png",
+    "dropout.png",
+    "ics.png",
+    "landscape.png",
+    "sequence.png",
+    "step_time.png",
+    "width.png",
+    "group_norm.png",
+)
+"""Every figure :func:`write_all` draws, so that the report folder is checked before any run."""
 
 
 def _line(

@@ -2,8 +2,10 @@
 lab's executors, and write the markdown report with its figures.
 
 The runs' records go to ``OUT/results.jsonl`` (resumable like ``normlab compare``); the
-report (``claims.md``, the PNG figures) to the report directory. ``OUT/study.json``
-accumulates the wall time of every invocation that trained or rendered.
+report (``claims.md``, the PNG figures) to the report directory, all files at once and
+never over a file normlab did not write there (normlab.report.publish). ``OUT/study.json``
+accumulates the wall time of every invocation that trained or rendered. Both folders,
+every record and study.json are checked before any data loads or any run trains.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +24,15 @@ from rich.console import Console
 
 import normlab
 from normlab.data import load_dataset
-from normlab.experiment import ResultsStore, check_runs, read_results, run_sweep
+from normlab.experiment import ResultsStore, check_runs, run_sweep
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
+from normlab.experiment.store import check_output_directory
 from normlab.models import MODELS, build_model
+from normlab.paths import write_atomically
+from normlab.report.publish import check_replaceable, publish
+from normlab.report.runs import check_records
 from normlab.study import figures
 from normlab.study.claims import sections
 from normlab.study.findings import Runs, adjust
@@ -33,6 +40,8 @@ from normlab.study.plan import BUDGETS, Budget, all_runs, plan
 from normlab.study.report import render
 
 REPORT_FILE = "claims.md"
+STATE_FILE = "study.json"
+COMMAND = "normlab study claims"
 OPTIONAL_MODELS = ("transformer", "resnet20")
 
 
@@ -56,13 +65,50 @@ def _cost(run: RunConfig) -> float:
     return steps * factor.get(run.model, 4.0) * max(1.0, width / 2)
 
 
+def _wall_so_far(out: Path) -> float:
+    """The study's accumulated wall time in ``out/study.json`` (0 when there is none).
+
+    Raises:
+        ValueError: the file cannot be read as the study's state; the message names it
+            and says what to do.
+    """
+    path = out / STATE_FILE
+    if not path.exists():
+        return 0.0
+    try:
+        seconds = json.loads(path.read_text(encoding="utf-8"))["wall_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"wall_seconds is {seconds!r}, not a number of seconds")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} cannot be read as the study's state ({error}). It holds only the wall "
+            "time of earlier invocations: delete it (the report's wall time then counts from "
+            "this run) and run again."
+        ) from None
+    return float(seconds)
+
+
 def _wall(out: Path, seconds: float) -> float:
-    """Add ``seconds`` to the study's accumulated wall time and return the total."""
-    path = out / "study.json"
-    state = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0}
-    state["wall_seconds"] = state.get("wall_seconds", 0.0) + seconds
-    path.write_text(json.dumps(state, indent=1))
-    return float(state["wall_seconds"])
+    """Add ``seconds`` to the study's accumulated wall time and return the total; the file
+    is replaced whole, so a kill leaves the old total or the new one."""
+    total = _wall_so_far(out) + seconds
+    write_atomically(out / STATE_FILE, json.dumps({"wall_seconds": total}, indent=1).encode())
+    return total
+
+
+def check_study_paths(out: str | os.PathLike, report_dir: str | os.PathLike) -> None:
+    """Fail unless the study can write its records into ``out`` and its report into
+    ``report_dir``, and every record and the state already in ``out`` can be read.
+    Changes nothing on disk.
+
+    Raises:
+        ValueError: naming the path (and line) and what to do.
+    """
+    out, report_dir = Path(out), Path(report_dir)
+    check_output_directory(out, files=(STATE_FILE,))
+    check_replaceable(report_dir, (REPORT_FILE, *figures.FILES))
+    _wall_so_far(out)
+    check_records(out, COMMAND)
 
 
 def run_study(
@@ -80,10 +126,17 @@ def run_study(
 ) -> StudyResult:
     """Train every run the claims study needs that ``out`` does not hold yet, then write
     the report into ``report_dir``. Interrupted or failed runs leave the report unwritten;
-    the same call again resumes."""
+    the same call again resumes.
+
+    Raises:
+        ValueError: ``out`` or ``report_dir`` cannot be used, or a record or the state in
+            ``out`` cannot be read (see :func:`check_study_paths`), before any work.
+    """
     clock = time.perf_counter()
     console = console or Console()
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    out, report_dir = Path(out), Path(report_dir)
+    check_study_paths(out, report_dir)
     available = [model for model in OPTIONAL_MODELS if model in MODELS]
     dropout = "dropout" in inspect.signature(build_model).parameters
     experiments = plan(budget, models=("mlp", "cnn", "rnn", *available), dropout=dropout)
@@ -117,17 +170,17 @@ def run_study(
     if outcome.interrupted or finished < len(runs):
         _wall(out, time.perf_counter() - clock)
         return StudyResult(None, len(runs), finished, outcome)
-    records = read_results(out)
+    records = check_records(out, COMMAND)
     lookup = Runs(experiments, records)
     tested = adjust_sections(sections(lookup, budget))
-    figures.write_all(lookup, budget, report_dir)
     batch_ids = {run.run_id for run in experiments["batch"]}
+    planned_ids = {run.run_id for run in runs}
     wall = _wall(out, time.perf_counter() - clock)
     text = render(
         tested,
         budget,
         command,
-        [r for r in records if r["run_id"] in {c.run_id for c in runs}],
+        [r for r in records if r["run_id"] in planned_ids],
         [r for r in records if r["run_id"] in batch_ids],
         wall,
         [f"the {model} model" for model in OPTIONAL_MODELS if model not in MODELS]
@@ -138,9 +191,13 @@ def run_study(
             "cores": str(available_cores()),
         },
     )
-    path = report_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
-    return StudyResult(path, len(runs), finished, outcome)
+
+    def draw(staging: Path) -> None:
+        figures.write_all(lookup, budget, staging)
+        (staging / REPORT_FILE).write_text(text, encoding="utf-8")
+
+    publish(report_dir, draw)
+    return StudyResult(report_dir / REPORT_FILE, len(runs), finished, outcome)
 
 
 def adjust_sections(found: Sequence) -> list:
