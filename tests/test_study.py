@@ -318,7 +318,7 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
 
     out, report = tmp_path / "runs", tmp_path / "report"
     _finished_study(out, lambda run: 2.0 if run.norm == "bn" else 0.0)
-    first = run_study("mnist", out, report, budget=QUICK, jobs=1)
+    first = run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
     assert first.report == report / "claims.md"
     before = _report_files(report)
     assert "claims.md" in before and "landscape.png" in before
@@ -329,7 +329,7 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
 
     monkeypatch.setattr(figures, "learning_rate", broken)  # after four figures are drawn
     with pytest.raises(RuntimeError, match="disk filled"):
-        run_study("mnist", out, report, budget=QUICK, jobs=1)
+        run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
     assert _report_files(report) == before
     assert sorted(p.name for p in report.iterdir() if not p.is_file()) == []
 
@@ -369,6 +369,14 @@ def test_a_report_folder_file_normlab_did_not_write_is_refused_before_any_work(
     assert str(report / name) in str(caught.value) and "normlab" in str(caught.value)
     assert (report / name).read_text() == "my own notes"
     assert sorted(p.name for p in report.iterdir()) == [name]
+
+
+def test_a_missing_data_dir_is_refused_before_any_work(tmp_path, no_work):
+    from normlab.study import run_study
+
+    with pytest.raises(ValueError, match=r"does not exist.*MNIST IDX files \(--data-dir\)"):
+        run_study(str(tmp_path / "mnist"), tmp_path / "runs", tmp_path / "report", budget=QUICK)
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("content", ["", "[]", "{", '{"wall_seconds": "x"}', "\xff"])

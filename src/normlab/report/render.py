@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normlab.experiment.store import results_path
-from normlab.paths import write_atomically
+from normlab.paths import check_output_directory, write_atomically
 from normlab.report.claims import verdicts
 from normlab.report.html import report_html
 from normlab.report.plots import batch_size_png, curves_png
@@ -42,12 +42,15 @@ def render_report(directory: str | os.PathLike) -> ReportFiles:
         ValueError: there are no records (no file, or an empty one).
         normlab.experiment.store.ResultsError: a line is not a run record, or a
             record lacks a field the report needs (see check_records).
+        normlab.paths.PathError: ``directory`` cannot be written, or an output there is a
+            directory.
     """
     path = results_path(directory)
     out = path.parent
     records = check_records(path)
     if not records:
         raise ValueError(f"no finished runs in {path}; run normlab compare --out {out} first.")
+    check_output_directory(out, files=(HTML_FILE, CURVES_FILE, BATCH_SIZE_FILE))
     sweep = Sweep.from_records(records)
     curves = curves_png(sweep)
     batch_size = batch_size_png(sweep)

@@ -30,7 +30,7 @@ from normlab.experiment.executors.contract import SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.store import check_output_directory
 from normlab.models import MODELS, build_model
-from normlab.paths import write_atomically
+from normlab.paths import check_input_directory, write_atomically
 from normlab.report.publish import check_replaceable, publish
 from normlab.report.runs import check_records
 from normlab.study import figures
@@ -96,10 +96,12 @@ def _wall(out: Path, seconds: float) -> float:
     return total
 
 
-def check_study_paths(out: str | os.PathLike, report_dir: str | os.PathLike) -> None:
+def check_study_paths(
+    data_dir: str | os.PathLike, out: str | os.PathLike, report_dir: str | os.PathLike
+) -> None:
     """Fail unless the study can write its records into ``out`` and its report into
-    ``report_dir``, and every record and the state already in ``out`` can be read.
-    Changes nothing on disk.
+    ``report_dir``, every record and the state already in ``out`` can be read, and
+    ``data_dir`` is a directory. Changes nothing on disk.
 
     Raises:
         ValueError: naming the path (and line) and what to do.
@@ -109,6 +111,7 @@ def check_study_paths(out: str | os.PathLike, report_dir: str | os.PathLike) -> 
     check_replaceable(report_dir, (REPORT_FILE, *figures.FILES))
     _wall_so_far(out)
     check_records(out, COMMAND)
+    check_input_directory(data_dir, "the directory holding the MNIST IDX files (--data-dir)")
 
 
 def run_study(
@@ -136,7 +139,7 @@ def run_study(
     console = console or Console()
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     out, report_dir = Path(out), Path(report_dir)
-    check_study_paths(out, report_dir)
+    check_study_paths(data_dir, out, report_dir)
     available = [model for model in OPTIONAL_MODELS if model in MODELS]
     dropout = "dropout" in inspect.signature(build_model).parameters
     experiments = plan(budget, models=("mlp", "cnn", "rnn", *available), dropout=dropout)
