@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -143,3 +144,42 @@ def write_results(directory: Path, records: Iterable[Mapping[str, Any]]) -> Path
     lines = "".join(json.dumps(record) + "\n" for record in records)
     (directory / "results.jsonl").write_text(lines, encoding="utf-8")
     return directory
+
+
+def corrupt(record: dict, case: str) -> dict:
+    """``record`` broken in one of the ways a hand edit or another tool breaks a record."""
+    if case == "nan-history-val-acc":
+        record["history"][-1]["val_acc"] = math.nan
+    elif case == "history-val-acc-above-1":
+        record["history"][0]["val_acc"] = 97.2
+    elif case == "nan-history-epoch":
+        record["history"][0]["epoch"] = math.nan
+    elif case == "text-history-epoch":
+        record["history"][0]["epoch"] = "first"
+    elif case == "nan-final-val-acc":
+        record["final"]["val_acc"] = math.nan
+    elif case == "null-final-val-acc":
+        record["final"]["val_acc"] = None
+    elif case == "no-final-val-acc":
+        del record["final"]["val_acc"]
+    elif case == "no-final":
+        del record["final"]
+    elif case == "list-run-id":
+        record["run_id"] = [record["run_id"]]
+    elif case == "text-seconds":
+        record["seconds"] = "fast"
+    return record
+
+
+CORRUPTIONS = [
+    "nan-history-val-acc",
+    "history-val-acc-above-1",
+    "nan-history-epoch",
+    "text-history-epoch",
+    "nan-final-val-acc",
+    "null-final-val-acc",
+    "no-final-val-acc",
+    "no-final",
+    "list-run-id",
+    "text-seconds",
+]

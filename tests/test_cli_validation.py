@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -225,3 +226,46 @@ def test_a_type_error_from_a_bug_shows_its_traceback(run_cli, monkeypatch):
     monkeypatch.setattr(normlab.cli, "norms_table", broken)
     with pytest.raises(TypeError, match="a bug inside normlab"):
         run_cli(["norms"])
+
+
+# --- the study's paths: expanded like compare's, checked before any work ---------------
+
+
+@pytest.mark.parametrize(
+    "case", ["report-file", "report-under-a-file", "/sys/x", "/proc/x", "out-file"]
+)
+def test_the_study_refuses_an_unusable_path_before_any_work(tmp_path, run_cli, monkeypatch, case):
+    import normlab.study.run
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(normlab.study.run, "load_dataset", work)
+    out, report = tmp_path / "runs", tmp_path / "report"
+    if case == "report-file":
+        report.write_text("x")
+    elif case == "report-under-a-file":
+        (tmp_path / "plain").write_text("x")
+        report = tmp_path / "plain" / "report"
+    elif case == "out-file":
+        out.write_text("x")
+    else:
+        report = Path(case)
+    argv = ["study", "claims", "--data-dir", str(tmp_path), "--budget", "quick"]
+    status, stdout, stderr = run_cli([*argv, "--out", str(out), "--report", str(report)])
+    assert status == 2, stdout + stderr
+    assert str(out if case == "out-file" else report) in stderr and "Traceback" not in stderr
+    assert not Path(case).exists()
+    assert case == "out-file" or not out.exists()
+
+
+def test_tilde_in_every_study_path_expands(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parsed = normlab.cli.build_parser().parse_args(
+        ["study", "claims", "--data-dir", "~/d", "--out", "~/o", "--report", "~/r"]
+    )
+    assert (parsed.data_dir, parsed.out, parsed.report) == (
+        tmp_path / "d",
+        tmp_path / "o",
+        tmp_path / "r",
+    )

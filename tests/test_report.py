@@ -36,7 +36,14 @@ from normlab.report import (
 )
 from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, NEEDS_SEEDS, SUPPORTED
 from normlab.report.plots import BATCH_SIZE_FIGSIZE, DPI, curves_figsize
-from report_fixtures import make_record, realistic_records, records_from_values, write_results
+from report_fixtures import (
+    CORRUPTIONS,
+    corrupt,
+    make_record,
+    realistic_records,
+    records_from_values,
+    write_results,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"
@@ -595,3 +602,34 @@ def test_a_norm_keeps_its_colour_whatever_else_the_sweep_ran():
     )
     assert _styles(first)["bn"] == _styles(second)["bn"]
     assert len({style["color"] for style in _styles(second).values()}) == 3
+
+
+# --- a record the report cannot use is named before anything is written ---------------
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_normlab_report_names_the_file_and_line_of_a_corrupt_record_and_writes_nothing(
+    tmp_path, run_cli, case
+):
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    records[4] = corrupt(records[4], case)
+    write_results(tmp_path, records)
+    status, _, stderr = run_cli(["report", str(tmp_path)])
+    assert status == 2, stderr
+    assert f"{tmp_path / 'results.jsonl'} line 5" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_normlab_report_refuses_a_run_recorded_twice_naming_both_lines(tmp_path, run_cli):
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    write_results(tmp_path, [*records, {**records[1], "final": {**records[1]["final"]}}])
+    status, _, stderr = run_cli(["report", str(tmp_path)])
+    assert status == 2, stderr
+    assert f"{tmp_path / 'results.jsonl'} lines 2 and 7" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_verdicts_refuse_two_records_of_one_run():
+    records = records_from_values({("bn", 32): HIGH, ("none", 32): LOW})
+    with pytest.raises(RecordError, match=rf"{records[0]['run_id']}.*twice"):
+        verdicts([*records, records[0]])

@@ -209,3 +209,42 @@ def test_the_lock_file_records_who_holds_it(tmp_path):
         holder = json.loads(store.lock_path.read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         assert "started" in holder
+
+
+# --- a run is recorded once ------------------------------------------------------------
+
+
+def test_a_run_recorded_twice_is_refused_naming_the_file_and_its_lines(tmp_path):
+    store = ResultsStore(tmp_path)
+    for run_id, value in [("a", 0.9), ("b", 0.5), ("c", 0.5), ("a", 0.1), ("c", 0.2)]:
+        store.append(_record(run_id, value))
+    with pytest.raises(ResultsError) as caught:
+        store.finished_ids()
+    message = str(caught.value)
+    assert f"{store.path} lines 1 and 4" in message and "'a'" in message
+    assert "lines 3 and 5" in message and "'c'" in message
+    assert "delete" in message  # the fix
+
+
+@pytest.mark.parametrize("run_id", [["a"], 3, None, ""])
+def test_a_run_id_that_is_not_text_is_named_with_its_line(tmp_path, run_id):
+    store = ResultsStore(tmp_path)
+    store.append(_record("a"))
+    store.append(_record(run_id))
+    with pytest.raises(ResultsError, match=rf"{store.path} line 2 .*run_id"):
+        store.records()
+
+
+def test_a_sweep_given_a_run_twice_trains_and_records_it_once(tmp_path):
+    from normlab.experiment.executors.contract import Executor
+
+    class Recorder(Executor):
+        def run(self, todo, sink, data=None):
+            for config in todo:
+                sink.finished(config, {"run_id": config.run_id, "config": config.to_dict()})
+
+    (run,) = plan_runs(norms=["bn"], batch_sizes=[8], seeds=1)
+    store = ResultsStore(tmp_path)
+    outcome = run_sweep([run, run], store, executor=Recorder())
+    assert [r["run_id"] for r in store.records()] == [run.run_id]
+    assert len(outcome.records) == 1

@@ -4,6 +4,7 @@ and (slow) the whole command on synthetic MNIST files."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 
@@ -16,6 +17,7 @@ from normlab.study.claims import sections
 from normlab.study.findings import Check, Group, Runs, adjust, compute
 from normlab.study.report import render
 from normlab.study.run import adjust_sections
+from report_fixtures import CORRUPTIONS, corrupt
 
 QUICK = BUDGETS["quick"]
 SEEDED = dataclasses.replace(QUICK, seeds=5, sweep_seeds=5)
@@ -104,7 +106,7 @@ def _record(config, value: float, gap: float = 1.0, seconds: float = 1e-3) -> di
     history = [
         {
             "epoch": e,
-            "val_acc": (value - 5 * (epochs - e)) / 100,
+            "val_acc": max(value - 5 * (epochs - e), 10.0) / 100,  # an accuracy: in [0, 1]
             "train_acc": 0.9,
             "train_loss": 0.3,
             "val_loss": 0.3,
@@ -247,3 +249,166 @@ def test_the_study_command_runs_end_to_end_on_mnist_files(tmp_path, run_cli):
         str(tmp_path / "mnist"), tmp_path / "runs", tmp_path / "report", budget=tiny, jobs=1
     )
     assert again.outcome.records == [] and again.outcome.skipped == result.planned
+
+
+# --- the study's files: records checked, paths checked, the report replaced whole ---------
+
+ALL_MODELS = ("mlp", "cnn", "rnn", "transformer", "resnet20")
+
+
+def _finished_study(out, effect=lambda run: 0.0):
+    """``out/results.jsonl`` holding a planted record for every run the quick study plans."""
+    from report_fixtures import write_results
+
+    return write_results(out, _planted(plan(QUICK, models=ALL_MODELS), effect))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make the study's first piece of work (loading MNIST) fail the test."""
+    import normlab.study.run
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(normlab.study.run, "load_dataset", work)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Let the study render from finished records without MNIST files or model checks."""
+    import normlab.study.run
+
+    monkeypatch.setattr(normlab.study.run, "load_dataset", lambda *args: None)
+    monkeypatch.setattr(normlab.study.run, "check_runs", lambda *args: None)
+
+
+@pytest.mark.parametrize("case", ["duplicate", *CORRUPTIONS])
+def test_a_record_the_study_cannot_use_is_refused_before_any_work_naming_file_and_line(
+    tmp_path, no_work, case
+):
+    from normlab.study import run_study
+
+    out = _finished_study(tmp_path / "runs")
+    lines = (out / "results.jsonl").read_text().splitlines()
+    if case == "duplicate":
+        lines.append(lines[4])
+        where = "lines 5 and " + str(len(lines))
+    else:
+        lines[4] = json.dumps(corrupt(json.loads(lines[4]), case))
+        where = "line 5"
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as caught:
+        run_study("mnist", out, tmp_path / "report", budget=QUICK)
+    assert f"{out / 'results.jsonl'} {where}" in str(caught.value)
+    if case not in ("duplicate", "list-run-id"):  # a record of a run: the fix is to retrain it
+        assert "run normlab study claims again" in str(caught.value)
+    assert not (tmp_path / "report").exists()
+
+
+def _report_files(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
+    tmp_path, no_training, monkeypatch
+):
+    from normlab.study import figures, run_study
+
+    out, report = tmp_path / "runs", tmp_path / "report"
+    _finished_study(out, lambda run: 2.0 if run.norm == "bn" else 0.0)
+    first = run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
+    assert first.report == report / "claims.md"
+    before = _report_files(report)
+    assert "claims.md" in before and "landscape.png" in before
+    _finished_study(out)  # other numbers, so that every file would change
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk filled up")
+
+    monkeypatch.setattr(figures, "learning_rate", broken)  # after four figures are drawn
+    with pytest.raises(RuntimeError, match="disk filled"):
+        run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
+    assert _report_files(report) == before
+    assert sorted(p.name for p in report.iterdir() if not p.is_file()) == []
+
+
+def test_publish_moves_every_file_in_or_none(tmp_path):
+    from normlab.report.publish import MANIFEST, publish
+
+    def draw(text, fail=False):
+        def write(staging):
+            (staging / "a.md").write_text(text)
+            if fail:
+                raise RuntimeError("drawing failed")
+            (staging / "b.png").write_text(text)
+
+        return write
+
+    assert publish(tmp_path, draw("one")) == [tmp_path / "a.md", tmp_path / "b.png"]
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        publish(tmp_path, draw("two", fail=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "a.md", "b.png"]
+    assert (tmp_path / "a.md").read_text() == "one"
+    publish(tmp_path, draw("three"))  # files normlab wrote are replaced
+    assert (tmp_path / "b.png").read_text() == "three"
+
+
+@pytest.mark.parametrize("name", ["claims.md", "gap.png"])
+def test_a_report_folder_file_normlab_did_not_write_is_refused_before_any_work(
+    tmp_path, no_work, name
+):
+    from normlab.study import run_study
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / name).write_text("my own notes")
+    with pytest.raises(ValueError) as caught:
+        run_study("mnist", tmp_path / "runs", report, budget=QUICK)
+    assert str(report / name) in str(caught.value) and "normlab" in str(caught.value)
+    assert (report / name).read_text() == "my own notes"
+    assert sorted(p.name for p in report.iterdir()) == [name]
+
+
+def test_a_missing_data_dir_is_refused_before_any_work(tmp_path, no_work):
+    from normlab.study import run_study
+
+    with pytest.raises(ValueError, match=r"does not exist.*MNIST IDX files \(--data-dir\)"):
+        run_study(str(tmp_path / "mnist"), tmp_path / "runs", tmp_path / "report", budget=QUICK)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", ["", "[]", "{", '{"wall_seconds": "x"}', "\xff"])
+def test_an_unreadable_study_json_is_named_with_its_fix_before_any_work(tmp_path, no_work, content):
+    from normlab.study import run_study
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "study.json").write_text(content, encoding="latin-1")
+    with pytest.raises(ValueError) as caught:
+        run_study("mnist", out, tmp_path / "report", budget=QUICK)
+    message = str(caught.value)
+    assert str(out / "study.json") in message and "delete" in message
+
+
+def test_study_json_is_never_left_half_written(tmp_path, monkeypatch):
+    import pathlib
+
+    from normlab.study.run import _wall
+
+    (tmp_path / "study.json").write_text('{"wall_seconds": 5.0}')
+
+    def dies_half_way(self, data, *args, **kwargs):  # a kill in the middle of the write
+        with open(self, "wb") as file:
+            file.write((data.encode() if isinstance(data, str) else data)[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pathlib.Path, "write_text", dies_half_way)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        _wall(tmp_path, 2.0)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "study.json").read_text()) == {"wall_seconds": 5.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.json"]
+    assert _wall(tmp_path, 2.0) == 7.0

@@ -41,6 +41,7 @@ from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.norm_spec import parse_norm, split_specs
 from normlab.norms_table import norms_table
+from normlab.paths import expand
 
 
 def _batch_shape(text: str) -> tuple[int, ...]:
@@ -111,12 +112,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more; got {text!r}")
     return value
-
-
-def _path(text: str) -> Path:
-    """A path option: ``~`` and ``~user`` expand as the shell would have (every path option
-    alike, quoted or not)."""
-    return Path(text).expanduser()
 
 
 def _console() -> Console:
@@ -312,7 +307,7 @@ def _sweep_and_report(
     rank, _ = torchrun_rank()
     dropped = None
     if rank == 0:
-        from normlab.report.render import check_records
+        from normlab.report.runs import check_records
 
         dropped = store.repair()
         check_records(store.directory)  # a record the report cannot read fails now, not after
@@ -483,7 +478,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--json",
-        type=_path,
+        type=expand,
         default=None,
         metavar="FILE",
         help="also write the environment, every row and the summary here as JSON",
@@ -508,7 +503,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--data-dir",
-        type=_path,
+        type=expand,
         help="directory holding the dataset's files (mnist, fashion-mnist, cifar10)",
     )
     compare.add_argument(
@@ -626,7 +621,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "the time per step (normlab.experiment.diagnostics)",
     )
     compare.add_argument(
-        "--out", type=_path, default=None, help="output directory (default runs/<timestamp>)"
+        "--out", type=expand, default=None, help="output directory (default runs/<timestamp>)"
     )
     compare.add_argument(
         "--jobs",
@@ -683,15 +678,17 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from normlab.study import run_study  # matplotlib and scipy load only for this command
+    from normlab.study.run import render_from_records, run_study  # loads matplotlib and scipy
 
     console = _console()
-    command = (
-        f"normlab study claims --data-dir {args.data_dir} --budget {args.budget} "
-        f"--out {args.out} --report {args.report}"
-    )
+    command = f"normlab study claims --data-dir DIR --budget {args.budget} --report {args.report}"
+    if args.report_only:
+        console.print(f"wrote {render_from_records(args.report, args.budget, command)}")
+        return 0
+    if args.data_dir is None:
+        raise ValueError("the study trains on MNIST: give --data-dir (or --report-only).")
     result = run_study(
-        args.data_dir, args.out, args.report, budget=args.budget, jobs=args.jobs,
+        str(args.data_dir), args.out, args.report, budget=args.budget, jobs=args.jobs,
         threads=args.threads, executor=args.executor, address=args.address,
         command=command, console=console,
     )  # fmt: skip
@@ -716,21 +713,22 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         "and a Holm-adjusted verdict, written as a markdown report with figures.",
     )
     study.add_argument("study", choices=("claims",), help="the study to run")
-    study.add_argument("--data-dir", required=True, help="directory holding the MNIST IDX files")
+    study.add_argument("--data-dir", type=expand, help="directory holding the MNIST IDX files")
     study.add_argument(
-        "--budget",
-        choices=("quick", "full"),
-        default="full",
-        help="full: about an hour on 2 cores; quick: a few minutes, fewer seeds and epochs "
-        "(default full)",
-    )
-    study.add_argument(
-        "--out", type=Path, default=None, help="where the runs go (default runs/<timestamp>)"
-    )
-    study.add_argument(
-        "--report", type=Path, default=None, help="where claims.md and its figures go "
-        "(default OUT/report)",
+        "--budget", choices=("quick", "full"), default="full",
+        help="full: about 4 hours on 2 cores, resumable; quick: a few minutes (default full)",
     )  # fmt: skip
+    study.add_argument(
+        "--report-only", action="store_true",
+        help="regenerate the report from the records kept in --report, training nothing",
+    )  # fmt: skip
+    study.add_argument("--out", type=expand, help="where the runs go (default runs/<timestamp>)")
+    study.add_argument(
+        "--report",
+        type=expand,
+        help="where claims.md and its figures go (default OUT/report); files there that "
+        "normlab did not write are refused",
+    )
     study.add_argument("--jobs", type=_positive_int, default=None, help="runs at once")
     study.add_argument("--threads", type=_positive_int, default=None, help="threads per run")
     study.add_argument("--executor", choices=("processes", "ray"), default="processes")
@@ -758,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="re-render the table, plots and report.html of a compare run's results"
     )
-    report.add_argument("directory", type=_path, help="the --out directory of a compare run")
+    report.add_argument("directory", type=expand, help="the --out directory of a compare run")
     report.set_defaults(run=_report)
     inspect = commands.add_parser(
         "inspect",
@@ -768,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layers) and their running statistics. Files are loaded with weights_only=True: "
         "nothing in them runs.",
     )
-    inspect.add_argument("checkpoint", type=_path, help="a .pt file, e.g. OUT/models/<run_id>.pt")
+    inspect.add_argument("checkpoint", type=expand, help="a .pt file, e.g. OUT/models/<run_id>.pt")
     inspect.set_defaults(run=_inspect)
     _add_bench(commands)
     _add_study(commands)

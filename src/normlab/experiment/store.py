@@ -7,7 +7,10 @@ whole record lost only its newline: it is a finished run, kept, and the
 newline is restored before anything is appended. Any other tail was never a
 finished run; ``ResultsStore.repair`` cuts it off (and says so). A malformed
 line anywhere else is an error naming the file and line: it is somebody's
-finished result and is never dropped silently.
+finished result and is never dropped silently. normlab writes each run once,
+so a run_id on two lines (a line copied in by hand, or two files joined) is
+an error naming the file and both lines too: which record is the run is the
+user's choice, never the reader's.
 
 One process writes to a directory at a time: ``ResultsStore.lock`` takes an
 exclusive ``flock`` on ``directory/.normlab.lock`` and writes who holds it
@@ -28,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from normlab import paths
 
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".normlab.lock"
@@ -73,6 +78,35 @@ def _problem(line: bytes) -> str | None:
     return None
 
 
+def _field_problem(record: dict[str, Any]) -> str | None:
+    """Why a parsed record's run_id or config cannot identify a run, or None."""
+    if not isinstance(record["run_id"], str) or not record["run_id"]:
+        return f"has run_id {record['run_id']!r}; a run_id is a non-empty string"
+    if not isinstance(record["config"], dict):
+        return f"has config {record['config']!r}; a config is an object of fields"
+    return None
+
+
+def _refuse_duplicates(path: Path, records: list[tuple[int, dict[str, Any]]]) -> None:
+    """Raise naming every run_id that is on more than one line, with those lines."""
+    lines: dict[str, list[int]] = {}
+    for number, record in records:
+        lines.setdefault(record["run_id"], []).append(number)
+    repeated = [(run_id, numbers) for run_id, numbers in lines.items() if len(numbers) > 1]
+    if not repeated:
+        return
+    shown = "; ".join(
+        f"lines {', '.join(map(str, numbers[:-1]))} and {numbers[-1]} hold run {run_id!r}"
+        for run_id, numbers in repeated[:5]
+    )
+    more = f" (and {len(repeated) - 5} more runs)" if len(repeated) > 5 else ""
+    raise ResultsError(
+        f"{path} {shown}{more}. normlab records each run once, so all but one of those "
+        "lines were added by hand or joined from another file, and which one holds the run is "
+        "not normlab's to guess: delete the lines you do not mean to keep, then run again."
+    )
+
+
 def _whole_record(tail: bytes) -> bool:
     """Whether ``tail`` (a last line without its newline) is a complete run record."""
     return bool(tail.strip()) and _problem(tail) is None
@@ -87,7 +121,8 @@ def numbered_records(directory: str | os.PathLike) -> list[tuple[int, dict[str, 
 
     Raises:
         ResultsError: a complete line that is not UTF-8, not JSON, or not an
-            object with a run_id and config; the message names the file and line.
+            object with a string run_id and an object config, or a run_id on two
+            lines; the message names the file and the lines.
     """
     path = results_path(directory)
     if not path.exists():
@@ -103,12 +138,15 @@ def numbered_records(directory: str | os.PathLike) -> list[tuple[int, dict[str, 
         if not line.strip():
             continue
         problem = _problem(line)
+        if problem is None:
+            problem = _field_problem(json.loads(line))
         if problem is not None:
             raise ResultsError(
                 f"{path} line {number} {problem}; it is not a finished run's record. Fix or "
                 "delete that line, then run again."
             )
         records.append((number, json.loads(line)))
+    _refuse_duplicates(path, records)
     return records
 
 
@@ -118,38 +156,16 @@ def read_results(directory: str | os.PathLike) -> list[dict[str, Any]]:
     return [record for _, record in numbered_records(directory)]
 
 
-def _first_existing(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _check_writable(path: Path) -> None:
-    """Fail unless ``path`` (which may not exist yet) can be created as a directory or is one
-    that can be written: its nearest existing ancestor is a writable directory."""
-    existing = _first_existing(path.absolute())
-    if not existing.is_dir():
-        where = "is a file" if existing == path.absolute() else f"lies under the file {existing}"
-        raise ResultsError(f"{path} {where}; the output must be a directory. Use another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ResultsError(
-            f"cannot write to {existing} (permission denied), so {path} cannot hold the "
-            "output; use another directory."
-        )
-
-
 def check_output_file(path: str | os.PathLike) -> None:
-    """Fail unless a file can be written at ``path`` (its directory created if needed).
-    Changes nothing on disk.
+    """Fail unless a file can be written at ``path`` (see normlab.paths.check_output_file).
 
     Raises:
         ResultsError: ``path`` is a directory, or its directory cannot be created or written.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ResultsError(f"{path} is a directory; name a file to write.")
-    _check_writable(path.parent)
+    try:
+        paths.check_output_file(path)
+    except paths.PathError as error:
+        raise ResultsError(str(error)) from None
 
 
 def check_output_directory(
@@ -159,7 +175,7 @@ def check_output_directory(
 
     Changes nothing on disk: call it before any work starts. ``files`` and
     ``directories`` are names inside ``directory`` that will be written
-    (``results.jsonl`` is always checked).
+    (``results.jsonl`` is always checked); see normlab.paths.check_output_directory.
 
     Raises:
         ResultsError: ``directory`` names a ``.jsonl`` file, is a file, lies
@@ -172,17 +188,10 @@ def check_output_directory(
             f"{path} names a .jsonl file, but the results store is a directory: pass the "
             f"directory ({path.with_suffix('')}); its results go to DIRECTORY/{RESULTS_FILE}."
         )
-    _check_writable(path)
-    for name in (RESULTS_FILE, *files):
-        if (path / name).is_dir():
-            raise ResultsError(
-                f"{path / name} is a directory, but normlab writes a file there; move it away."
-            )
-    for name in directories:
-        if (path / name).exists() and not (path / name).is_dir():
-            raise ResultsError(
-                f"{path / name} is not a directory, but normlab writes files into it; move it away."
-            )
+    try:
+        paths.check_output_directory(path, files=(RESULTS_FILE, *files), directories=directories)
+    except paths.PathError as error:
+        raise ResultsError(str(error)) from None
 
 
 def _holder_text(data: bytes) -> str:

@@ -48,7 +48,7 @@ def run_sweep(
     """Train every run of ``runs`` not yet in ``store`` and append each record.
 
     Args:
-        runs: the sweep's runs (all on one dataset).
+        runs: the sweep's runs (all on one dataset); a run listed twice trains once.
         store: where records go; already finished runs are skipped.
         executor: an Executor (see normlab.experiment.executors), or the name of one
             (``"processes"``, ``"ray"``, ``"torchrun"``) built by ``executor_for`` from
@@ -86,13 +86,14 @@ def run_sweep(
     elif any(value is not None for value in options.values()):
         given = ", ".join(name for name, value in options.items() if value is not None)
         raise ValueError(f"{given}: give these to the executor's constructor, not to run_sweep.")
-    executor.check(list(runs))
+    runs = list({run.run_id: run for run in runs}.values())  # a run given twice trains once
+    executor.check(runs)
     outcome = SweepOutcome()
     sink = RunSink(store, listener or SweepListener(), outcome)
     # One writer per directory: a second sweep is refused, not doubled.
     with store.lock() if executor.locks_store else contextlib.nullcontext():
         try:
-            todo = executor.pending(list(runs), store)
+            todo = executor.pending(runs, store)
             outcome.skipped = len(runs) - len(todo)
             datasets = {run.dataset for run in todo}
             if len(datasets) > 1:

@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from normlab.experiment.store import ResultsError, numbered_records, results_path
+from normlab.experiment.store import results_path
+from normlab.paths import check_output_directory, write_atomically
 from normlab.report.claims import verdicts
 from normlab.report.html import report_html
 from normlab.report.plots import batch_size_png, curves_png
-from normlab.report.runs import RecordError, Sweep, run_from_record
+from normlab.report.runs import Sweep, check_records
 
 HTML_FILE = "report.html"
 CURVES_FILE = "curves.png"
@@ -30,31 +31,6 @@ class ReportFiles:
     batch_size: Path | None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a sibling temporary file, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def check_records(directory: str | os.PathLike) -> list[dict]:
-    """Every record of ``directory/results.jsonl``, each checked to be one the report can read.
-
-    Raises:
-        normlab.experiment.store.ResultsError: a line is not a run record, or a
-            record lacks a field the report needs; the message names the file and line.
-    """
-    path = results_path(directory)
-    records = []
-    for number, record in numbered_records(path):
-        try:
-            run_from_record(record)
-        except RecordError as error:
-            raise ResultsError(f"{path} line {number}: {error}") from None
-        records.append(record)
-    return records
-
-
 def render_report(directory: str | os.PathLike) -> ReportFiles:
     """Render the report of the runs in ``directory/results.jsonl`` into ``directory``.
 
@@ -66,12 +42,15 @@ def render_report(directory: str | os.PathLike) -> ReportFiles:
         ValueError: there are no records (no file, or an empty one).
         normlab.experiment.store.ResultsError: a line is not a run record, or a
             record lacks a field the report needs (see check_records).
+        normlab.paths.PathError: ``directory`` cannot be written, or an output there is a
+            directory.
     """
     path = results_path(directory)
     out = path.parent
     records = check_records(path)
     if not records:
         raise ValueError(f"no finished runs in {path}; run normlab compare --out {out} first.")
+    check_output_directory(out, files=(HTML_FILE, CURVES_FILE, BATCH_SIZE_FILE))
     sweep = Sweep.from_records(records)
     curves = curves_png(sweep)
     batch_size = batch_size_png(sweep)
@@ -82,10 +61,10 @@ def render_report(directory: str | os.PathLike) -> ReportFiles:
         curves=out / CURVES_FILE,
         batch_size=out / BATCH_SIZE_FILE if batch_size is not None else None,
     )
-    _write_atomically(files.curves, curves)
+    write_atomically(files.curves, curves)
     if batch_size is not None:
-        _write_atomically(out / BATCH_SIZE_FILE, batch_size)
+        write_atomically(out / BATCH_SIZE_FILE, batch_size)
     else:
         (out / BATCH_SIZE_FILE).unlink(missing_ok=True)
-    _write_atomically(files.html, page.encode("utf-8"))
+    write_atomically(files.html, page.encode("utf-8"))
     return files

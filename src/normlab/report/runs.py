@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from normlab.experiment.config import OMITTED_DEFAULTS
+from normlab.experiment.store import ResultsError, numbered_records, results_path
 from normlab.norm_spec import format_norm
 
 SCHEMA = 1
@@ -30,7 +32,29 @@ AXES = ("norm", "batch_size", "seed")
 
 
 class RecordError(ValueError):
-    """A results record lacks a field the report needs, or holds a value it cannot use."""
+    """A results record lacks a field the report needs, or holds a value it cannot use.
+
+    ``problem`` says what is wrong with the record (``has no field 'final'``),
+    ``run_id`` names its run and ``fix`` says what to do; without one, the fix is to
+    retrain the run (see :meth:`advice`).
+    """
+
+    def __init__(self, problem: str, run_id: Any = "?", fix: str | None = None) -> None:
+        self.problem = problem
+        self.run_id = run_id
+        self.fix = fix
+        super().__init__(f"results record {run_id!r} {problem}. {self.advice('normlab compare')}")
+
+    def advice(self, command: str) -> str:
+        """What to do about it, for records written by ``command`` (``normlab compare``)."""
+        return self.fix or _retrain(command)
+
+
+def _retrain(command: str) -> str:
+    return (
+        f"{command} counts that run as finished: delete its line from results.jsonl, then run "
+        f"{command} again with the same --out to retrain it."
+    )
 
 
 @dataclass(frozen=True)
@@ -82,12 +106,7 @@ class Run:
 
 
 def _fail(record: Mapping[str, Any], problem: str) -> RecordError:
-    run_id = record.get("run_id", "?")
-    return RecordError(
-        f"results record {run_id!r} {problem}. normlab compare counts that run as finished: "
-        "delete its line from results.jsonl, then run normlab compare again with the same "
-        "--out to retrain it."
-    )
+    return RecordError(problem, record.get("run_id", "?"))
 
 
 def _accuracy(record: Mapping[str, Any], where: str, value: Any) -> float:
@@ -96,6 +115,13 @@ def _accuracy(record: Mapping[str, Any], where: str, value: Any) -> float:
     if not 0.0 <= value <= 1.0:
         raise _fail(record, f"has {where} = {value!r}, outside [0, 1] (accuracies are fractions)")
     return float(value)
+
+
+def _epoch(record: Mapping[str, Any], value: Any) -> int:
+    whole = isinstance(value, int | float) and not isinstance(value, bool)
+    if not whole or not math.isfinite(value) or value != int(value) or value < 0:
+        raise _fail(record, f"has history.epoch = {value!r}, not an epoch number")
+    return int(value)
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,9 +151,13 @@ def run_from_record(record: Mapping[str, Any]) -> Run:
     schema = record.get("schema", SCHEMA)
     if schema != SCHEMA:
         raise RecordError(
-            f"results record {record.get('run_id', '?')!r} has schema {schema!r}; this "
-            f"normlab reads schema {SCHEMA}. Render it with the normlab version that wrote it."
+            f"has schema {schema!r}; this normlab reads schema {SCHEMA}",
+            record.get("run_id", "?"),
+            fix="Render it with the normlab version that wrote it.",
         )
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise _fail(record, "has no run_id (a non-empty string)")
     try:
         config = flatten_config(record["config"])
         missing = [name for name in AXES if name not in config]
@@ -143,7 +173,7 @@ def run_from_record(record: Mapping[str, Any]) -> Run:
             val_acc=_accuracy(record, "final.val_acc", final["val_acc"]),
             train_acc=_accuracy(record, "final.train_acc", final["train_acc"]),
             seconds=float(record.get("seconds") or 0.0),
-            epochs=tuple(int(row["epoch"]) for row in history),
+            epochs=tuple(_epoch(record, row["epoch"]) for row in history),
             epoch_train_acc=tuple(
                 _accuracy(record, "history.train_acc", row["train_acc"]) for row in history
             ),
@@ -157,10 +187,40 @@ def run_from_record(record: Mapping[str, Any]) -> Run:
             threads=record.get("threads"),
             started=record.get("started"),
         )
+    except RecordError:
+        raise
     except KeyError as error:
         raise _fail(record, f"has no field {error.args[0]!r}") from None
-    except (TypeError, AttributeError):
+    except (TypeError, ValueError, AttributeError):
         raise _fail(record, "is not shaped like a schema-1 run record") from None
+
+
+def check_records(
+    directory: str | os.PathLike, command: str = "normlab compare"
+) -> list[dict[str, Any]]:
+    """Every record of ``directory/results.jsonl``, each checked to be one the report (and
+    the claims study) can read: the one check of a results file before anything is drawn.
+
+    ``command`` is what wrote the records (``normlab study claims``); the fix of a bad
+    record says to run it again.
+
+    Raises:
+        normlab.experiment.store.ResultsError: a line is not a run record, a run is on two
+            lines, or a record lacks a field the report needs or holds a value it cannot
+            use; the message names the file and line and the fix.
+    """
+    path = results_path(directory)
+    records = []
+    for number, record in numbered_records(path):
+        try:
+            run_from_record(record)
+        except RecordError as error:
+            raise ResultsError(
+                f"{path} line {number}: results record {error.run_id!r} {error.problem}. "
+                f"{error.advice(command)}"
+            ) from None
+        records.append(record)
+    return records
 
 
 def canonical(value: Any) -> str:
@@ -191,8 +251,7 @@ class Sweep:
     """Every run of a results file, with the fields that vary and the labels they imply.
 
     Norms and experiments keep the order they first appear in; batch sizes
-    are sorted. A run_id seen twice keeps its last record. No records make
-    an empty sweep (no verdicts, no table rows).
+    are sorted. No records make an empty sweep (no verdicts, no table rows).
     """
 
     runs: tuple[Run, ...]
@@ -206,11 +265,20 @@ class Sweep:
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> Sweep:
-        """Read every record into a :class:`Run` and label its series and experiment."""
-        by_id = {}
+        """Read every record into a :class:`Run` and label its series and experiment.
+
+        Raises:
+            RecordError: a record the report cannot read, or two records of one run.
+        """
+        by_id: dict[str, Run] = {}
         for record in records:
             run = run_from_record(record)
-            by_id.pop(run.run_id, None)
+            if run.run_id in by_id:
+                raise RecordError(
+                    "is there twice; normlab records each run once, so keep the record that "
+                    "holds the run and drop the other",
+                    run.run_id,
+                )
             by_id[run.run_id] = run
         names = _first_appearance(name for run in by_id.values() for name in run.config)
         # A field that older runs (or runs at its default) leave out has its default there.

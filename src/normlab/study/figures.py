@@ -296,6 +296,10 @@ FIGURES: dict[str, Callable[[Runs, Budget, Path], None]] = {
 }
 
 
+FILES = tuple(FIGURES)
+"""Every figure :func:`write_all` draws, so that the report folder is checked before any run."""
+
+
 def write_all(runs: Runs, b: Budget, directory: Path) -> list[Path]:
     """Every figure into ``directory``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,11 @@ The runs' records go to ``OUT/results.jsonl`` (resumable like ``normlab compare`
 every invocation the planned runs' records are also written, compressed and without the
 machine's paths, to ``REPORT/records.jsonl.gz``: that file is committed with the report,
 a later invocation on another machine or ``OUT`` starts from it, and
-:func:`render_from_records` regenerates the report from it alone, identically.
-``OUT/study.json`` accumulates the wall time of every invocation that trained.
+:func:`render_from_records` regenerates the report from it alone, identically. The
+report's files are written all at once and never over a file normlab did not write there
+(normlab.report.publish). ``OUT/study.json`` accumulates the wall time of every invocation
+that trained. Both folders, every record and study.json are checked before any data
+loads or any run trains.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +27,14 @@ from typing import Any
 from rich.console import Console
 
 from normlab.data import load_dataset
-from normlab.experiment import ResultsStore, check_runs, read_results, run_sweep
+from normlab.experiment import ResultsStore, check_runs, run_sweep
 from normlab.experiment.executors.choose import executor_for
 from normlab.experiment.executors.contract import SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
+from normlab.experiment.store import check_output_directory
+from normlab.paths import check_input_directory, write_atomically
+from normlab.report.publish import check_replaceable, publish
+from normlab.report.runs import check_records
 from normlab.study import figures
 from normlab.study.claims import sections
 from normlab.study.findings import Runs, adjust
@@ -38,6 +44,9 @@ from normlab.study.report import render, write_json
 REPORT_FILE = "claims.md"
 JSON_FILE = "claims.json"
 RECORDS_FILE = "records.jsonl.gz"
+STATE_FILE = "study.json"
+COMMAND = "normlab study claims"
+REPORT_FILES = (REPORT_FILE, JSON_FILE, RECORDS_FILE, *figures.FILES)
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,53 @@ class StudyResult:
     outcome: SweepOutcome
 
 
+def _wall_so_far(out: Path) -> float:
+    """The study's accumulated wall time in ``out/study.json`` (0 when there is none).
+
+    Raises:
+        ValueError: the file cannot be read as the study's state; the message names it
+            and says what to do.
+    """
+    path = out / STATE_FILE
+    if not path.exists():
+        return 0.0
+    try:
+        seconds = json.loads(path.read_text(encoding="utf-8"))["wall_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"wall_seconds is {seconds!r}, not a number of seconds")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} cannot be read as the study's state ({error}). It holds only the wall "
+            "time of earlier invocations: delete it (the wall time then counts from this "
+            "run) and run again."
+        ) from None
+    return float(seconds)
+
+
 def _wall(out: Path, seconds: float) -> float:
-    """Add ``seconds`` to the study's accumulated wall time and return the total."""
-    path = out / "study.json"
-    state = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0}
-    state["wall_seconds"] = state.get("wall_seconds", 0.0) + seconds
-    path.write_text(json.dumps(state, indent=1))
-    return float(state["wall_seconds"])
+    """Add ``seconds`` to the study's accumulated wall time and return the total; the file
+    is replaced whole, so a kill leaves the old total or the new one."""
+    total = _wall_so_far(out) + seconds
+    write_atomically(out / STATE_FILE, json.dumps({"wall_seconds": total}, indent=1).encode())
+    return total
+
+
+def check_study_paths(
+    data_dir: str | os.PathLike, out: str | os.PathLike, report_dir: str | os.PathLike
+) -> None:
+    """Fail unless the study can write its records into ``out`` and its report into
+    ``report_dir``, every record and the state already in ``out`` can be read, and
+    ``data_dir`` is a directory. Changes nothing on disk.
+
+    Raises:
+        ValueError: naming the path (and line) and what to do.
+    """
+    out, report_dir = Path(out), Path(report_dir)
+    check_output_directory(out, files=(STATE_FILE,))
+    check_replaceable(report_dir, REPORT_FILES)
+    _wall_so_far(out)
+    check_records(out, COMMAND)
+    check_input_directory(data_dir, "the directory holding the MNIST IDX files (--data-dir)")
 
 
 def portable(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,17 +128,18 @@ def read_committed(report_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_committed(report_dir: Path, records: Sequence[Mapping[str, Any]]) -> Path:
-    """Write ``records`` (portable, one JSON line each) to ``report_dir``'s records file,
-    atomically, sorted by run id so that the file changes only where records do."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    path = report_dir / RECORDS_FILE
+    """Write ``records`` (portable, one JSON line each, sorted by run id so that the file
+    changes only where records do) to ``report_dir``'s records file, published like the
+    report's other files."""
     ordered = sorted((portable(r) for r in records), key=lambda r: r["run_id"])
     text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in ordered)
-    handle, temporary = tempfile.mkstemp(dir=report_dir, prefix=".records-")
-    with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-        out.write(text.encode("utf-8"))
-    os.replace(temporary, path)
-    return path
+
+    def draw(staging: Path) -> None:
+        with gzip.GzipFile(staging / RECORDS_FILE, mode="wb", mtime=0) as out:
+            out.write(text.encode("utf-8"))
+
+    publish(report_dir, draw)
+    return report_dir / RECORDS_FILE
 
 
 def run_study(
@@ -108,10 +158,17 @@ def run_study(
     """Train every run the claims study needs that neither ``out`` nor the records committed
     in ``report_dir`` hold yet, in the plan's order (the primary experiments first), seeds
     stacked; keep the records in ``report_dir``; once every run has finished, write the
-    report. The same call again resumes."""
+    report. The same call again resumes.
+
+    Raises:
+        ValueError: ``out`` or ``report_dir`` cannot be used, or a record or the state in
+            ``out`` cannot be read (see :func:`check_study_paths`), before any work.
+    """
     clock = time.perf_counter()
     console = console or Console()
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    out, report_dir = Path(out), Path(report_dir)
+    check_study_paths(data_dir, out, report_dir)
     experiments = plan(budget)
     runs = all_runs(experiments)
     planned = {run.run_id for run in runs}
@@ -140,7 +197,7 @@ def run_study(
             chosen = executor_for(executor, threads=threads, address=address, data_dir=data_dir)
         with SweepProgress(console, total=len(runs), already_done=already) as progress:
             outcome = run_sweep(runs, store, executor=chosen, listener=progress, data=data)
-        records = [r for r in read_results(out) if r["run_id"] in planned]
+        records = [r for r in check_records(out, COMMAND) if r["run_id"] in planned]
         write_committed(report_dir, records)
     _wall(out, time.perf_counter() - clock)
     finished = len({r["run_id"] for r in records})
@@ -160,12 +217,15 @@ def render_from_records(report_dir: Path, budget: Budget | str, command: str) ->
     records = [r for r in read_committed(report_dir) if r["run_id"] in planned]
     lookup = Runs(experiments, records)
     tested = adjust_sections(sections(lookup, budget))
-    figures.write_all(lookup, budget, report_dir)
     text = render(tested, budget, command, records, len(planned))
-    path = report_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
-    write_json(report_dir / JSON_FILE, tested, budget, records)
-    return path
+
+    def draw(staging: Path) -> None:
+        figures.write_all(lookup, budget, staging)
+        (staging / REPORT_FILE).write_text(text, encoding="utf-8")
+        write_json(staging / JSON_FILE, tested, budget, records)
+
+    publish(report_dir, draw)
+    return report_dir / REPORT_FILE
 
 
 def adjust_sections(found: Sequence) -> list:
