@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import cifar_arrays, mnist_arrays, write_cifar_bin, write_mnist_idx
+from holding_model import holders, release, write_holding_model
 from process_tree import alive_in_session
 
 SCRIPT = Path(sys.executable).with_name("normlab")
@@ -141,22 +141,39 @@ def test_missing_mnist_files_say_which_files_to_put_where(tmp_path, run_cli, mon
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    argv = [str(SCRIPT), "compare", "--norms", "none,bn,ln", "--batch-sizes", "16"]
-    argv += ["--seeds", "4", "--epochs", "3", "--hidden", "64", "--out", str(out), *extra]
+    """12 runs (none, bn, ln x 4 seeds) of the holding model, run from ``out``'s parent: the
+    4 ln runs wait there until ``release(out.parent)``, so the sweep has work left until
+    then, however fast the others go."""
+    spec = write_holding_model(out.parent)
+    argv = [str(SCRIPT), "compare", "--model", spec, "--norms", "none,bn,ln"]
+    argv += ["--batch-sizes", "16", "--seeds", "4", "--epochs", "3", "--out", str(out), *extra]
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     return subprocess.Popen(
-        argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        argv,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=out.parent,
     )
 
 
-def _wait_for_lines(path: Path, count: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if path.exists() and len(_lines(path)) >= count:
-            return
+def _wait_until(condition, process: subprocess.Popen, what: str) -> None:
+    """Poll ``condition`` until it holds; the process must not end meanwhile. The deadline
+    only turns a hang into a failure."""
+    deadline = time.monotonic() + 300
+    while not condition():
         assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"never happened: {what}"
         time.sleep(0.05)
-    raise AssertionError(f"{path} did not reach {count} lines")
+
+
+def _wait_for_lines(path: Path, count: int, process: subprocess.Popen) -> None:
+    _wait_until(
+        lambda: path.exists() and len(_complete_lines(path)) >= count,
+        process,
+        f"{path} reaching {count} lines",
+    )
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -173,6 +190,7 @@ def test_a_killed_sweep_keeps_every_finished_run_and_the_rerun_completes_it(tmp_
     finished = finished[: finished.rfind("\n") + 1]
     with open(results, "a") as file:
         file.write('{"schema": 1, "run_id": "interrupt')
+    release(tmp_path)
     rerun = _start(out, "--jobs", jobs)
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr.decode()
@@ -193,7 +211,7 @@ def test_ctrl_c_stops_the_sweep_and_says_how_to_resume(tmp_path):
     assert b"interrupted" in stdout and b"--out" in stdout
     assert b"Traceback" not in stdout + stderr
     kept = [json.loads(line) for line in _lines(out / "results.jsonl")]
-    assert 1 <= len(kept) < 12
+    assert 1 <= len(kept) <= 8  # the held runs cannot have finished
 
 
 def test_installed_script_documents_every_compare_option():
@@ -240,10 +258,11 @@ def _worker_pids(parent: int) -> list[int]:
 def test_a_worker_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "sweep"
     process = _start(out, "--jobs", "2")
-    _wait_for_lines(out / "results.jsonl", 1, process)
-    workers = _worker_pids(process.pid)
-    assert workers, "no worker processes found"
-    os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _wait_until(lambda: holders(tmp_path), process, "a worker holding a run")
+    (worker,) = holders(tmp_path)[:1]
+    assert worker in _worker_pids(process.pid)
+    os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    release(tmp_path)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr.decode()
     assert stdout.count(b"worker process training it died") == 2  # as it ends, and in the list
@@ -319,7 +338,7 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path):
     assert b"Traceback" not in stdout + stderr
     _assert_none_left(process.pid)
     kept = [json.loads(line) for line in _lines(out / "results.jsonl")]
-    assert 1 <= len(kept) < 12
+    assert 1 <= len(kept) <= 8  # the held runs cannot have finished
 
 
 def _interrupt(*_args, **_kwargs):
@@ -394,17 +413,29 @@ def test_ctrl_c_while_rendering_the_report_exits_130_with_the_resume_line(
     assert status == 0 and "1 runs already finished" in stdout and (out / "report.html").exists()
 
 
-# --- fault injection: signals at random moments, then a rerun ----------------------------
+# --- fault injection: signals at each stage of a sweep, then a rerun ----------------------
 
-FAULT_SWEEP = ["--norms", "none,bn", "--batch-sizes", "64", "--seeds", "3", "--epochs", "2"]
-FAULT_SWEEP += ["--hidden", "16"]
+# 6 runs of the holding model: the 4 none and bn runs finish, the 2 ln runs wait until the
+# test releases them, so every signal lands on a sweep with work left.
+FAULT_SWEEP = ["--norms", "none,bn,ln", "--batch-sizes", "64", "--seeds", "2", "--epochs", "2"]
+# When each signal is sent: once the sweep has printed its first line (normlab is running:
+# a Ctrl-C while Python imports torch is Python's to report), then once that many records
+# are complete in all (one of the none and bn runs, then all four while the ln runs wait).
+STAGES = (0, 1, 4)
 
 
 def _start_fault_sweep(out: Path, jobs: str) -> subprocess.Popen:
-    argv = [str(SCRIPT), "compare", *FAULT_SWEEP, "--jobs", jobs, "--out", str(out)]
+    spec = write_holding_model(out.parent)
+    argv = [str(SCRIPT), "compare", "--model", spec, *FAULT_SWEEP]
+    argv += ["--jobs", jobs, "--out", str(out)]
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     return subprocess.Popen(
-        argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        argv,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=out.parent,
     )
 
 
@@ -415,32 +446,33 @@ def _complete_lines(path: Path) -> list[str]:
     return text[: text.rfind("\n") + 1].splitlines()
 
 
-def _hit_at_random_moments(tmp_path: Path, jobs: str, signals: list[int], seed: int) -> None:
-    """Start the sweep, send each signal at a random moment (SIGINT to the process group,
+def _hit_at_each_stage(tmp_path: Path, jobs: str, signals: list[int]) -> None:
+    """Start the sweep and send the i-th signal at STAGES[i] (SIGINT to the process group,
     as Ctrl-C does; SIGTERM and SIGKILL to the sweep's process alone), check that nothing
-    outlives it and no finished record is lost or repeated; then rerun it to completion."""
-    moments = random.Random(seed)
+    outlives it and no finished record is lost or repeated; then release the held runs and
+    rerun it to completion."""
     out = tmp_path / "sweep"
     results = out / "results.jsonl"
     kept: list[str] = []
-    for signum in signals:
+    for signum, stage in zip(signals, STAGES, strict=False):
         process = _start_fault_sweep(out, jobs)
-        if signum == signal.SIGINT:  # a Ctrl-C while Python imports torch is Python's to report
-            process.stdout.readline()  # the sweep's first line: normlab is running
-        time.sleep(moments.uniform(0.0, 12.0))
+        process.stdout.readline()  # the sweep's first line: normlab is running
+        _wait_for_lines(results, stage, process)
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)
         else:
             os.kill(process.pid, signum)
         _, stderr = process.communicate(timeout=120)
         assert b"Traceback" not in stderr, stderr.decode()
-        assert process.returncode in (0, 130, -signum), (signum, stderr.decode())
+        assert process.returncode in (130, -signum), (signum, stderr.decode())
         _assert_none_left(process.pid)
         lines = _complete_lines(results)
         assert lines[: len(kept)] == kept, f"a finished record was lost after signal {signum}"
         ids = [json.loads(line)["run_id"] for line in lines]
         assert len(ids) == len(set(ids)), f"a record was written twice after signal {signum}"
+        assert len(ids) <= 4, "a held run finished"
         kept = lines
+    release(tmp_path)
     rerun = _start_fault_sweep(out, jobs)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr.decode()
@@ -452,17 +484,13 @@ def _hit_at_random_moments(tmp_path: Path, jobs: str, signals: list[int], seed: 
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_signals_at_random_moments_lose_and_repeat_nothing(tmp_path):
-    seed = random.randrange(2**32)
-    print(f"fault-injection seed {seed}")
-    _hit_at_random_moments(tmp_path, "2", [signal.SIGKILL, signal.SIGTERM], seed)
+def test_signals_at_each_stage_lose_and_repeat_nothing(tmp_path):
+    _hit_at_each_stage(tmp_path, "2", [signal.SIGKILL, signal.SIGTERM])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_each_signal_at_random_moments_loses_and_repeats_nothing(tmp_path, jobs, signum):
-    seed = random.randrange(2**32)
-    print(f"fault-injection seed {seed}")
-    _hit_at_random_moments(tmp_path, jobs, [signum] * 3, seed)
+def test_each_signal_at_each_stage_loses_and_repeats_nothing(tmp_path, jobs, signum):
+    _hit_at_each_stage(tmp_path, jobs, [signum] * len(STAGES))

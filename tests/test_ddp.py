@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch.distributed as dist
@@ -271,3 +272,82 @@ def test_a_restarted_launch_fails_what_an_earlier_attempt_failed_and_nothing_els
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert LaunchAccount(path).failed_runs(set()) == {}  # a first attempt starts afresh
+
+
+def _lock_is_free(path) -> bool:
+    import fcntl
+    import os
+
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _wait_for(condition, what: str, deadline_seconds: float) -> None:
+    import time
+
+    deadline = time.monotonic() + deadline_seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.mark.slow  # a torchrun launch of the lab: about 15 s on a loaded machine
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="finds ranks in Linux /proc")
+def test_the_ranks_stop_when_their_torchrun_agent_is_killed(tmp_path):
+    """SIGKILL to the torchrun agent gives its ranks no word; they must not train on as
+    orphans, writing into --out and holding its lock."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from normlab.experiment.executors.torchrun import LAUNCH_FILE
+    from normlab.experiment.store import LOCK_FILE
+
+    bin_dir, out = Path(sys.executable).parent, tmp_path / "out"
+    torchrun = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2"]
+    argv = ["compare", "--norms", "bn,ln", "--epochs", "1000", "--hidden", "16", "--seeds", "1"]
+    agent = subprocess.Popen(
+        [*torchrun, str(bin_dir / "normlab"), *argv, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+    )
+    ranks: list[int] = []
+    try:
+        # rank 0 names the run it starts once both ranks have joined the group, holding
+        # the lock; 1000 epochs cannot end first
+        _wait_for(lambda: (out / LAUNCH_FILE).exists(), "the launch never started", 300)
+        assert not _lock_is_free(out / LOCK_FILE)
+        ranks = _children(agent.pid)
+        assert len(ranks) == 2
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait()
+        _wait_for(lambda: not any(map(_running, ranks)), "the ranks outlived their agent", 30)
+        assert _lock_is_free(out / LOCK_FILE)
+    finally:
+        agent.kill()
+        for pid in filter(_running, ranks):
+            os.kill(pid, signal.SIGKILL)

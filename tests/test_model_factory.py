@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
+import re
+import subprocess
 import sys
 import textwrap
 
@@ -64,6 +67,7 @@ GOOD = """
 def user_module(tmp_path, monkeypatch):
     """A module ``usernets`` importable from tmp_path, as a user's file in the current
     directory; forgotten afterwards."""
+    monkeypatch.setattr(sys, "path", [*sys.path])  # what the import appends goes afterwards
     (tmp_path / "usernets.py").write_text(textwrap.dedent(GOOD))
     (tmp_path / "broken_nets.py").write_text("raise RuntimeError('needs a GPU')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -183,3 +187,209 @@ def test_compare_refuses_a_broken_factory_before_anything_trains(user_module, ru
     assert "(8, 10) tensor of logits" in stderr
     assert "Traceback" not in stdout + stderr
     assert not (out / "results.jsonl").exists()
+
+
+USER_CODE_THAT_MISBEHAVES = """
+    import sys
+    import torch
+    from torch import nn
+
+    def raises_runtime(norm, num_classes, input_shape):
+        raise RuntimeError("no GPU here")
+
+    def raises_key(norm, num_classes, input_shape):
+        return {"a": 1}["depth"]
+
+    def exits(norm, num_classes, input_shape):
+        sys.exit(4)
+
+    def reseeds_then_raises(norm, num_classes, input_shape):
+        torch.manual_seed(1234)
+        torch.set_default_dtype(torch.float64)
+        raise RuntimeError("half built")
+
+    def float64_model(norm, num_classes, input_shape):
+        torch.set_default_dtype(torch.float64)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def for_mnist(norm, num_classes, input_shape):
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), norm(16), nn.Linear(16, num_classes))
+
+    class Crashes(nn.Module):
+        def forward(self, images):
+            raise KeyError("features")
+
+    def crashes_in_forward(norm, num_classes, input_shape):
+        return Crashes()
+"""
+
+EXITING_MODULES = {
+    "exits_zero": "import sys\nsys.exit(0)\n",
+    "exits_three": "import sys\nsys.exit(3)\n",
+    "parses_args": "import argparse\nparser = argparse.ArgumentParser()\n"
+    "parser.add_argument('--size')\nparser.parse_args()\n",
+}
+
+
+@pytest.fixture
+def misbehaving(tmp_path, monkeypatch):
+    """Modules ``misbehaving`` and the EXITING_MODULES in the current directory, tmp_path."""
+    monkeypatch.setattr(sys, "path", [*sys.path])  # what the import appends goes afterwards
+    (tmp_path / "misbehaving.py").write_text(textwrap.dedent(USER_CODE_THAT_MISBEHAVES))
+    for name, text in EXITING_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    for name in ("misbehaving", *EXITING_MODULES):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("exits_zero", r"exited \(sys\.exit\(0\)\)"),
+        ("exits_three", r"exited \(sys\.exit\(3\)\)"),
+        ("parses_args", r"exited \(sys\.exit\(2\)\).*parse_args"),
+    ],
+)
+def test_a_factory_module_that_exits_when_imported_is_refused(misbehaving, module, message):
+    with pytest.raises(ModelFactoryError, match=f"importing '{module}' for --model .*{message}"):
+        build_model(f"{module}:build", (1, 8, 8), 10, norm="bn")
+
+
+@pytest.mark.parametrize("module", sorted(EXITING_MODULES))
+def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, run_cli, module):
+    argv = ["compare", "--model", f"{module}:build", "--norms", "bn", "--epochs", "1"]
+    status, stdout, stderr = run_cli([*argv, "--out", str(misbehaving / "sweep")])
+    assert status == 2
+    assert f"importing '{module}' for --model {module}:build" in stderr
+    assert "exited" in stderr and "Traceback" not in stdout + stderr
+    assert not (misbehaving / "sweep" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("factory", "error"),
+    [
+        ("raises_runtime", "RuntimeError: no GPU here"),
+        ("raises_key", "KeyError: 'depth'"),
+        ("exits", r"exited \(sys\.exit\(4\)\)"),
+        ("float64_model", "changed torch's default dtype from torch.float32 to torch.float64"),
+    ],
+)
+def test_every_error_of_the_factory_is_a_refusal_naming_the_factory(misbehaving, factory, error):
+    dtype = torch.get_default_dtype()
+    with pytest.raises(ModelFactoryError, match=f"--model misbehaving:{factory}: .*{error}"):
+        build_model(f"misbehaving:{factory}", (1, 8, 8), 10, norm="bn")
+    assert torch.get_default_dtype() == dtype
+
+
+def test_a_refused_factory_leaves_the_default_dtype_and_the_generators_as_they_were(misbehaving):
+    import random
+
+    import numpy
+
+    torch.manual_seed(5)
+    random.seed(5)
+    numpy.random.seed(5)
+    states = torch.get_rng_state(), random.getstate(), numpy.random.get_state()[1].copy()
+    with pytest.raises(ModelFactoryError, match="RuntimeError: half built"):
+        build_model("misbehaving:reseeds_then_raises", (1, 8, 8), 10, norm="bn")
+    assert torch.get_default_dtype() == torch.float32
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    assert (numpy.random.get_state()[1] == states[2]).all()
+
+
+@pytest.mark.parametrize(
+    ("factory", "error"),
+    [
+        ("for_mnist", r"RuntimeError: mat1 and mat2 shapes cannot be multiplied \(8x64"),
+        ("crashes_in_forward", "KeyError: 'features'"),
+    ],
+)
+def test_check_runs_refuses_a_factory_model_whose_first_forward_fails(misbehaving, factory, error):
+    data = load_dataset("digits")
+    run = RunConfig(model=f"misbehaving:{factory}", norm="bn", batch_size=16)
+    with pytest.raises(ModelFactoryError) as refused:
+        check_runs([run], data)
+    message = str(refused.value)
+    assert f"model 'misbehaving:{factory}'" in message and "norm 'bn'" in message
+    assert "batch size 16" in message and "first forward pass" in message
+    assert re.search(error, message), message
+
+
+@pytest.mark.parametrize("factory", ["raises_runtime", "raises_key", "float64_model", "for_mnist"])
+def test_compare_refuses_a_failing_factory_without_a_traceback(misbehaving, run_cli, factory):
+    argv = ["compare", "--model", f"misbehaving:{factory}", "--norms", "bn", "--epochs", "1"]
+    status, stdout, stderr = run_cli([*argv, "--out", str(misbehaving / "sweep")])
+    assert status == 2, stderr
+    assert f"misbehaving:{factory}" in stderr and "Traceback" not in stdout + stderr
+    assert torch.get_default_dtype() == torch.float32
+    assert not (misbehaving / "sweep" / "results.jsonl").exists()
+
+
+SHADOWS = "raise ImportError('the user's own {name}.py was imported in place of the library')\n"
+
+
+def test_the_current_directory_is_searched_after_sys_path(user_module):
+    sys.path.remove(str(user_module))
+    (user_module / "html.py").write_text(SHADOWS.format(name="html"))
+    build_model("usernets:small_cnn", (3, 6, 6), 4, norm="bn")
+    assert sys.path[-1] == str(user_module)
+    assert importlib.machinery.PathFinder.find_spec("html").origin != str(user_module / "html.py")
+
+
+@pytest.mark.parametrize("name", ["json", "html"])
+def test_a_factory_module_named_as_a_standard_library_module_is_refused(user_module, name):
+    (user_module / f"{name}.py").write_text((user_module / "usernets.py").read_text())
+    with pytest.raises(ModelFactoryError, match=rf"\./{name}\.py is not what Python imports"):
+        build_model(f"{name}:small_cnn", (3, 6, 6), 4, norm="bn")
+    assert "small_cnn" not in vars(sys.modules[name])
+
+
+LAUNCHER = """
+import sys
+
+from normlab_launch import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+@pytest.mark.slow  # three compare commands in fresh processes, two with worker processes
+def test_compare_does_not_import_the_users_json_or_html_in_place_of_the_librarys(tmp_path):
+    """The `normlab` script's own directory, not the current one, is first on sys.path; the
+    worker processes of --jobs 2 inherit sys.path, and import the user's factory too."""
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    (bin_dir / "normlab").write_text(LAUNCHER)
+    (work / "usernets.py").write_text(textwrap.dedent(GOOD))
+    for name in ("json", "html"):
+        (work / f"{name}.py").write_text(SHADOWS.format(name=name))
+    small = ["--norms", "bn", "--epochs", "1", "--train-subset", "60", "--seeds", "2"]
+    for extra in (
+        ["--jobs", "1"],
+        ["--jobs", "2"],
+        ["--jobs", "2", "--model", "usernets:small_cnn"],
+    ):
+        out = work / f"out{len(extra)}{extra[1]}"
+        argv = [sys.executable, str(bin_dir / "normlab"), "compare", *small, *extra]
+        done = subprocess.run(
+            [*argv, "--out", str(out)], cwd=work, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_compare_leaves_the_current_directory_off_sys_path_without_a_factory(
+    tmp_path, monkeypatch, run_cli
+):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    argv = ["compare", "--norms", "none", "--epochs", "1", "--train-subset", "60", "--seeds", "1"]
+    status, _, stderr = run_cli([*argv, "--jobs", "1", "--out", str(tmp_path / "out")])
+    assert status == 0, stderr
+    assert str(tmp_path) not in sys.path and "" not in sys.path

@@ -49,6 +49,24 @@ def test_an_integer_for_a_float_option_is_that_float():
     assert parse_norm("brn(r_max=2)") == parse_norm("brn(r_max=2.0)")
 
 
+@pytest.mark.parametrize(
+    "spec", ["gn(groups=\u0668)", "gn(groups=\uff18)", "bn(eps=\u0661e-3)", "bn(eps=1_0e-3)"]
+)
+def test_numbers_are_written_in_ascii_digits_only(spec):
+    """Python's int() and float() read Arabic-Indic and full-width digits and underscores;
+    a spec reads 0-9 only, so one value has one spelling."""
+    with pytest.raises(ValueError, match=r"is not a valid value|cannot read the option value"):
+        parse_norm(spec)
+
+
+def test_minus_zero_is_zero_in_the_options_and_the_run_id():
+    assert parse_norm("bn(momentum=-0.0)") == parse_norm("bn(momentum=0.0)")
+    assert str(parse_norm("bn(momentum=-0)")[1]["momentum"]) == "0.0"
+    negative = RunConfig(norm="bn", norm_options={"momentum": -0.0})
+    assert negative.run_id == RunConfig(norm="bn", norm_options={"momentum": 0.0}).run_id
+    assert negative.norm_label == "bn(momentum=0.0)"
+
+
 def test_an_unknown_option_is_refused_as_make_norm_refuses_it():
     with pytest.raises(TypeError) as by_make_norm:
         make_norm("gn", 16, grups=8)

@@ -410,3 +410,20 @@ def test_a_stacked_sweep_saves_each_seeds_model(tmp_path):
         assert record["model_file"] == f"models/{run.run_id}.pt"
         assert saved.keys() == seeded_model(run, data).state_dict().keys()
         assert saved["2.num_batches_tracked"] == record["final"]["steps"]
+
+
+def test_the_float32_benchmark_tests_equivalence_of_stacked_and_separate_accuracies(data64):
+    """benchmarks/stacked_float32.py, whose figures the README quotes, on a tiny set."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "stacked_float32.py"
+    spec = importlib.util.spec_from_file_location("stacked_float32", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    inside = bench.equivalence([0.50, 0.52, 0.49, 0.51], [0.50, 0.51, 0.50, 0.50], margin=0.03)
+    assert inside["equivalent"] and inside["low"] < inside["mean"] < inside["high"]
+    assert math.isclose(inside["mean"], 0.0025)
+    assert not bench.equivalence([0.6, 0.7, 0.6], [0.5, 0.5, 0.5], margin=0.03)["equivalent"]
+    parts = (data64.train_x.float(), data64.train_y, data64.val_x.float(), data64.val_y)
+    row = bench.compare_kind("mlp", "bn", 3, 1, Dataset("digits", *parts, 4, "test"), 0.03)
+    assert len(row["separate"]) == len(row["stacked"]) == len(row["separate_float64"]) == 3
+    assert row["mean_abs_stacked"] <= 1 and row["seed_std"] >= 0
+    assert torch.get_default_dtype() == torch.float32

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -207,8 +206,6 @@ def _say_how_to_resume(console: Console, out: Path, runs: list[RunConfig]) -> No
 
 def _compare_runs(args: argparse.Namespace, console: Console, runs: list[RunConfig]) -> int:
     """The compare command; fills ``runs`` with the sweep's runs as soon as they are known."""
-    if os.getcwd() not in sys.path:  # --model MODULE:FACTORY imports from here, as python -m
-        sys.path.insert(0, os.getcwd())
     rank, world = torchrun_rank()
     if world > 1:
         if args.nproc != 1 or args.jobs is not None or args.executor != "processes":

@@ -32,7 +32,7 @@ LAB_SET = ("device", "dtype", "process_group", "channel_dim")
 
 _OPTION = re.compile(r"^\s*([A-Za-z_]\w*)\s*=\s*(\S(?:.*\S)?)\s*$")
 _WORD = re.compile(r"^[A-Za-z_][\w.-]*$")
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?[0-9]+$")
 
 
 def split_specs(text: str) -> list[str]:
@@ -67,10 +67,11 @@ def _literal(text: str) -> Any:
         return None
     if _INT.match(text):
         return int(text)
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    if text.isascii() and "_" not in text:  # float() also reads other scripts' digits and 1_0
+        try:
+            return float(text) + 0.0  # -0.0 is 0.0: one value, one run id
+        except ValueError:
+            pass
     if _WORD.match(text):
         return text
     raise ValueError(
@@ -93,6 +94,8 @@ def _typed(kind: str, option: str, value: Any) -> Any:
     """``value`` as the option's annotated type: an int where only float is taken becomes a
     float (so ``r_max=2`` and ``r_max=2.0`` are one run); anything else that the annotation
     does not allow is refused."""
+    if isinstance(value, float):
+        value += 0.0  # -0.0 is 0.0: one value, one run id
     annotation = _annotation(kind, option)
     if annotation is Any or annotation is inspect.Parameter.empty:
         return value

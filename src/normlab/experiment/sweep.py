@@ -28,6 +28,7 @@ from normlab.experiment.executors.contract import (
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import build_run_model
 from normlab.models import ModelFactoryError, check_logits
+from normlab.models.factory import is_factory_spec, user_code
 
 __all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
 
@@ -112,7 +113,8 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     training-mode forward pass on a batch of the run's size (capped at 8), so
     a batch norm at batch size 1 or instance norm on an MLP's (N, C)
     features is reported up front, naming the run. A user's factory that
-    cannot be imported, returns no module or returns anything but
+    cannot be imported, raises anything (``SystemExit`` too) itself or in its
+    model's first forward pass, returns no module or returns anything but
     (N, num_classes) logits, and a ``train_subset`` the training split cannot
     fill, are refused here too.
 
@@ -138,16 +140,23 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
             continue
         seen.add(key)
         images = data.train_x[: min(size, 8)]
+        where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
+        run = f"norm {config.norm_label!r} in model {config.model!r} at batch size "
+        run += f"{config.batch_size}{where}"
         try:
             model = build_run_model(config, data)
-            with torch.no_grad():
+            with torch.no_grad(), _users_forward(config, run):
                 logits = model.train()(images)
         except ModelFactoryError:
             raise
         except (ValueError, TypeError) as error:
-            where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
-            raise ValueError(
-                f"norm {config.norm_label!r} in model {config.model!r} at batch size "
-                f"{config.batch_size}{where} cannot train: {error}"
-            ) from None
+            raise ValueError(f"{run} cannot train: {error}") from None
         check_logits(config.model, logits, len(images), data.num_classes)
+
+
+def _users_forward(config: RunConfig, run: str) -> contextlib.AbstractContextManager:
+    """Where the model is the user's (--model MODULE:FACTORY), its first forward pass as
+    user code: whatever it raises is refused naming the run (see models.user_code)."""
+    if not is_factory_spec(config.model):
+        return contextlib.nullcontext()
+    return user_code(f"{run} cannot train: the model's first forward pass")

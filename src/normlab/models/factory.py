@@ -12,21 +12,39 @@ transformer tokens; ``norm.kind`` and ``norm.options`` name it.
 ``num_classes`` is the data's class count and ``input_shape`` the (C, H, W) of
 one image. The model maps (N, C, H, W) float images to (N, num_classes) logits.
 
-``MODULE`` is a dotted module name importable from the current directory or
-``sys.path`` (``mynets`` for ./mynets.py, ``pkg.models`` for
-./pkg/models.py); ``FACTORY`` names a callable in it (dots reach into
-classes or submodules' attributes).
+``MODULE`` is a dotted module name importable from ``sys.path`` or the current
+directory (``mynets`` for ./mynets.py, ``pkg.models`` for ./pkg/models.py);
+``FACTORY`` names a callable in it (dots reach into classes or submodules'
+attributes). The current directory is searched *after* ``sys.path``, so that a
+user's ``json.py`` or ``html.py`` there cannot stand in for the standard
+library's in normlab or in the sweep's worker processes (which inherit
+``sys.path``); a module there whose name Python finds elsewhere first is refused
+by name.
+
+Everything the user's code raises, ``SystemExit`` included, is refused with the
+reason, and what the factory changed of torch's default dtype and of the torch,
+``random`` and numpy generators is put back when it fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
+import os
+import random
 import re
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import numpy
+import torch
 from torch import nn
 
 from normlab.registry import make_norm
@@ -83,18 +101,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """
     check_factory_spec(spec)
     module_name, attribute = spec.split(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ModelFactoryError(
-            f"cannot import {module_name!r} for --model {spec}: {error}. The module must be "
-            f"importable from the current directory or sys.path (e.g. ./"
-            f"{module_name.replace('.', '/')}.py); run from its directory or set PYTHONPATH."
-        ) from None
-    except Exception as error:
-        raise ModelFactoryError(
-            f"importing {module_name!r} for --model {spec} raised {type(error).__name__}: {error}"
-        ) from error
+    target: Any = _import_user_module(module_name, spec)
     for part in attribute.split("."):
         if not hasattr(target, part):
             public = sorted(
@@ -134,10 +141,114 @@ def build_factory_model(
             something other than an ``nn.Module``.
     """
     factory = load_factory(spec)
-    model = factory(norm=norm, num_classes=num_classes, input_shape=tuple(input_shape))
+    with user_code(f"--model {spec}: the factory"):
+        model = factory(norm=norm, num_classes=num_classes, input_shape=tuple(input_shape))
     if not isinstance(model, nn.Module):
         raise ModelFactoryError(
             f"--model {spec} returned a {type(model).__name__}; the factory must return "
             f"a torch.nn.Module ({CONTRACT})."
         )
     return model
+
+
+def _local_candidate(top: str) -> Path | None:
+    """``./top.py`` or the package ``./top/`` in the current directory, if there is one."""
+    here = Path.cwd()
+    if (here / f"{top}.py").is_file():
+        return here / f"{top}.py"
+    return here / top if (here / top).is_dir() else None
+
+
+def _is_local(found: importlib.machinery.ModuleSpec, local: Path) -> bool:
+    """Whether ``found`` is the module or package at ``local``."""
+    targets = {local.resolve(), (local / "__init__.py").resolve()}
+    locations = [found.origin, *(found.submodule_search_locations or [])]
+    return any(location and Path(location).resolve() in targets for location in locations)
+
+
+def _import_user_module(module_name: str, spec: str) -> ModuleType:
+    """Import ``module_name`` from sys.path, else from the current directory (appended to
+    sys.path, never put first); refused when ./MODULE exists but Python finds that name
+    elsewhere first (a standard-library or installed module)."""
+    top = module_name.partition(".")[0]
+    local = _local_candidate(top)
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # a module in sys.modules without a spec (__main__)
+        found = None
+    if local is not None and found is not None and not _is_local(found, local):
+        where = (
+            "a standard-library module"
+            if top in sys.stdlib_module_names
+            else f"the module at {found.origin or list(found.submodule_search_locations or [])}"
+        )
+        raise ModelFactoryError(
+            f"--model {spec}: ./{local.name} is not what Python imports as {top!r}: that "
+            f"name is {where}, which normlab or its libraries may use too. Rename "
+            f"./{local.name} and the MODULE part of --model."
+        )
+    if local is not None and found is None and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+        importlib.invalidate_caches()
+    try:
+        with user_code(f"importing {module_name!r} for --model {spec}"):
+            return importlib.import_module(module_name)
+    except ModelFactoryError as error:
+        missing = error.__cause__
+        named = getattr(missing, "name", None) or ""
+        if isinstance(missing, ModuleNotFoundError) and f"{module_name}.".startswith(f"{named}."):
+            raise ModelFactoryError(
+                f"cannot import {module_name!r} for --model {spec}: {missing}. The module "
+                "must be importable from the current directory or sys.path (e.g. ./"
+                f"{module_name.replace('.', '/')}.py); run from its directory or set "
+                "PYTHONPATH."
+            ) from None
+        raise
+
+
+def _exit_text(exit_: SystemExit) -> str:
+    return f"exited (sys.exit({exit_.code!r}))"
+
+
+@contextlib.contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run the user's code in the block: any exception it raises, ``SystemExit`` included,
+    becomes a ModelFactoryError that starts with ``what``; then, and whenever the block
+    changed torch's default dtype, the default dtype and the torch, ``random`` and numpy
+    generators are put back as they were.
+
+    Raises:
+        ModelFactoryError: the block raised, or changed the default dtype.
+    """
+    dtype = torch.get_default_dtype()
+    generators = torch.get_rng_state(), random.getstate(), numpy.random.get_state()
+
+    def restore() -> None:
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(generators[0])
+        random.setstate(generators[1])
+        numpy.random.set_state(generators[2])
+
+    try:
+        yield
+    except SystemExit as exit_:
+        restore()
+        hint = (
+            " A module that --model imports must not exit or parse the command line when "
+            "imported (argparse's parse_args() reads normlab's own arguments): put that "
+            "code under `if __name__ == '__main__':`."
+            if what.startswith("importing")
+            else ""
+        )
+        raise ModelFactoryError(f"{what} {_exit_text(exit_)}.{hint}") from None
+    except Exception as error:
+        restore()
+        raise ModelFactoryError(f"{what} raised {type(error).__name__}: {error}") from error
+    if torch.get_default_dtype() != dtype:
+        changed = torch.get_default_dtype()
+        restore()
+        raise ModelFactoryError(
+            f"{what} changed torch's default dtype from {dtype} to {changed} (restored). "
+            "The lab trains in the default dtype, float32, on float32 images: build the "
+            "model without torch.set_default_dtype."
+        )

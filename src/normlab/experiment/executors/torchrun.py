@@ -14,6 +14,10 @@ it starts to ``OUT/.normlab-torchrun.json``, so the restarted launch reports tha
 failed, does not train it again, and goes on with the rest. Without a restart left the
 launch ends; the runs finished before are on disk, and the same command resumes (and
 retries the run, as a rerun retries every failed run).
+
+A process of the launch dies with its torchrun agent, however the agent dies (SIGKILL
+included, which gives it no chance to stop them): orphaned, it would train on for minutes,
+writing into the results directory and holding its lock.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.ddp import same_failure_everywhere
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive, error_text
+from normlab.experiment.executors.lifetime import die_with_parent
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import Partition, save_model, train_model
 
@@ -58,6 +63,8 @@ class TorchrunExecutor(Executor):
         models_dir: str | os.PathLike | None = None,
     ) -> None:
         self.threads = None if threads is None else check_positive("threads", threads)
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # started by a torchrun agent, our parent
+            die_with_parent(os.getppid())
         self.data_dir = data_dir
         self.models_dir = models_dir
         self._launch: LaunchAccount | None = None  # rank 0's, once pending() has run
