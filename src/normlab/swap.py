@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -227,7 +228,18 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
                 "takes its own: pass functools.partial(factory, ...) instead."
             )
         name = getattr(kind, "__qualname__", None) or repr(kind)
-        return name, lambda channels, channel_dim, like: kind(channels)
+
+        def call_factory(channels: int, channel_dim: int, like: dict[str, Any]) -> nn.Module:
+            new = kind(channels)
+            if not isinstance(new, nn.Module):
+                raise TypeError(
+                    f"a factory given as kind must return a new torch.nn.Module for the channel "
+                    f"count it is called with; {name}({channels}) got {type(new).__name__} "
+                    f"{new!r}."
+                )
+            return new
+
+        return name, call_factory
     entry = get_kind(kind)
     accepted = entry.options()
     for fixed in ("channel_dim", "device", "dtype"):
@@ -252,13 +264,81 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
     return entry.name, build
 
 
+def _refuse_torchscript(model: nn.Module) -> None:
+    """TypeError for a TorchScript module holding normalization layers: its compiled forward
+    would keep calling the old layers whatever replace_norms registers."""
+    for path, module in model.named_modules():
+        if not isinstance(module, torch.jit.ScriptModule):
+            continue
+        names = {getattr(m, "original_name", "") for m in module.modules()}
+        norms = sorted(n for n in names if "norm" in n.lower())
+        if norms:
+            where = f"TorchScript module at {path}" if path else "a TorchScript model"
+            raise TypeError(
+                f"replace_norms cannot change {where} (holding {', '.join(norms)}): its "
+                "compiled forward keeps calling the layers it was scripted with. Swap the norms "
+                "of the Python model before torch.jit.script."
+            )
+
+
+_HOOKS = (
+    ("forward", "_forward_hooks"),
+    ("forward pre", "_forward_pre_hooks"),
+    ("backward", "_backward_hooks"),
+    ("backward pre", "_backward_pre_hooks"),
+)
+
+
+def _hooks_problem(module: nn.Module) -> str | None:
+    """Why hooks registered on ``module`` forbid replacing it, or None."""
+    kinds = [label for label, attribute in _HOOKS if getattr(module, attribute, None)]
+    if not kinds:
+        return None
+    return (
+        f"has {' and '.join(kinds)} hooks, which would not fire on the new layer; remove "
+        "them (handle.remove()), swap, then register them on the new layer"
+    )
+
+
+def _plain_references(model: nn.Module, targets: set[nn.Module]) -> dict[nn.Module, list[str]]:
+    """Where ``targets`` are also held outside the module tree: in lists, tuples, sets or
+    dicts kept as plain attributes of the model's modules (``"blocks.0.steps[1]"``)."""
+    found: dict[nn.Module, list[str]] = {}
+
+    def visit(value: Any, where: str, depth: int) -> None:
+        if isinstance(value, nn.Module):
+            if value in targets:
+                found.setdefault(value, []).append(where)
+            return
+        if depth == 0:
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{where}[{key!r}]", depth - 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for index, item in enumerate(value):
+                visit(item, f"{where}[{index}]", depth - 1)
+
+    for path, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            if attribute.startswith("_"):
+                continue
+            visit(value, f"{path}.{attribute}" if path else attribute, 3)
+    return found
+
+
 def _check_forward(
-    model: nn.Module, layers: dict[nn.Module, Replacement], example_input: Any
+    model: nn.Module,
+    layers: dict[nn.Module, Replacement],
+    example_input: Any,
+    replaced: dict[nn.Module, str] | None = None,
 ) -> None:
     """One eval forward pass of ``model``; each layer in ``layers`` must run and keep the
-    shape of its input. ValueError names the first that does not."""
+    shape of its input, and no module of ``replaced`` (old layer -> its description) may run.
+    ValueError names the first that does not."""
     current: list[nn.Module] = []
     wrong: list[str] = []
+    stale: list[str] = []
 
     def enter(module: nn.Module, args: tuple) -> None:
         current.append(module)
@@ -270,10 +350,17 @@ def _check_forward(
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
             wrong.append(f"{layers[module].path or '<root>'}: input {shape} gave {got}")
 
+    def still_used(module: nn.Module, args: tuple) -> None:
+        if (replaced or {})[module] not in stale:
+            stale.append(replaced[module])
+
     hooks = [m.register_forward_pre_hook(enter) for m in layers]
     hooks += [m.register_forward_hook(leave) for m in layers]
+    hooks += [m.register_forward_pre_hook(still_used) for m in replaced or {}]
     try:
-        with eval_mode(model), torch.no_grad():
+        with ExitStack() as modes, torch.no_grad():
+            for module in [model, *(replaced or {})]:
+                modes.enter_context(eval_mode(module))
             args = example_input if isinstance(example_input, tuple) else (example_input,)
             model(*args)
     except Exception as error:  # any failure of the user's forward pass is reported
@@ -288,6 +375,13 @@ def _check_forward(
     finally:
         for hook in hooks:
             hook.remove()
+    if stale:
+        raise ValueError(
+            f"{'; '.join(stale)} still ran on example_input though replaced: the model "
+            "reaches it through a reference replace_norms cannot see (a closure, a global, "
+            "a plain attribute). Register it as a submodule, or exclude= it. "
+            "Nothing was changed."
+        )
     if wrong:
         raise ValueError(
             "replaced layers changed the shape of their input: "
@@ -354,6 +448,7 @@ def replace_norms(
             Nothing is changed.
         TypeError: an option the kind does not take, or a bad ``include``/``exclude``.
     """
+    _refuse_torchscript(model)
     name, build = _builder(kind, options)
     include_items, exclude_items = _selector(include, "include"), _selector(exclude, "exclude")
     layers = {m: paths for m, paths in module_paths(model).items() if is_norm_layer(m)}
@@ -371,16 +466,39 @@ def replace_norms(
         if (include_items is None or _selected(m, paths, include_items))
         and not (exclude_items and _selected(m, paths, exclude_items))
     ]
+    all_paths = module_paths(model)
+    held = _plain_references(model, {m for m, _ in chosen})
     new_layers: dict[nn.Module, nn.Module] = {}
+    built_for: dict[nn.Module, str] = {}
     reports: dict[nn.Module, Replacement] = {}
     refused = []
     for old, paths in chosen:
+        where = f"{paths[0] or '<root>'} ({type(old).__name__})"
+        problem = _hooks_problem(old)
+        if old in held:
+            problem = (
+                f"also held at {', '.join(held[old])}, which replace_norms cannot update and "
+                "the forward may still call; hold it in an nn.ModuleList or nn.ModuleDict, "
+                "or exclude= it"
+            )
+        if problem:
+            refused.append(f"{where}: {problem}")
+            continue
         try:
             channels, channel_dim = _channels_and_layout(old)
             new = build(channels, channel_dim, _like(old))
         except ValueError as error:
-            refused.append(f"{paths[0] or '<root>'} ({type(old).__name__}): {error}")
+            refused.append(f"{where}: {error}")
             continue
+        if new in built_for or new in all_paths:
+            first = built_for[new] if new in built_for else all_paths[new][0] or "<root>"
+            why = "the same module as for" if new in built_for else "a module of the model at"
+            refused.append(
+                f"{where}: the factory returned {why} {first}; each layer needs a new module "
+                "(a cached factory would tie the layers together)"
+            )
+            continue
+        built_for[new] = paths[0] or "<root>"
         new.train(old.training)
         carried, why = _carry(old, new)
         fresh = [n for n, _ in [*new.named_parameters(), *new.named_buffers()] if n not in carried]
@@ -404,9 +522,22 @@ def replace_norms(
         )
     swapped = replace_modules(model, new_layers)
     if example_input is not None:
+        old_layers = {
+            old: f"{paths[0] or '<root>'} ({type(old).__name__})" for old, paths in chosen
+        }
         try:
-            _check_forward(swapped, reports, example_input)
+            _check_forward(swapped, reports, example_input, old_layers)
         except ValueError:
-            replace_modules(swapped, {new: old for old, new in new_layers.items()})
+            _put_back(swapped, [(old, paths) for old, paths in chosen if old in new_layers])
             raise
     return Replaced(swapped, list(reports.values()))
+
+
+def _put_back(model: nn.Module, places: list[tuple[nn.Module, list[str]]]) -> None:
+    """Register each old layer again at each of its paths (the root needs nothing: the
+    caller still holds the old model)."""
+    for old, paths in places:
+        for path in paths:
+            if path:
+                parent_path, _, name = path.rpartition(".")
+                setattr(model.get_submodule(parent_path), name, old)
