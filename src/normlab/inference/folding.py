@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -197,7 +197,7 @@ def _after(norm: nn.Module) -> nn.Module | None:
     one module that stays where the norm was; None for nothing."""
     facts = norm_facts(norm)
     after = facts.after if facts is not None else ()
-    return nn.Sequential(dict(after)) if after else None
+    return nn.Sequential(OrderedDict(after)) if after else None
 
 
 def _norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
