@@ -213,7 +213,7 @@ def _variance_held(layer: nn.Module, kind: str | None) -> str | None:
 
 
 def _norms(model: nn.Module) -> dict[str, nn.Module]:
-    return {p: m for p, m in model.named_modules() if isinstance(m, nl.swap.NORM_LAYERS)}
+    return {p: m for p, m in model.named_modules() if nl.swap.is_norm_layer(m)}
 
 
 def _prepared(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -235,7 +235,7 @@ def _source_kind(name: str) -> str | None:
     return name.removeprefix("normlab ") if name.startswith("normlab ") else None
 
 
-def _check_swap(source: str, kind: str) -> None:
+def _check_swap(source: str, kind: str, **options) -> None:
     model, x = _source(source)
     _prepared(model, x)
     expected_shape = model(x).shape
@@ -244,7 +244,7 @@ def _check_swap(source: str, kind: str) -> None:
     every_path = {
         p for p, m in before.named_modules(remove_duplicate=False) if m in old_layers.values()
     }
-    replaced = nl.replace_norms(model, kind, example_input=x)
+    replaced = nl.replace_norms(model, kind, example_input=x, **options)
     assert isinstance(replaced, Replaced) and replaced.model is model
     assert {p for r in replaced.replacements for p in r.paths} == every_path
     assert [r.path for r in replaced.replacements] == list(old_layers)
@@ -286,6 +286,27 @@ def _check_swap(source: str, kind: str) -> None:
     out.sum().backward()
 
 
+#: Sources without per-channel batch statistics: frozen-bn would get identity statistics.
+NO_BATCH_STATISTICS = {
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    *(f"normlab {kind}" for kind in ("bn-scalar", "ln", "rms", "gn", "in")),
+    *SOURCES_LAST_DIM,
+}
+
+
+def _check_swap_or_identity_statistics(source: str, kind: str) -> None:
+    """frozen-bn from a layer without batch statistics of its shape is refused (it would not
+    normalize at all) unless identity_statistics=True asks for it."""
+    if kind == "frozen-bn" and source in NO_BATCH_STATISTICS:
+        _check_refused(source, kind, "keeps fixed statistics.*identity_statistics=True")
+        _check_swap(source, kind, identity_statistics=True)
+    else:
+        _check_swap(source, kind)
+
+
 def _check_refused(source: str, kind: str, reason: str) -> None:
     model, x = _source(source)
     _prepared(model, x)
@@ -308,7 +329,7 @@ def test_channels_first_layers_become_any_kind_with_their_state(source, kind):
     elif kind == "gn" and source in ONE_VALUE_PER_GROUP:
         _check_refused(source, kind, r"in 1 \(BatchNorm1d replaced by gn\).*fewer groups")
     else:
-        _check_swap(source, kind)
+        _check_swap_or_identity_statistics(source, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -316,7 +337,7 @@ def test_channels_first_layers_become_any_kind_with_their_state(source, kind):
 def test_last_dim_layers_become_any_kind_reading_the_last_dim(source, kind):
     """LayerNorm(C) / RMSNorm(C) on (N, L, C) tokens: every kind with channel_dim=-1, so
     batch norm in a transformer normalizes each of the C features over N and L."""
-    _check_swap(source, kind)
+    _check_swap_or_identity_statistics(source, kind)
 
 
 def test_a_kind_on_tokens_normalizes_the_last_dim_as_on_moved_dims():

@@ -1,45 +1,32 @@
 """Swapping the normalization layers of any ``nn.Module`` for a registered kind.
 
-:func:`replace_norms` finds every normalization layer of a model (torch's
-and normlab's), builds the chosen kind for each with the layer's channel
-count and layout, carries over the state that means the same in both, and
-puts the new layer at every place the old one is registered. It checks
-everything before it changes anything, and reports what it did.
+:func:`replace_norms` finds every normalization layer of a model (normlab's,
+torch's, timm's, torchvision's and Hugging Face's: see
+:mod:`normlab.layers.norm_classes`), builds the chosen kind for each with the
+layer's channel count, layout and settings, carries over the state that means
+the same in both, keeps whatever else the old layer's forward did (timm's drop
+and activation), and puts the new layer at every place the old one is
+registered. It checks everything before it changes anything, and reports what
+it did, what changed and what it skipped.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 
-from normlab.inference.layers import is_batch_norm
-from normlab.layers import BatchNorm, FrozenBatchNorm, SwitchableNorm
-from normlab.modes import eval_mode
+from normlab.layers.norm_act import NormAct
+from normlab.layers.norm_classes import NormFacts, is_norm_layer, norm_facts
 from normlab.module_tree import module_paths, replace_modules
 from normlab.registry import NormSpec, get_kind, make_norm
+from normlab.swap_checks import check_forward, hooks_problem, plain_references, refuse_torchscript
 
-#: The layers replace_norms recognizes, with their subclasses: torch's BatchNorm1d/2d/3d,
-#: SyncBatchNorm (and the lazy ones), InstanceNorm1d/2d/3d, LayerNorm, GroupNorm, RMSNorm;
-#: normlab's BatchNorm (bn, bn-scalar, sync-bn, brn), SwitchableNorm, FrozenBatchNorm and
-#: its torch subclasses.
-NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    _BatchNorm,
-    _InstanceNorm,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    BatchNorm,
-    SwitchableNorm,
-    FrozenBatchNorm,
-)
+__all__ = ["Replaced", "Replacement", "is_norm_layer", "replace_norms"]
 
 LAYOUTS = {1: "(N, C, *)", -1: "(N, *, C)"}
 
@@ -57,6 +44,10 @@ class Replacement:
     state copied from the old layer; ``reinitialized`` the new layer's state
     that starts fresh; ``dropped`` the old layer's state that the new one has
     no place for; ``why`` says why running statistics were not carried.
+    ``changed`` lists each setting whose value differs between the two
+    (``"eps 1e-12 -> 1e-05"``); ``kept`` what the old forward also applied and
+    the new layer keeps (``"act SiLU"``: the new layer is then a
+    :class:`normlab.layers.NormAct`).
     """
 
     paths: tuple[str, ...]
@@ -68,6 +59,8 @@ class Replacement:
     reinitialized: tuple[str, ...]
     dropped: tuple[str, ...] = ()
     why: str = ""
+    changed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -82,40 +75,36 @@ class Replacement:
             text += f"; new {', '.join(self.reinitialized)}"
         if self.dropped:
             text += f"; dropped {', '.join(self.dropped)}"
+        if self.changed:
+            text += f"; changed {', '.join(self.changed)}"
+        if self.kept:
+            text += f"; then {', '.join(self.kept)}, kept"
         return text + (f" ({self.why})" if self.why else "")
 
 
-class Replaced(NamedTuple):
-    """What :func:`replace_norms` returns: the model and one :class:`Replacement` per layer."""
+@dataclass(frozen=True)
+class Replaced:
+    """What :func:`replace_norms` returns: the model, one :class:`Replacement` per layer, and
+    each normalization layer left as it was, with the reason (``"path (Class): why"``).
+
+    Unpacks as ``model, replacements = replace_norms(...)``.
+    """
 
     model: nn.Module
     replacements: list[Replacement]
+    skipped: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.replacements))
 
     def summary(self) -> str:
-        """One line per replaced layer."""
-        return "\n".join(str(r) for r in self.replacements) or "no normalization layer replaced"
+        """One line per replaced layer, then one per skipped layer."""
+        lines = [str(r) for r in self.replacements] or ["no normalization layer replaced"]
+        return "\n".join(lines + [f"skipped {line}" for line in self.skipped])
 
 
-def is_norm_layer(module: nn.Module) -> bool:
-    """Whether :func:`replace_norms` recognizes ``module`` (see :data:`NORM_LAYERS`)."""
-    return isinstance(module, NORM_LAYERS)
-
-
-def _channels_and_layout(module: nn.Module) -> tuple[int, int]:
-    """(C, channel dim) of a recognized layer; ValueError for one over several dims."""
-    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
-        raise ValueError("a lazy layer not initialized yet; run one forward pass first")
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels, 1
-    if isinstance(module, nn.LayerNorm | nn.RMSNorm) and not hasattr(module, "channel_dim"):
-        shape = tuple(module.normalized_shape)
-        if len(shape) != 1:
-            raise ValueError(
-                f"normalized_shape {shape} spans {len(shape)} dims; a kind normalizes "
-                "one channel dim. exclude= this layer"
-            )
-        return shape[0], -1
-    return module.num_features, getattr(module, "channel_dim", 1)
+def _where(module: nn.Module, paths: list[str]) -> str:
+    return f"{paths[0] or '<root>'} ({type(module).__name__})"
 
 
 def _selected(module: nn.Module, paths: list[str], selector: list[type | str]) -> bool:
@@ -154,34 +143,38 @@ def _variance_held(module: nn.Module) -> str:
     return getattr(module, "running_var_holds", "unbiased")
 
 
-def _batch_norm_like(module: nn.Module) -> bool:
-    """Keeps batch statistics for eval: torch's and normlab's batch norms, ``switch``'s batch
-    term, ``frozen-bn`` (instance norm's running statistics average per-sample ones)."""
-    return is_batch_norm(module) or isinstance(module, FrozenBatchNorm)
-
-
 def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     value = getattr(module, name, None)
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _carry(old: nn.Module, new: nn.Module) -> tuple[list[str], str]:
-    """Copy the affine where shapes match and the running statistics between layers that
-    keep the same ones; the names copied and why running statistics were not."""
+def _keeps_batch_statistics(facts: NormFacts) -> bool:
+    """Running statistics of the batch: batch norms (switch's batch term too) and frozen
+    ones; instance norm's running statistics average per-sample ones."""
+    return facts.statistics in ("batch", "fixed") and facts.has_running_stats
+
+
+def _carry(
+    old: nn.Module, new: nn.Module, old_facts: NormFacts, new_facts: NormFacts
+) -> tuple[list[str], str]:
+    """Copy the affine where shapes match (``weight_offset + weight`` where the old forward
+    scales by that) and the running statistics between layers that keep the same ones; the
+    names copied and why running statistics were not."""
     carried, why = [], ""
     with torch.no_grad():
         for name in ("weight", "bias"):
             source, target = _tensor(old, name), _tensor(new, name)
             if source is not None and target is not None and source.shape == target.shape:
-                target.copy_(source)
+                offset = old_facts.weight_offset if name == "weight" else 0.0
+                target.copy_(source + offset if offset else source)
                 if isinstance(source, nn.Parameter) and isinstance(target, nn.Parameter):
                     target.requires_grad_(source.requires_grad)
-                carried.append(name)
+                carried.append(f"weight (as {offset:g} + weight)" if offset else name)
         stats = [(_tensor(old, n), _tensor(new, n)) for n in ("running_mean", "running_var")]
-        both = _batch_norm_like(old) and _batch_norm_like(new)
+        both = _keeps_batch_statistics(old_facts) and _keeps_batch_statistics(new_facts)
         if both and all(t is not None for pair in stats for t in pair):
             (old_mean, new_mean), (old_var, new_var) = stats
-            frozen = isinstance(old, FrozenBatchNorm) or isinstance(new, FrozenBatchNorm)
+            frozen = "fixed" in (old_facts.statistics, new_facts.statistics)
             held = _variance_held(old), _variance_held(new)
             if old_mean.shape != new_mean.shape:
                 why = (
@@ -198,13 +191,46 @@ def _carry(old: nn.Module, new: nn.Module) -> tuple[list[str], str]:
                 if steps[0] is not None and steps[1] is not None:
                     steps[1].copy_(steps[0])
                     carried.append("num_batches_tracked")
-        elif _tensor(old, "running_mean") is None:
+        elif not old_facts.has_running_stats:
             pass
-        elif not _batch_norm_like(old):
+        elif not _keeps_batch_statistics(old_facts):
             why = f"{type(old).__name__}'s running statistics average per-sample ones"
         else:
             why = "the new layer keeps no batch statistics"
     return carried, why
+
+
+def _settings(old: nn.Module, facts: NormFacts, options: dict[str, Any]) -> dict[str, Any]:
+    """The old layer's settings for a new layer of the kind given by name, as options:
+    ``eps``; for a batch norm also ``momentum`` (turned into the new convention's sense)
+    and ``track_running_stats``. Options the caller gave win."""
+    settings: dict[str, Any] = {}
+    if facts.eps is not None:
+        settings["eps"] = facts.eps
+    if facts.statistics == "batch" and hasattr(old, "momentum"):
+        momentum = facts.momentum
+        conventions = getattr(old, "convention", "torch"), options.get("convention", "torch")
+        if conventions[0] == conventions[1]:
+            settings["momentum"] = momentum
+        elif momentum is not None:
+            settings["momentum"] = 1.0 - momentum
+        if isinstance(getattr(old, "track_running_stats", None), bool):
+            settings["track_running_stats"] = old.track_running_stats
+    return {name: value for name, value in settings.items() if name not in options}
+
+
+def _changed(old: NormFacts, new: NormFacts) -> list[str]:
+    """Each setting whose value differs between the old and the new layer."""
+    changes = []
+    if old.eps != new.eps:
+        changes.append(f"eps {old.eps:g} -> {new.eps:g}" if None not in (old.eps, new.eps) else
+                       f"eps {old.eps} -> {new.eps}")  # fmt: skip
+    both = old.statistics == new.statistics == "batch"
+    if both and old.has_running_stats and new.has_running_stats and old.momentum != new.momentum:
+        changes.append(f"momentum {old.momentum} -> {new.momentum}")
+    if old.has_running_stats != new.has_running_stats and both:
+        changes.append(f"track_running_stats {old.has_running_stats} -> {new.has_running_stats}")
+    return changes
 
 
 def _like(module: nn.Module) -> dict[str, Any]:
@@ -213,8 +239,12 @@ def _like(module: nn.Module) -> dict[str, Any]:
     return {"device": tensors[0].device, "dtype": tensors[0].dtype} if tensors else {}
 
 
-def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[..., nn.Module]]:
-    """The new kind's name for the report and ``build(channels, channel_dim, like)``."""
+Builder = Callable[[int, int, dict[str, Any], dict[str, Any]], nn.Module]
+
+
+def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Builder]:
+    """The new kind's name for the report and ``build(channels, channel_dim, like, settings)``
+    (``settings``: the old layer's, as :func:`_settings` gives them; a factory takes none)."""
     if not isinstance(kind, str):
         if not callable(kind):
             raise TypeError(
@@ -227,7 +257,18 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
                 "takes its own: pass functools.partial(factory, ...) instead."
             )
         name = getattr(kind, "__qualname__", None) or repr(kind)
-        return name, lambda channels, channel_dim, like: kind(channels)
+
+        def call_factory(channels: int, channel_dim: int, like: dict, settings: dict) -> nn.Module:
+            new = kind(channels)
+            if not isinstance(new, nn.Module):
+                raise TypeError(
+                    f"a factory given as kind must return a new torch.nn.Module for the channel "
+                    f"count it is called with; {name}({channels}) got {type(new).__name__} "
+                    f"{new!r}."
+                )
+            return new
+
+        return name, call_factory
     entry = get_kind(kind)
     accepted = entry.options()
     for fixed in ("channel_dim", "device", "dtype"):
@@ -238,8 +279,13 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
             )
     entry.check_options(options)
 
-    def build(channels: int, channel_dim: int, like: dict[str, Any]) -> nn.Module:
+    def build(channels: int, channel_dim: int, like: dict, settings: dict) -> nn.Module:
         extra = {name: value for name, value in like.items() if name in accepted}
+        carried = {
+            name: value
+            for name, value in settings.items()
+            if name in accepted and (name == "eps" or entry.running_stats is not None)
+        }
         if channel_dim != 1:
             if "channel_dim" not in accepted:
                 raise ValueError(
@@ -247,52 +293,31 @@ def _builder(kind: NormSpec, options: dict[str, Any]) -> tuple[str, Callable[...
                     "where this layer reads them"
                 )
             extra["channel_dim"] = channel_dim
-        return make_norm(entry.name, channels, **options, **extra)
+        try:
+            return make_norm(entry.name, channels, **options, **carried, **extra)
+        except ValueError as error:
+            if not carried:
+                raise
+            given = ", ".join(f"{name}={value!r}" for name, value in carried.items())
+            raise ValueError(
+                f"{error} (carried from the old layer: {given}; pass your own)"
+            ) from None
 
     return entry.name, build
 
 
-def _check_forward(
-    model: nn.Module, layers: dict[nn.Module, Replacement], example_input: Any
-) -> None:
-    """One eval forward pass of ``model``; each layer in ``layers`` must run and keep the
-    shape of its input. ValueError names the first that does not."""
-    current: list[nn.Module] = []
-    wrong: list[str] = []
-
-    def enter(module: nn.Module, args: tuple) -> None:
-        current.append(module)
-
-    def leave(module: nn.Module, args: tuple, output: Any) -> None:
-        current.pop()
-        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
-        if not isinstance(output, torch.Tensor) or tuple(output.shape) != shape:
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
-            wrong.append(f"{layers[module].path or '<root>'}: input {shape} gave {got}")
-
-    hooks = [m.register_forward_pre_hook(enter) for m in layers]
-    hooks += [m.register_forward_hook(leave) for m in layers]
-    try:
-        with eval_mode(model), torch.no_grad():
-            args = example_input if isinstance(example_input, tuple) else (example_input,)
-            model(*args)
-    except Exception as error:  # any failure of the user's forward pass is reported
-        where = ""
-        if current:
-            failed = layers[current[-1]]
-            where = f" in {failed.path or '<root>'} ({failed.old} replaced by {failed.kind})"
-        raise ValueError(
-            f"the model with its norms replaced failed on example_input{where}: "
-            f"{type(error).__name__}: {error}. Nothing was changed."
-        ) from error
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if wrong:
-        raise ValueError(
-            "replaced layers changed the shape of their input: "
-            f"{'; '.join(wrong)}. Nothing was changed."
-        )
+def _skipped_norm_like(model: nn.Module, recognized: set[nn.Module]) -> list[str]:
+    """Modules whose class name says normalization that normlab does not recognize."""
+    return [
+        f"{_where(module, paths)}: its class is not one normlab knows (see the README's table "
+        "of recognized classes), so what it computes is unknown; swap it with a factory of "
+        "your own, or leave it"
+        for module, paths in module_paths(model).items()
+        if module not in recognized
+        and "norm" in type(module).__name__.lower()
+        and not isinstance(module, NormAct)
+        and any(True for _ in module.parameters(recurse=False))
+    ]
 
 
 def replace_norms(
@@ -303,99 +328,165 @@ def replace_norms(
     include: Selector | None = None,
     exclude: Selector | None = None,
     example_input: Any = None,
+    identity_statistics: bool = False,
     **options: Any,
 ) -> Replaced:
     """Replace every normalization layer of ``model`` with the kind ``kind``, in place.
 
-    Recognized layers (and their subclasses): torch's ``BatchNorm1d/2d/3d``,
-    ``SyncBatchNorm``, ``InstanceNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``,
-    ``RMSNorm``; normlab's ``BatchNorm`` family, ``SwitchableNorm``,
-    ``FrozenBatchNorm`` and its torch-based layers.
+    Recognized layers: torch's ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``,
+    ``InstanceNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm`` (and
+    subclasses that keep their forward); normlab's layers; timm's and
+    torchvision's norm (+ activation) classes; Hugging Face's RMS and T5 norms
+    (see :mod:`normlab.layers.norm_classes` and the README's table). A
+    subclass whose own forward normlab does not know is refused by name.
 
     Each new layer gets the old one's channel count C and layout: channels on
-    dim 1 for the batch, group and instance norms (and normlab's layers with
-    ``channel_dim=1``), on the last dim for torch's ``LayerNorm(C)`` and
-    ``RMSNorm(C)``, which normalize the last dim of (N, \\*, C) input (tokens,
+    dim 1 for the batch, group and instance norms, ``LayerNorm2d`` and
+    ``RmsNorm2d`` (and normlab's layers with ``channel_dim=1``), on the last
+    dim for ``LayerNorm(C)`` and the RMS norms over (N, \\*, C) input (tokens,
     NHWC); the new layer then reads the last dim (``channel_dim=-1``). Its
-    device, dtype and train/eval mode are the old layer's; its options
-    (``eps``, ``momentum``, ...) are the kind's defaults or ``options``, never
-    the old layer's. State carried over: ``weight`` and ``bias`` where both
-    layers have them with the same shape; ``running_mean``, ``running_var``
-    (and ``num_batches_tracked``) between layers that keep running statistics
-    of the same shape and meaning (any into ``frozen-bn``). Everything else
-    starts fresh and the report says so.
+    device, dtype and train/eval mode are the old layer's; so are its ``eps``
+    and, from a batch norm into a kind with running statistics, its
+    ``momentum`` (in the new convention's sense) and ``track_running_stats``,
+    where the kind takes them and ``options`` do not set them. Every setting
+    that still differs is listed in the report. State carried over:
+    ``weight`` and ``bias`` where both layers have them with the same shape
+    (Gemma's ``1 + weight`` as such); ``running_mean``, ``running_var`` (and
+    ``num_batches_tracked``) between layers that keep running statistics of
+    the same shape and meaning (any into ``frozen-bn``). Everything else
+    starts fresh and the report says so. A layer whose forward also applies a
+    drop or an activation (timm's ``BatchNormAct2d``, ``GroupNormAct``, ...)
+    becomes a :class:`normlab.layers.NormAct`: the new layer, then the same
+    drop and activation modules.
 
     Args:
         model: any module; changed in place.
         kind: a registered kind's name or alias, or a callable taking the
-            channel count and returning the new layer (then no ``options``;
-            it must read the layout itself: check with ``example_input``).
+            channel count and returning a new layer each call (then no
+            ``options``; it must read the layout itself: check with
+            ``example_input``).
         include: only these layers: classes, or ``fnmatch`` patterns of module
             paths (``"layer1.*"``, ``"*.downsample.1"``), or a list of them.
         exclude: not these layers (same forms); applied after ``include``.
         example_input: when given, ``model(example_input)`` (a tuple is
             unpacked) runs once in eval mode without gradients after the
-            swap; a replaced layer that fails or changes its input's shape
-            undoes the whole swap and raises.
+            swap; a replaced layer that fails or changes its input's shape, or
+            an old layer that still runs, undoes the whole swap and raises.
+        identity_statistics: allow a kind with fixed statistics (``frozen-bn``)
+            to replace a layer that has no batch statistics to give it; it then
+            normalizes with mean 0 and variance 1, i.e. only applies the affine.
         **options: the kind's options, as ``make_norm`` takes them.
 
     Returns:
-        ``Replaced(model, replacements)``: the model (the new layer when
-        ``model`` is itself a normalization layer, as
-        ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` returns) and one
-        :class:`Replacement` per layer replaced (a shared layer once).
+        ``Replaced(model, replacements, skipped)``: the model (the new layer
+        when ``model`` is itself a normalization layer, as
+        ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` returns), one
+        :class:`Replacement` per layer replaced (a shared layer once), and the
+        layers left as they were, each with the reason.
 
     Raises:
         ValueError: unknown kind; an ``include``/``exclude`` item that matches
             no normalization layer; layers the kind cannot replace (each named
-            with its path and the reason: a multi-dim ``normalized_shape``,
-            channels on the last dim for a kind that cannot read them, options
-            that do not fit its channel count); a failure on ``example_input``.
-            Nothing is changed.
-        TypeError: an option the kind does not take, or a bad ``include``/``exclude``.
+            with its path and the reason: a multi-dim ``normalized_shape``, a
+            forward normlab does not know, channels on the last dim for a kind
+            that cannot read them, options that do not fit, hooks on the layer,
+            the layer held in a plain list, a factory returning one module
+            twice or a module of the model, fixed statistics with none to fix);
+            a failure on ``example_input``. Nothing is changed.
+        TypeError: an option the kind does not take, a bad ``include``/``exclude``,
+            a factory that returns no module, or a TorchScript model.
     """
+    refuse_torchscript(model)
     name, build = _builder(kind, options)
     include_items, exclude_items = _selector(include, "include"), _selector(exclude, "exclude")
-    layers = {m: paths for m, paths in module_paths(model).items() if is_norm_layer(m)}
+    all_paths = module_paths(model)
+    layers = {m: paths for m, paths in all_paths.items() if is_norm_layer(m)}
     for items, label in ((include_items, "include"), (exclude_items, "exclude")):
         unmatched = _unmatched(items or [], layers)
         if unmatched:
-            where = "; ".join(f"{p[0] or '<root>'} ({type(m).__name__})" for m, p in layers.items())
+            where = "; ".join(_where(m, p) for m, p in layers.items())
             raise ValueError(
                 f"{label}= {', '.join(unmatched)} matches no normalization layer of the model; "
                 f"its normalization layers are: {where or 'none'}."
             )
-    chosen = [
-        (m, paths)
-        for m, paths in layers.items()
-        if (include_items is None or _selected(m, paths, include_items))
-        and not (exclude_items and _selected(m, paths, exclude_items))
-    ]
+    chosen, skipped = [], []
+    for m, paths in layers.items():
+        if include_items is not None and not _selected(m, paths, include_items):
+            skipped.append(f"{_where(m, paths)}: not matched by include=")
+        elif exclude_items and _selected(m, paths, exclude_items):
+            skipped.append(f"{_where(m, paths)}: matched by exclude=")
+        else:
+            chosen.append((m, paths))
+    skipped += _skipped_norm_like(model, set(layers))
+    held = plain_references(model, {m for m, _ in chosen})
     new_layers: dict[nn.Module, nn.Module] = {}
+    built_for: dict[nn.Module, str] = {}
     reports: dict[nn.Module, Replacement] = {}
     refused = []
     for old, paths in chosen:
-        try:
-            channels, channel_dim = _channels_and_layout(old)
-            new = build(channels, channel_dim, _like(old))
-        except ValueError as error:
-            refused.append(f"{paths[0] or '<root>'} ({type(old).__name__}): {error}")
+        where = _where(old, paths)
+        facts = norm_facts(old)
+        problem = facts.problem or hooks_problem(old)
+        if old in held:
+            problem = (
+                f"also held at {', '.join(held[old])}, which replace_norms cannot update and "
+                "the forward may still call; hold it in an nn.ModuleList or nn.ModuleDict, "
+                "or exclude= it"
+            )
+        if problem:
+            refused.append(f"{where}: {problem}")
             continue
+        try:
+            new = build(
+                facts.channels, facts.channel_dim, _like(old), _settings(old, facts, options)
+            )
+        except ValueError as error:
+            refused.append(f"{where}: {error}")
+            continue
+        if new in built_for or new in all_paths:
+            first = built_for[new] if new in built_for else all_paths[new][0] or "<root>"
+            why = "the same module as for" if new in built_for else "a module of the model at"
+            refused.append(
+                f"{where}: the factory returned {why} {first}; each layer needs a new module "
+                "(a cached factory would tie the layers together)"
+            )
+            continue
+        built_for[new] = paths[0] or "<root>"
         new.train(old.training)
-        carried, why = _carry(old, new)
-        fresh = [n for n, _ in [*new.named_parameters(), *new.named_buffers()] if n not in carried]
-        lost = [n for n, _ in [*old.named_parameters(), *old.named_buffers()] if n not in carried]
+        new_facts = norm_facts(new)
+        if new_facts is None:  # a factory's own module: nothing more is known about it
+            new_facts = NormFacts("", "layer norm", facts.channels, facts.channel_dim, None)
+        carried, why = _carry(old, new, facts, new_facts)
+        if new_facts.statistics == "fixed" and "running_mean" not in carried:
+            if not identity_statistics:
+                refused.append(
+                    f"{where}: {name!r} keeps fixed statistics and this layer has none to "
+                    f"give it ({why or 'it keeps no running statistics'}), so it would normalize "
+                    "with mean 0 and variance 1, i.e. not at all. Swap to 'bn' and train or "
+                    "normlab.inference.recalibrate the model first, then freeze it; or pass "
+                    "identity_statistics=True"
+                )
+                continue
+            why = why or "no batch statistics to carry: identity statistics"
+        fresh = [n for n, _ in [*new.named_parameters(), *new.named_buffers()]]
+        lost = [n for n, _ in [*old.named_parameters(), *old.named_buffers()]]
+        named = [c.split(" ")[0] for c in carried]
+        if facts.after:
+            new = NormAct(new, **dict(facts.after))
+            new.train(old.training)
         new_layers[old] = new
         reports[new] = Replacement(
             tuple(paths),
             type(old).__name__,
             name,
-            channels,
-            LAYOUTS[channel_dim],
+            facts.channels,
+            LAYOUTS[facts.channel_dim],
             tuple(carried),
-            tuple(fresh),
-            tuple(lost),
+            tuple(n for n in fresh if n not in named),
+            tuple(n for n in lost if n not in named and n.split(".")[0] not in ("act", "drop")),
             why,
+            tuple(_changed(facts, new_facts)) if new_facts.library else (),
+            tuple(f"{attribute} {type(m).__name__}" for attribute, m in facts.after),
         )
     if refused:
         raise ValueError(
@@ -404,9 +495,23 @@ def replace_norms(
         )
     swapped = replace_modules(model, new_layers)
     if example_input is not None:
+        described = {
+            new: (r.path or "<root>", f"{r.old} replaced by {r.kind}") for new, r in reports.items()
+        }
+        old_layers = {old: _where(old, paths) for old, paths in chosen}
         try:
-            _check_forward(swapped, reports, example_input)
+            check_forward(swapped, described, example_input, old_layers)
         except ValueError:
-            replace_modules(swapped, {new: old for old, new in new_layers.items()})
+            _put_back(swapped, chosen)
             raise
-    return Replaced(swapped, list(reports.values()))
+    return Replaced(swapped, list(reports.values()), tuple(skipped))
+
+
+def _put_back(model: nn.Module, places: list[tuple[nn.Module, list[str]]]) -> None:
+    """Register each old layer again at each of its paths (the root needs nothing: the
+    caller still holds the old model)."""
+    for old, paths in places:
+        for path in paths:
+            if path:
+                parent_path, _, name = path.rpartition(".")
+                setattr(model.get_submodule(parent_path), name, old)

@@ -21,12 +21,12 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 from torch import nn
-from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.parameter import UninitializedTensorMixin
 
 from normlab.checkpoints.loading import locate_checkpoint
 from normlab.inference.layers import is_batch_norm, statistics_kind, tracks_running_stats
 from normlab.layers import FrozenBatchNorm, SwitchableNorm
+from normlab.layers.norm_classes import norm_facts
 
 #: (mean, min, max) of a tensor's values.
 Summary = tuple[float, float, float]
@@ -61,11 +61,10 @@ class NormLayerSummary:
 
 def is_norm_layer(module: nn.Module) -> bool:
     """Whether :func:`norm_layers` reports ``module``: batch-norm layers (per
-    :func:`normlab.inference.layers.is_batch_norm`), FrozenBatchNorm, and torch's
-    or normlab's LayerNorm, RMSNorm, GroupNorm and InstanceNorm."""
-    return is_batch_norm(module) or isinstance(
-        module, FrozenBatchNorm | nn.LayerNorm | nn.RMSNorm | nn.GroupNorm | _InstanceNorm
-    )
+    :func:`normlab.inference.layers.is_batch_norm`) and every class the norm-class table
+    knows (:func:`normlab.layers.norm_classes.norm_facts`: normlab's, torch's, timm's,
+    torchvision's, Hugging Face's)."""
+    return is_batch_norm(module) or norm_facts(module) is not None
 
 
 def norm_layers(
@@ -197,6 +196,17 @@ def _module_notes(module: nn.Module) -> list[str]:
         notes.append(f"normalized_shape={tuple(shape)}")
     if isinstance(module, nn.RMSNorm) and getattr(module, "eps", None) is None:
         notes.append("eps=None: the input dtype's machine epsilon")
+    facts = norm_facts(module)
+    if facts is not None and facts.library not in ("torch", "normlab"):
+        notes.append(f"{facts.library} {facts.computes}")
+        if facts.channel_dim == 1 and shape is not None:
+            notes.append("channels on dim 1: (N, C, H, W)")
+    if facts is not None and facts.weight_offset:
+        notes.append(f"scales by {facts.weight_offset:g} + weight")
+    if facts is not None and facts.after:
+        notes.append(f"then {facts.does_more}")
+    if facts is not None and facts.problem:
+        notes.append(facts.problem)
     return notes
 
 
@@ -210,9 +220,14 @@ def _module_summary(name: str, module: nn.Module) -> NormLayerSummary:
         stats = getattr(module, "stats", None)  # FrozenBatchNorm's; None for per-sample norms
     tracking = tracks_running_stats(module) and not isinstance(module, FrozenBatchNorm)
     notes = _module_notes(module)
+    facts = norm_facts(module)
     eps = _number(module, "eps", notes)
+    if eps is None and facts is not None:
+        eps = facts.eps  # Hugging Face's variance_epsilon
     momentum = _number(module, "momentum", notes) if tracking else None
     num_features = _num_features(module)
+    if num_features is None and facts is not None:
+        num_features = facts.channels
     tensors = {name: getattr(module, name, None) for name in _TENSORS}
     notes += _tensor_notes(tensors, num_features)
     return NormLayerSummary(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from normlab.inference.layers import is_batch_norm, tracks_running_stats
 from normlab.layers import FrozenBatchNorm, SwitchableNorm
+from normlab.layers.norm_classes import norm_facts
 
 #: Layers a batch norm can be folded into. Exact types: a subclass (e.g. normlab's
 #: WSConv2d) may change what its forward does with the weight.
@@ -184,7 +185,19 @@ class _Plan:
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return is_batch_norm(module) or isinstance(module, FrozenBatchNorm)
+    """Batch norms and frozen ones (normlab's, torchvision's and timm's)."""
+    if is_batch_norm(module) or isinstance(module, FrozenBatchNorm):
+        return True
+    facts = norm_facts(module)
+    return facts is not None and facts.statistics == "fixed"
+
+
+def _after(norm: nn.Module) -> nn.Module | None:
+    """What the norm's forward applies after normalizing (timm's drop and activation), as
+    one module that stays where the norm was; None for nothing."""
+    facts = norm_facts(norm)
+    after = facts.after if facts is not None else ()
+    return nn.Sequential(OrderedDict(after)) if after else None
 
 
 def _norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -206,7 +219,8 @@ def _norm_problem(norm: nn.Module) -> str | None:
         return "SwitchableNorm mixes per-sample statistics"
     if not tracks_running_stats(norm):
         return "track_running_stats=False: no running statistics"
-    return None
+    facts = norm_facts(norm)
+    return facts.problem if facts is not None and facts.problem else None
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -233,10 +247,11 @@ def _layer_problem(layer: nn.Module, layer_name: str, norm: nn.Module) -> str | 
             f"({type(layer).__name__}), whose channels are dim 1: a fold would scale the "
             "channels, not that dim"
         )
-    if _out_channels(layer) != norm.num_features:
+    channels = norm_facts(norm).channels
+    if _out_channels(layer) != channels:
         return (
             f"channels do not match: its input {layer_name!r} has {_out_channels(layer)} "
-            f"output channels, the norm {norm.num_features}"
+            f"output channels, the norm {channels}"
         )
     return None
 
@@ -245,18 +260,25 @@ def _layer_problem(layer: nn.Module, layer_name: str, norm: nn.Module) -> str | 
 
 
 class _LayerTracer(fx.Tracer):
-    """torch.fx tracer that keeps normlab's layers (and any batch norm) as single calls."""
+    """torch.fx tracer that keeps normlab's layers and the given norms as single calls.
+
+    The norms are found before tracing: while it traces, torch.fx records every parameter
+    a module's attributes are read for, so is_leaf_module must not read them."""
+
+    def __init__(self, norms: list[nn.Module]) -> None:
+        super().__init__()
+        self.norms = {id(norm) for norm in norms}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
-            _is_norm(m)
+            id(m) in self.norms
             or type(m).__module__.startswith("normlab.layers")
             or super().is_leaf_module(m, module_qualified_name)
         )
 
 
 def _plan(model: nn.Module) -> _Plan:
-    tracer = _LayerTracer()
+    tracer = _LayerTracer([module for _, module in _norm_layers(model)])
     try:
         graph = tracer.trace(model)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
@@ -380,17 +402,21 @@ def _apply(plan: _Plan) -> nn.Module:
         # that; one on dim 1 matches it only for (N, features), so that fold checks the
         # shape where the norm was.
         guarded = isinstance(layer, nn.Linear) and _channel_dim(norm) == 1
+        after = _after(norm)
         if pair.norm_node is None:
-            model.set_submodule(
-                pair.norm, FoldedLinearCheck(pair.norm) if guarded else nn.Identity()
-            )
+            check = FoldedLinearCheck(pair.norm) if guarded else nn.Identity()
+            model.set_submodule(pair.norm, check if after is None else nn.Sequential(check, after))
             continue
         replacement = pair.norm_node.args[0]
         if guarded:
-            with model.graph.inserting_after(pair.norm_node):
+            with model.graph.inserting_before(pair.norm_node):
                 replacement = model.graph.call_function(
                     features_last_only, (pair.norm_node.args[0], pair.norm)
                 )
+        if after is not None:  # the node now calls the drop and activation alone
+            pair.norm_node.args = (replacement,)
+            model.set_submodule(pair.norm, after)
+            continue
         pair.norm_node.replace_all_uses_with(replacement)
         model.graph.erase_node(pair.norm_node)
         model.delete_submodule(pair.norm)

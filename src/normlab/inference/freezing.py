@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from torch import nn
 
 from normlab.inference.layers import batch_norm_layers
-from normlab.layers import FrozenBatchNorm, SwitchableNorm
+from normlab.layers import FrozenBatchNorm, NormAct, SwitchableNorm
+from normlab.layers.norm_classes import norm_facts
 from normlab.module_tree import replace_modules
 
 
@@ -40,8 +41,11 @@ def freeze(model: nn.Module, *, modules: Iterable[str | nn.Module] | None = None
     Each frozen layer keeps the original's running statistics, affine and eps
     as buffers: it normalizes with them in every mode, nothing in it is
     updated or receives a gradient, and the model's eval outputs are
-    unchanged. This is how one fine-tunes with small batches. A layer shared
-    by several parents is replaced by one frozen layer everywhere.
+    unchanged. A layer whose forward also applies a drop and an activation
+    (timm's ``BatchNormAct2d``) becomes a :class:`normlab.layers.NormAct` of
+    the frozen layer and the same drop and activation. This is how one
+    fine-tunes with small batches. A layer shared by several parents is
+    replaced by one frozen layer everywhere.
 
     Args:
         model: a module with torch's or normlab's batch-norm layers.
@@ -59,21 +63,31 @@ def freeze(model: nn.Module, *, modules: Iterable[str | nn.Module] | None = None
     """
     selected = _selected(model, modules)
     names = {id(layer): name for name, layer in batch_norm_layers(model)}
-    refused = [
-        f"{names[id(layer)] or type(layer).__name__} ({type(layer).__name__})"
-        for layer in selected
-        if isinstance(layer, SwitchableNorm)
-    ]
+
+    def where(layer: nn.Module) -> str:
+        return f"{names[id(layer)] or type(layer).__name__} ({type(layer).__name__})"
+
+    refused = [where(layer) for layer in selected if isinstance(layer, SwitchableNorm)]
     if refused:
         raise ValueError(
             f"cannot freeze {', '.join(refused)}: switchable norm mixes per-sample statistics "
             "into its output, which fixed statistics cannot reproduce. Pass modules= naming "
             "the other batch-norm layers."
         )
-    frozen = {}
+    unknown = [f"{where(layer)}: {norm_facts(layer).problem}" for layer in selected]
+    unknown = [line for line in unknown if not line.endswith(": ")]
+    if unknown:
+        raise ValueError(
+            f"cannot freeze {'; '.join(unknown)}. Nothing was changed; pass modules= naming "
+            "the other batch-norm layers."
+        )
+    frozen: dict[nn.Module, nn.Module] = {}
     for layer in selected:
         try:
             frozen[layer] = FrozenBatchNorm.from_batchnorm(layer)
         except ValueError as error:
             raise ValueError(f"{names[id(layer)] or 'model'}: {error}") from None
+        after = norm_facts(layer).after
+        if after:
+            frozen[layer] = NormAct(frozen[layer], **dict(after)).train(layer.training)
     return replace_modules(model, frozen)

@@ -4,6 +4,7 @@ from normlab.layers.base import NormBase, RunningStatsNorm
 from normlab.layers.batch_norm import BatchNorm, SyncBatchNorm
 from normlab.layers.batch_renorm import BatchRenorm
 from normlab.layers.frozen_batch_norm import FrozenBatchNorm
+from normlab.layers.norm_act import NormAct
 from normlab.layers.switchable_norm import SwitchableNorm
 from normlab.layers.torch_norms import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.layers.weight_standardization import WSConv2d, WSLinear
@@ -15,6 +16,7 @@ __all__ = [
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "NormAct",
     "NormBase",
     "RMSNorm",
     "RunningStatsNorm",

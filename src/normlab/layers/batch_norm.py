@@ -12,6 +12,8 @@ from normlab import functional as NF
 from normlab._checks import check_choice
 from normlab.distributed import check_global_count, global_moments, sync_batch_norm, world_size
 from normlab.layers.base import RunningStatsNorm, RunningVar
+from normlab.layers.norm_act import NormAct
+from normlab.layers.norm_classes import norm_facts
 from normlab.module_tree import replace_modules
 
 
@@ -261,19 +263,41 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 
     Converts normlab's ``BatchNorm`` (``bn`` and ``bn-scalar``, either
     convention; not ``BatchRenorm``, nor ``SyncBatchNorm`` itself) and
-    torch's ``BatchNorm1d/2d/3d``, keeping stats, convention, eps, momentum,
-    affine, parameters and running statistics; a layer shared by several
-    parents becomes one synchronized layer. Other modules are left alone, as
+    torch's ``BatchNorm1d/2d/3d``, and their subclasses, as ``replace_norms``
+    takes them, keeping stats, convention, eps, momentum, affine, parameters
+    and running statistics; a subclass whose forward also applies a drop and
+    an activation (timm's ``BatchNormAct2d``) becomes a
+    :class:`normlab.layers.NormAct` of the synchronized layer and the same
+    drop and activation. A layer shared by several parents becomes one
+    synchronized layer. Other modules are left alone, as
     ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does.
 
     Returns:
         ``module`` converted in place, or the new layer when ``module`` is itself one.
+
+    Raises:
+        ValueError: a subclass whose own forward normlab does not know (see
+            :func:`normlab.layers.norm_classes.norm_facts`); nothing is converted.
     """
-    converted = {
-        layer: _synchronized(layer, process_group)
+    layers = [
+        layer
         for layer in module.modules()
-        if type(layer) is BatchNorm or type(layer) in _TORCH_BATCH_NORMS
-    }
+        if isinstance(layer, (BatchNorm, *_TORCH_BATCH_NORMS))
+        and not isinstance(layer, SyncBatchNorm | nn.SyncBatchNorm)
+    ]
+    facts = {layer: norm_facts(layer) for layer in layers}
+    unknown = [f"{type(layer).__name__}: {facts[layer].problem}" for layer in layers]
+    unknown = [line for layer, line in zip(layers, unknown, strict=True) if facts[layer].problem]
+    if unknown:
+        raise ValueError(
+            f"convert_sync_batchnorm cannot convert {'; '.join(unknown)}. Nothing was "
+            "converted; convert those layers yourself."
+        )
+    converted: dict[nn.Module, nn.Module] = {}
+    for layer in layers:
+        sync = _synchronized(layer, process_group)
+        after = facts[layer].after
+        converted[layer] = NormAct(sync, **dict(after)).train(layer.training) if after else sync
     return replace_modules(module, converted)
 
 
@@ -293,7 +317,9 @@ def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
         device=_device(layer),
         dtype=_dtype(layer),
     )
-    sync.load_state_dict(layer.state_dict())
+    # A norm + activation layer's state_dict also holds its activation's (e.g. PReLU's).
+    state = {k: v for k, v in layer.state_dict().items() if k.split(".")[0] not in ("act", "drop")}
+    sync.load_state_dict(state)
     sync.train(layer.training)
     return sync
 

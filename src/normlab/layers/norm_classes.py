@@ -1,0 +1,320 @@
+"""What a normalization layer computes, for every class normlab recognizes.
+
+The one place that answers "is this module a normalization layer, and what does
+it compute?": normlab's own layers, torch's, timm's and torchvision's (by class
+name and base class, as those libraries write them), and Hugging Face's RMS and
+T5 norms (by structure: a ``weight`` parameter, an ``eps`` or
+``variance_epsilon``, and a forward that computes RMS norm, checked on a probe
+input, so a new model family's copy of the class is covered too).
+``replace_norms``, ``inference.freeze``, ``inference.fold_batchnorm``,
+``convert_sync_batchnorm`` and ``normlab inspect`` all read :func:`norm_facts`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from normlab.layers.base import NormBase, RunningStatsNorm
+from normlab.layers.switchable_norm import SwitchableNorm
+
+#: torch's normalization classes whose forward normlab knows (their subclasses too, as long as
+#: they keep that forward).
+TORCH_NORM_CLASSES: tuple[type[nn.Module], ...] = (
+    _BatchNorm,
+    _InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+
+
+@dataclass(frozen=True)
+class ThirdPartyClass:
+    """A third-party normalization class, recognized by its name and its torch base class.
+
+    ``computes`` is one of :data:`COMPUTES`; ``channel_dim`` where it reads the channels
+    (1: (N, C, *); -1: the last dim); ``after``: the attributes holding modules its forward
+    applies to the normalized output, in order (timm's drop, then activation).
+    """
+
+    name: str
+    libraries: str
+    base: type[nn.Module]
+    computes: str
+    channel_dim: int
+    after: tuple[str, ...] = ()
+
+
+#: What a layer computes, and the statistics it normalizes with.
+COMPUTES = {
+    "batch norm": "batch",  # the batch's in training; running ones in eval (when tracked)
+    "frozen batch norm": "fixed",  # the running statistics in every mode
+    "switchable norm": "batch",
+    "layer norm": "sample",  # each sample's own
+    "RMS norm": "sample",
+    "group norm": "sample",
+    "instance norm": "sample",
+}
+
+_ACT = ("drop", "act")
+
+#: timm's and torchvision's own normalization classes.
+THIRD_PARTY: tuple[ThirdPartyClass, ...] = (
+    ThirdPartyClass("BatchNormAct2d", "timm", nn.BatchNorm2d, "batch norm", 1, _ACT),
+    ThirdPartyClass("SyncBatchNormAct", "timm", nn.SyncBatchNorm, "batch norm", 1, _ACT),
+    ThirdPartyClass("FrozenBatchNormAct2d", "timm", nn.Module, "frozen batch norm", 1, _ACT),
+    ThirdPartyClass("FrozenBatchNorm2d", "timm, torchvision", nn.Module, "frozen batch norm", 1),
+    ThirdPartyClass("GroupNormAct", "timm", nn.GroupNorm, "group norm", 1, _ACT),
+    ThirdPartyClass("GroupNorm1Act", "timm", nn.GroupNorm, "group norm", 1, _ACT),
+    ThirdPartyClass("GroupNorm", "timm", nn.GroupNorm, "group norm", 1),
+    ThirdPartyClass("GroupNorm1", "timm", nn.GroupNorm, "group norm", 1),
+    ThirdPartyClass("LayerNorm", "timm", nn.LayerNorm, "layer norm", -1),
+    ThirdPartyClass("LayerNorm2d", "timm, torchvision", nn.LayerNorm, "layer norm", 1),
+    ThirdPartyClass("LayerNormAct", "timm", nn.LayerNorm, "layer norm", -1, _ACT),
+    ThirdPartyClass("LayerNormAct2d", "timm", nn.LayerNorm, "layer norm", 1, _ACT),
+    ThirdPartyClass("RmsNorm", "timm", nn.Module, "RMS norm", -1),
+    ThirdPartyClass("RmsNorm2d", "timm", nn.Module, "RMS norm", 1),
+)
+_BY_NAME = {entry.name: entry for entry in THIRD_PARTY}
+
+
+@dataclass(frozen=True)
+class NormFacts:
+    """What one normalization layer computes.
+
+    Attributes:
+        library: "normlab", "torch", "timm", "torchvision" (or both) or "Hugging Face".
+        computes: one of :data:`COMPUTES` ("batch norm", "layer norm", ...).
+        statistics: "batch", "fixed" or "sample" (see :data:`COMPUTES`).
+        channels: C, or None where it cannot be read (``problem`` says why).
+        channel_dim: 1 for (N, C, \\*) input, -1 for channels on the last dim.
+        eps: the eps its forward adds, or None where it has none (torch's
+            ``RMSNorm(eps=None)`` uses the input dtype's).
+        momentum: its running-statistics momentum (batch statistics only).
+        has_running_stats: it keeps running statistics.
+        weight_offset: the forward scales by ``weight_offset + weight`` (1 for
+            Gemma's RMS norm, 0 for every other).
+        after: what the forward applies after normalizing, in order, as
+            (attribute, module): timm's drop and activation (identities left out).
+        problem: why the tools cannot rebuild it as another layer, or "".
+    """
+
+    library: str
+    computes: str
+    channels: int | None
+    channel_dim: int
+    eps: float | None
+    momentum: float | None = None
+    has_running_stats: bool = False
+    weight_offset: float = 0.0
+    after: tuple[tuple[str, nn.Module], ...] = ()
+    problem: str = ""
+
+    @property
+    def statistics(self) -> str:
+        return COMPUTES[self.computes]
+
+    @property
+    def does_more(self) -> str:
+        """What the forward does besides normalizing, as text ("" for nothing)."""
+        return ", then ".join(f"{name} {type(module).__name__}" for name, module in self.after)
+
+
+def norm_facts(module: nn.Module) -> NormFacts | None:
+    """What ``module`` computes, or None when it is not a normalization layer normlab knows."""
+    if isinstance(module, NormBase):
+        return _normlab_facts(module)
+    own = type(module).__module__.startswith(("torch.", "normlab."))
+    entry = None if own else _BY_NAME.get(type(module).__name__)
+    if entry is not None and isinstance(module, entry.base):
+        return _third_party_facts(module, entry)
+    if isinstance(module, TORCH_NORM_CLASSES):
+        return _torch_facts(module)
+    return _rms_by_structure(module)
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """Whether :func:`norm_facts` recognizes ``module``."""
+    return norm_facts(module) is not None
+
+
+def _number(module: nn.Module, name: str) -> float | None:
+    value = getattr(module, name, None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _momentum(module: nn.Module) -> float | None:
+    return _number(module, "momentum")
+
+
+def _tracked(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
+
+
+def _own_forward_problem(module: nn.Module, known: type[nn.Module]) -> str:
+    """Why ``module`` cannot be read as ``known`` computes: its class overrides forward."""
+    for cls in type(module).__mro__:
+        if "forward" in vars(cls):
+            if issubclass(known, cls) or cls.__module__.startswith(("torch.", "normlab.")):
+                return ""
+            return (
+                f"its class {type(module).__name__} overrides {known.__name__}'s forward, so "
+                "normlab cannot tell what else it computes (an activation, a drop)"
+            )
+    return ""
+
+
+def _normlab_facts(module: NormBase) -> NormFacts:
+    if isinstance(module, SwitchableNorm):
+        computes = "switchable norm"
+    elif isinstance(module, RunningStatsNorm):
+        computes = "batch norm"
+    else:
+        computes = "frozen batch norm"
+    return NormFacts(
+        "normlab",
+        computes,
+        module.num_features,
+        module.channel_dim,
+        _number(module, "eps"),
+        _momentum(module) if isinstance(module, RunningStatsNorm) else None,
+        _tracked(module),
+        problem=_own_forward_problem(module, NormBase),
+    )
+
+
+def _shape_channels(shape: object) -> tuple[int | None, str]:
+    shape = tuple(shape) if isinstance(shape, tuple | list | torch.Size) else (shape,)
+    if len(shape) == 1 and isinstance(shape[0], int):
+        return shape[0], ""
+    return None, (
+        f"normalized_shape {shape} spans {len(shape)} dims; a kind normalizes one channel dim. "
+        "exclude= this layer"
+    )
+
+
+def _torch_facts(module: nn.Module) -> NormFacts:
+    channel_dim = getattr(module, "channel_dim", 1)
+    problem = ""
+    if isinstance(module, _BatchNorm | _InstanceNorm):
+        computes = "batch norm" if isinstance(module, _BatchNorm) else "instance norm"
+        channels = module.num_features
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            channels, problem = None, "a lazy layer not initialized yet; run one forward pass first"
+    elif isinstance(module, nn.GroupNorm):
+        computes, channels = "group norm", module.num_channels
+    else:
+        computes = "layer norm" if isinstance(module, nn.LayerNorm) else "RMS norm"
+        if hasattr(module, "channel_dim"):  # normlab's LayerNorm / RMSNorm
+            channels = module.num_features
+        else:
+            channels, problem = _shape_channels(module.normalized_shape)
+            channel_dim = -1
+    known = next(cls for cls in TORCH_NORM_CLASSES if isinstance(module, cls))
+    batch = isinstance(module, _BatchNorm)
+    return NormFacts(
+        "normlab" if type(module).__module__.startswith("normlab.") else "torch",
+        computes,
+        channels,
+        channel_dim,
+        _number(module, "eps"),
+        _momentum(module) if batch else None,
+        _tracked(module),
+        problem=problem or _own_forward_problem(module, known),
+    )
+
+
+def _third_party_facts(module: nn.Module, entry: ThirdPartyClass) -> NormFacts:
+    problem = ""
+    if entry.base is nn.Module:  # frozen batch norms and RMS norms hold their own tensors
+        weight = getattr(module, "weight", None)
+        shape = getattr(module, "normalized_shape", None)
+        if shape is not None:
+            channels, problem = _shape_channels(shape)
+        elif isinstance(weight, torch.Tensor) and weight.dim() == 1:
+            channels = weight.shape[0]
+        else:
+            channels, problem = None, "no 1-d weight to read the channel count from"
+    elif isinstance(module, nn.GroupNorm):
+        channels = module.num_channels
+    elif isinstance(module, nn.LayerNorm):
+        channels, problem = _shape_channels(module.normalized_shape)
+    else:
+        channels = module.num_features
+    after = tuple(
+        (name, getattr(module, name))
+        for name in entry.after
+        if isinstance(getattr(module, name, None), nn.Module)
+        and not isinstance(getattr(module, name), nn.Identity)
+    )
+    batch = entry.computes == "batch norm"
+    return NormFacts(
+        entry.libraries,
+        entry.computes,
+        channels,
+        entry.channel_dim,
+        _number(module, "eps"),
+        _momentum(module) if batch else None,
+        _tracked(module),
+        after=after,
+        problem=problem,
+    )
+
+
+# --- Hugging Face's RMS norms, by structure ------------------------------------------
+
+
+def _rms_by_structure(module: nn.Module) -> NormFacts | None:
+    """Facts for an RMS norm over the last dim known only by its structure and behaviour:
+    exactly one parameter, a (C,) ``weight``; no buffers or children; an ``eps`` or
+    ``variance_epsilon``; and a forward that gives ``x / sqrt(mean(x^2) + eps) * w`` with
+    w = weight or 1 + weight (Gemma) on a probe input. None for anything else."""
+    weight = getattr(module, "weight", None)
+    if (
+        not isinstance(weight, nn.Parameter)
+        or weight.dim() != 1
+        or not weight.is_floating_point()
+        or len(list(module.parameters())) != 1
+        or list(module.buffers())
+        or list(module.children())
+    ):
+        return None
+    eps = _number(module, "variance_epsilon")
+    eps = _number(module, "eps") if eps is None else eps
+    if eps is None or not math.isfinite(eps) or eps < 0:
+        return None
+    offset = _probe_rms(module, weight, eps)
+    if offset is None:
+        return None
+    return NormFacts("Hugging Face", "RMS norm", weight.shape[0], -1, eps, weight_offset=offset)
+
+
+def _probe_rms(module: nn.Module, weight: torch.Tensor, eps: float) -> float | None:
+    """0.0 or 1.0 where ``module``'s forward is RMS norm scaled by ``offset + weight``;
+    None otherwise. The forward runs once on a (2, C + 1, C) probe, without hooks."""
+    channels = weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(2, channels + 1, channels, generator=generator, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            output = type(module).forward(module, probe.to(weight.device, weight.dtype))
+    except Exception:  # any forward that cannot take the probe is not an RMS norm
+        return None
+    if not isinstance(output, torch.Tensor) or output.shape != probe.shape:
+        return None
+    normalized = probe * (probe.square().mean(-1, keepdim=True) + eps).rsqrt()
+    got = output.detach().to("cpu", torch.float64)
+    scale = weight.detach().to("cpu", torch.float64)
+    tolerance = 50 * torch.finfo(weight.dtype).eps
+    for offset in (0.0, 1.0):
+        expected = normalized * (offset + scale)
+        if torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
+            return offset
+    return None

@@ -1,0 +1,260 @@
+"""timm's and torchvision's own normalization classes through replace_norms, freeze, fold,
+convert_sync_batchnorm and inspect, on stand-ins of those classes (tests/thirdparty_standins.py)
+and, where timm imports, on timm's real models.
+
+Oracles: the original model (its outputs and gradients: a swap to the matching kind with the
+layer's own settings computes the same function), and the layer's documented forward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import normlab as nl
+import thirdparty_standins as tp
+from spec import CANONICAL_KINDS
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _images(n: int = 4, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _randomized(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial affine and running statistics in every norm (fixed-statistics ones too)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("weight", "bias", "running_mean"):
+                tensor = getattr(module, name, None)
+                if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
+            var = getattr(module, "running_var", None)
+            if isinstance(var, torch.Tensor):
+                var.copy_(torch.rand(var.shape, generator=generator) + 0.5)
+    return model
+
+
+def _parameter_grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter gradients by name, a NormAct's ``.norm`` level left out of the name."""
+    grads = {}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            grads[name] = parameter.grad
+    return grads
+
+
+def _same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """Largest |a - b| over train and eval outputs, input gradients and the gradients of
+    the parameters both hold (by name, a NormAct's ``.norm`` level left out)."""
+    worst = 0.0
+    for training in (True, False):
+        outputs = []
+        for model in (a, b):
+            model.train(training)
+            model.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            out = model(xi)
+            out.square().sum().backward()
+            grads = {n.replace(".norm.", ".") if n not in dict(a.named_parameters()) else n: g
+                     for n, g in _parameter_grads(model).items()}  # fmt: skip
+            outputs.append((out.detach(), xi.grad, grads))
+        (out_a, gx_a, g_a), (out_b, gx_b, g_b) = outputs
+        assert set(g_a) == set(g_b)
+        pairs = [(out_a, out_b), (gx_a, gx_b), *((g_a[n], g_b[n]) for n in g_a)]
+        worst = max([worst, *((p - q).abs().max().item() for p, q in pairs)])
+    return worst
+
+
+# --- item: a norm + activation layer keeps its activation ---------------------------------
+
+
+def test_batchnormact_swapped_keeps_its_activation_and_summary_says_so():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), tp.BatchNormAct2d(8, act_layer=nn.ReLU)).eval()
+    x = _images(2, 16)
+    expected = model(x)
+    replaced = nl.replace_norms(model, "bn", example_input=x)
+    torch.testing.assert_close(replaced.model(x), expected, rtol=0, atol=0)
+    assert (replaced.model(x) >= 0).all()
+    assert "then act ReLU, kept" in replaced.summary()
+
+
+@pytest.mark.parametrize(
+    ("build", "kind", "options"),
+    [
+        (lambda: tp.EfficientNetBlock(), "bn", {}),
+        (lambda: tp.ResNetV2Block(), "gn", {"groups": 4}),
+    ],
+    ids=["efficientnet-BatchNormAct2d", "resnetv2-GroupNormAct"],
+)
+def test_norm_act_models_swap_to_the_matching_kind_exactly(build, kind, options):
+    """Outputs and gradients in train and eval: 0.0 difference."""
+    model = _randomized(build())
+    x = _images()
+    swapped = copy.deepcopy(model)
+    nl.replace_norms(swapped, kind, example_input=x, **options)
+    assert _same_function(model, swapped, x) == 0.0
+
+
+def test_freeze_and_fold_keep_the_activation_of_a_norm_act_layer():
+    model = _randomized(tp.EfficientNetBlock()).eval()
+    x = _images()
+    expected = model(x)
+    frozen = nl.inference.freeze(copy.deepcopy(model))
+    torch.testing.assert_close(frozen(x), expected, rtol=0, atol=1e-5)
+    folded = nl.inference.fold_batchnorm(model)
+    assert not [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_an_unknown_subclass_that_overrides_forward_is_refused_by_name():
+    class ScaledBatchNorm2d(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), ScaledBatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"ScaledBatchNorm2d overrides.*forward"):
+        nl.replace_norms(model, "bn")
+    with pytest.raises(ValueError, match=r"ScaledBatchNorm2d overrides.*forward"):
+        nl.inference.freeze(model)
+
+
+# --- item: channels-first LayerNorm2d --------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [8, 5], ids=["W==C", "W!=C"])
+def test_layernorm2d_is_swapped_reading_channels_on_dim_1(width):
+    """timm's/torchvision's LayerNorm2d normalizes dim 1; with W == C a last-dim reading
+    was silently wrong, otherwise refused with the wrong fix."""
+    model = _randomized(nn.Sequential(nn.Conv2d(3, 8, 1), tp.LayerNorm2d(8)))
+    x = torch.randn(2, 3, 4, width, generator=torch.Generator().manual_seed(3))
+    swapped = copy.deepcopy(model)
+    replaced = nl.replace_norms(swapped, "ln", example_input=x)
+    assert replaced.replacements[0].layout == "(N, C, *)"
+    assert _same_function(model, swapped, x) == 0.0
+
+
+def test_convnext_swaps_to_layer_norm_exactly():
+    model = _randomized(tp.ConvNeXtBlock())
+    x = _images()
+    swapped = copy.deepcopy(model)
+    nl.replace_norms(swapped, "ln", example_input=x)
+    assert _same_function(model, swapped, x) == 0.0
+
+
+# --- item: frozen-bn from a layer without running statistics ---------------------------------
+
+
+def test_frozen_bn_from_group_norm_is_refused_unless_asked():
+    model = tp.ResNetV2Block()
+    with pytest.raises(ValueError, match=r"identity_statistics=True.*Nothing was changed"):
+        nl.replace_norms(model, "frozen-bn")
+    replaced = nl.replace_norms(model, "frozen-bn", identity_statistics=True)
+    assert "identity statistics" in replaced.summary()
+
+
+# --- item: eps and momentum carried and reported ---------------------------------------------
+
+
+def test_eps_and_momentum_are_carried_and_every_changed_setting_is_listed():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, eps=1e-3, momentum=0.01), nn.LayerNorm(8, eps=1e-12)
+    )
+    replaced = nl.replace_norms(model, "bn")
+    assert (model[1].eps, model[1].momentum) == (1e-3, 0.01)
+    assert model[2].eps == 1e-12
+    assert "changed" not in replaced.summary()
+    replaced = nl.replace_norms(model, "bn", eps=1e-5)
+    assert "changed eps 0.001 -> 1e-05" in replaced.summary()
+    keras = nl.replace_norms(nn.BatchNorm2d(4, momentum=0.01), "bn", convention="keras").model
+    assert keras.momentum == pytest.approx(0.99)
+
+
+# --- item: convert_sync_batchnorm takes subclasses ---------------------------------------------
+
+
+def test_convert_sync_batchnorm_converts_a_norm_act_subclass_keeping_its_activation():
+    model = _randomized(tp.EfficientNetBlock()).eval()
+    x = _images()
+    expected = model(x)
+    converted = nl.convert_sync_batchnorm(model)
+    assert not [m for m in converted.modules() if isinstance(m, tp.BatchNormAct2d)]
+    torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+
+
+# --- every stand-in class: recognized, swapped to each kind, described -----------------------
+
+
+STANDIN_MODELS = {
+    "efficientnet (BatchNormAct2d)": (tp.EfficientNetBlock, "bn", {}),
+    "resnetv2 (GroupNormAct)": (tp.ResNetV2Block, "gn", {"groups": 4}),
+    "convnext (LayerNorm2d, LayerNorm)": (tp.ConvNeXtBlock, "ln", {}),
+    "detection backbone (FrozenBatchNorm2d, FrozenBatchNormAct2d)": (
+        tp.FrozenBackbone, "frozen-bn", {}
+    ),
+    "vit (RmsNorm, RmsNorm2d, LayerNormAct)": (tp.RmsViTBlock, None, {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", CANONICAL_KINDS)
+@pytest.mark.parametrize("name", list(STANDIN_MODELS))
+def test_every_kind_replaces_every_standin_class_and_trains_one_step(name, kind):
+    build, _, _ = STANDIN_MODELS[name]
+    model = _randomized(build())
+    x = _images()
+    options = {"groups": 2} if kind == "gn" else {}
+    if kind == "frozen-bn":
+        options["identity_statistics"] = True
+    replaced = nl.replace_norms(model, kind, example_input=x, **options)
+    assert len(replaced.replacements) >= 2 and not replaced.skipped
+    left = [
+        m for m in model.modules() if type(m).__module__ == tp.__name__ and nl.swap.is_norm_layer(m)
+    ]
+    assert not left
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = model.train()(x).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(model(x)).all()
+
+
+def test_inspect_describes_the_standin_classes():
+    from normlab.checkpoints import norm_layers
+
+    layers = {layer.name: layer for layer in norm_layers(tp.RmsViTBlock())}
+    assert set(layers) == {"stem_norm", "norm1", "norm2"}
+    assert "channels on dim 1" in layers["stem_norm"].notes
+    assert "then act GELU" in layers["norm2"].notes
+    assert layers["norm1"].eps == 1e-6 and layers["norm1"].num_features == 8
+
+
+# --- real timm models, where timm imports ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "options"),
+    [
+        ("efficientnet_b0", "bn", {}),
+        ("resnetv2_50", "gn", {"groups": 32}),
+        ("convnext_atto", "ln", {}),
+    ],
+)
+def test_real_timm_models_swap_to_the_matching_kind_exactly(name, kind, options):
+    timm = pytest.importorskip("timm")
+    model = _randomized(timm.create_model(name, pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    swapped = copy.deepcopy(model)
+    nl.replace_norms(swapped, kind, example_input=x, **options)
+    assert _same_function(model, swapped, x) == 0.0
