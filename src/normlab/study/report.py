@@ -23,7 +23,7 @@ from normlab.study.plan import Budget
 from normlab.study.sections import Section, markdown_table
 
 ONE_S_TWO_S = (
-    "**A correction to the tutorials.** The second tutorial presents the single-statistic "
+    "**A correction to the tutorials.** The third tutorial presents the single-statistic "
     "variant ('1s': one mean and variance over the whole batch, normlab's `bn-scalar`) as "
     "Ioffe & Szegedy's batch normalization. It is not: Ioffe & Szegedy 2015 (Algorithm 1 and "
     "§3.2) normalize each activation, and in convolutional layers each feature map, with its "
