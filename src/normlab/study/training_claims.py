@@ -88,6 +88,21 @@ def depth_records(runs: Runs, b: Budget, norm: str, depth: int, he: bool) -> lis
     return [r for r in records if (r["config"]["model_options"].get("init") == "he") == he]
 
 
+BN = ("bn", "bn", False, 1)
+NONE_HE = ("none (He init)", "none", True, -1)
+NONE_DEFAULT = ("none (default init)", "none", False, -1)
+"""(label, norm, He init?, weight) of the depth experiment's models in a contrast."""
+
+
+def _depth_groups(
+    runs: Runs, b: Budget, depth: int, measure: m.Measure, *models: tuple[str, str, bool, int]
+) -> list[Group]:
+    return [
+        group(f"{label}, depth {depth}", weight, depth_records(runs, b, norm, depth, he), measure)
+        for label, norm, he, weight in models
+    ]
+
+
 def deep_networks(runs: Runs, b: Budget) -> Section:
     deepest = max(b.depths)
     base = dict(
@@ -115,17 +130,7 @@ def deep_networks(runs: Runs, b: Budget) -> Section:
             "(the fair baseline: torch's default init is not meant for deep ReLU networks) is "
             "> 0",
         ),
-        [
-            group(
-                f"bn, depth {deepest}", 1, depth_records(runs, b, "bn", deepest, False), m.val_acc
-            ),
-            group(
-                f"none (He init), depth {deepest}",
-                -1,
-                depth_records(runs, b, "none", deepest, True),
-                m.val_acc,
-            ),
-        ],
+        _depth_groups(runs, b, deepest, m.val_acc, BN, NONE_HE),
         trained=adequacy,
     )
     straw = make_test(
@@ -135,17 +140,7 @@ def deep_networks(runs: Runs, b: Budget) -> Section:
             primary=False,
             hypothesis=f"the same at depth {deepest} against none with torch's default init",
         ),
-        [
-            group(
-                f"bn, depth {deepest}", 1, depth_records(runs, b, "bn", deepest, False), m.val_acc
-            ),
-            group(
-                f"none (default init), depth {deepest}",
-                -1,
-                depth_records(runs, b, "none", deepest, False),
-                m.val_acc,
-            ),
-        ],
+        _depth_groups(runs, b, deepest, m.val_acc, BN, NONE_DEFAULT),
         trained=adequacy,
     )
     gradients = make_test(
@@ -162,20 +157,7 @@ def deep_networks(runs: Runs, b: Budget) -> Section:
             measure="|log10 gradient-norm ratio|, decades",
             scale="log10-abs",
         ),
-        [
-            group(
-                f"none (He init), depth {deepest}",
-                1,
-                depth_records(runs, b, "none", deepest, True),
-                m.grad_ratio,
-            ),
-            group(
-                f"bn, depth {deepest}",
-                -1,
-                depth_records(runs, b, "bn", deepest, False),
-                m.grad_ratio,
-            ),
-        ],
+        _depth_groups(runs, b, deepest, m.grad_ratio, (*NONE_HE[:3], 1), (*BN[:3], -1)),
         trained=adequacy,
     )
     rows = []
