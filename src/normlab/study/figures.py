@@ -37,7 +37,6 @@ COLORS = {
     GN: "#d62728",
 }
 DPI = 110
-ZOOMED = " (axis zoomed: it does not start at 0)"
 TUTORIAL = {"none": 97.38, "ln": 97.76}
 
 
@@ -79,12 +78,20 @@ def _chance(ax: Any) -> None:
     ax.axhline(m.CHANCE, color="black", linestyle="--", linewidth=0.8, label="chance")
 
 
-def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str, zoomed: bool = False) -> None:
+    """Labels, grid and legend; a zoomed accuracy axis says so, an empty panel says why."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "runs not finished yet", ha="center", transform=ax.transAxes)
+    if zoomed:
+        note = "y axis zoomed: it does not start at 0"
+        ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.35")
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -105,9 +112,10 @@ def replication(runs: Runs, b: Budget, path: Path) -> None:
     _finish(
         ax,
         "norm",
-        "validation accuracy (%)" + ZOOMED,
-        f"The tutorial's MLP, Adam 1e-3, batch 32, {b.epochs} epochs, "
-        f"{b.replication_seeds} seeds (mean, 95% CI, dots: seeds)",
+        "validation accuracy (%)",
+        f"The tutorial's MLP, batch 32, {b.epochs} epochs, {b.replication_seeds} seeds\n"
+        "(mean and 95% CI; dots: seeds; stars: the tutorial's single runs)",
+        zoomed=True,
     )
     _save(fig, path)
 
@@ -123,8 +131,9 @@ def batch_size(runs: Runs, b: Budget, path: Path) -> None:
     _finish(
         ax,
         "batch size (Adam lr 1e-3 x sqrt(batch / 32))",
-        "validation accuracy (%)" + ZOOMED,
-        f"The tutorials' MLP on MNIST, {b.epochs} epochs (mean, 95% CI, dots: seeds)",
+        "validation accuracy (%)",
+        f"The tutorials' MLP on MNIST, {b.epochs} epochs\n(mean and 95% CI; dots: seeds)",
+        zoomed=True,
     )
     _save(fig, path)
 
@@ -141,7 +150,8 @@ def convergence(runs: Runs, b: Budget, path: Path) -> None:
                 for e in epochs
             ]
             _line(ax, list(epochs), groups, norm)
-        _finish(ax, "epoch", "validation accuracy (%)" + ZOOMED, f"batch {size}")
+        ax.set_xticks(list(range(1, b.epochs + 1)))
+        _finish(ax, "epoch", "validation accuracy (%)", f"batch {size}", zoomed=True)
     _save(fig, path)
 
 
@@ -201,13 +211,14 @@ def dropout(runs: Runs, b: Budget, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
     for ax, (measure, ylabel) in zip(
         axes,
-        ((m.val_acc, "validation accuracy (%)" + ZOOMED), (m.gap, "train - validation (pp)")),
+        ((m.val_acc, "validation accuracy (%)"), (m.gap, "train - validation (pp)")),
         strict=True,
     ):
         for norm in ("none", "bn", "ln"):
             groups = [_values(dropout_records(runs, norm, p), measure) for p in b.dropouts]
             _line(ax, list(b.dropouts), groups, norm)
-        _finish(ax, "dropout probability", ylabel, f"{b.fit_subset}-image subset, fitted")
+        title = f"{b.fit_subset}-image subset, fitted"
+        _finish(ax, "dropout probability", ylabel, title, zoomed=measure is m.val_acc)
     _save(fig, path)
 
 
@@ -266,7 +277,7 @@ def width(runs: Runs, b: Budget, path: Path) -> None:
         _line(ax, list(b.widths), groups, norm)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(b.widths), [str(w) for w in b.widths])
-    _finish(ax, "hidden width", "validation accuracy (%)" + ZOOMED, "Two hidden layers")
+    _finish(ax, "hidden width", "validation accuracy (%)", "Two hidden layers", zoomed=True)
     _save(fig, path)
 
 
@@ -277,7 +288,7 @@ def group_norm(runs: Runs, b: Budget, path: Path) -> None:
         _line(ax, sizes, [_values(gn_records(runs, norm, s), m.val_acc) for s in sizes], norm)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
-    _finish(ax, "batch size", "validation accuracy (%)" + ZOOMED, "The CNN on MNIST")
+    _finish(ax, "batch size", "validation accuracy (%)", "The CNN on MNIST", zoomed=True)
     _save(fig, path)
 
 

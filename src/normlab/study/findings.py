@@ -281,6 +281,9 @@ def compute(test: Check) -> Check:
     empty = dict(estimate=None, low=None, high=None, p=None, p_outside=None, p_adjusted=None)
     if not test.available or not test.groups:
         return replace(test, **empty, available=False, raw_verdict=NOT_RUN, verdict=NOT_RUN)
+    if all(g.runs == 0 for g in test.groups):
+        waiting = test.reason or "its runs have not finished yet"
+        return replace(test, **empty, raw_verdict=NOT_RUN, verdict=NOT_RUN, reason=waiting)
     if any(len(g.values) < 2 for g in test.groups):
         return replace(test, **empty, raw_verdict=TOO_FEW, verdict=TOO_FEW)
     units = paired_units(test.groups)
