@@ -276,3 +276,27 @@ def test_a_legacy_format_checkpoint_that_calls_a_constructor_is_refused(tmp_path
     state = nn.BatchNorm1d(3).state_dict()
     torch.save(state, path, _use_new_zipfile_serialization=False)
     assert sorted(load_checkpoint(path)) == sorted(state)  # what torch.save writes still loads
+
+
+@pytest.mark.parametrize("layers", [5000, 10**7])
+def test_a_recurrent_layer_declaring_thousands_of_layers_is_refused_before_it_loads(
+    tmp_path, layers
+):
+    """torch rebuilds an old-format RNN's weight names in a loop over its ``num_layers``, in
+    time quadratic in it: a 3 kB file declaring 10**7 layers would keep inspect busy for
+    days. The file's number is read from the pickle before anything is unpickled."""
+    lstm = nn.LSTM(2, 2)
+    lstm.num_layers = layers
+    lstm._all_weights = [[0]]  # the old format, whose names torch rebuilds on loading
+    path = tmp_path / "lstm.pt"
+    torch.save(lstm, path)
+    assert path.stat().st_size < 4096
+    with pytest.raises(CheckpointError, match=f"num_layers={layers}") as info:
+        load_checkpoint(path)
+    assert "refused to load" in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_recurrent_layer_of_ordinary_depth_still_loads(tmp_path):
+    path = tmp_path / "lstm.pt"
+    torch.save(nn.LSTM(2, 2, num_layers=3), path)
+    assert isinstance(load_checkpoint(path), nn.LSTM)

@@ -35,7 +35,7 @@ from torch import nn
 
 from normlab import layers as normlab_layers
 from normlab import models as normlab_models
-from normlab.checkpoints.pickle_calls import constructor_calls
+from normlab.checkpoints.pickle_calls import MAX_LAYERS, constructor_calls
 
 #: Keys under which training loops commonly store the model's state_dict, tried in order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -237,6 +237,13 @@ def _refuse_constructor_calls(path: Path) -> None:
         resolvable = None
     with ExitStack() as stack:
         calls = constructor_calls(_pickles(path, stack), allowed, resolvable)
+    layers = [call for call in calls if call.startswith("num_layers=")]
+    if layers:
+        raise CheckpointError(
+            f"{path}: refused to load: a module in it declares {', '.join(layers)}, more "
+            f"than {MAX_LAYERS}; torch rebuilds a recurrent layer's weights in a loop over "
+            f"that number, which the file chooses. {_SAVE_STATE_DICT}"
+        )
     if calls:
         raise CheckpointError(
             f"{path}: refused to load: its pickle calls {', '.join(calls)}, which torch.save "

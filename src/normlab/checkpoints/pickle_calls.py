@@ -38,6 +38,11 @@ REBUILDERS = frozenset(
     }
 )
 
+MAX_LAYERS = 1024
+"""The most layers a pickled module's ``num_layers`` may declare. torch rebuilds an old-format
+recurrent layer's weight names in a loop over it, in time quadratic in the number: a 3 kB
+file declaring ten million layers would keep the loader busy for days."""
+
 #: What a NEWOBJ may create besides module classes (whose ``__new__`` allocates nothing).
 NEW_OBJECTS = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter"})
 
@@ -90,13 +95,28 @@ def _calls(
         stack.extend([None] * (len(after) - 1) + [pushed] if after else [])
 
 
-def _stream_calls(file: IO[bytes]) -> tuple[list[tuple[str, _Global]], bool]:
+def _watch_layers(
+    ops: Iterator[tuple[pickletools.OpcodeInfo, object, int | None]], oversized: list[int]
+) -> Iterator[tuple[pickletools.OpcodeInfo, object, int | None]]:
+    """``ops`` unchanged, noting in ``oversized`` every integer over MAX_LAYERS that a
+    ``"num_layers"`` key is set to (the key, then its value, memo opcodes between them)."""
+    key: object = None
+    for op in ops:
+        opcode, arg, _ = op
+        if key == "num_layers" and isinstance(arg, int) and arg > MAX_LAYERS:
+            oversized.append(arg)
+        if opcode.name not in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            key = arg
+        yield op
+
+
+def _stream_calls(file: IO[bytes], oversized: list[int]) -> tuple[list[tuple[str, _Global]], bool]:
     """The calls of the one pickle at ``file``'s position, read up to its STOP, and whether
     it was well formed; when it is not, the calls before the malformed opcode (the
-    unpickler stops there too)."""
+    unpickler stops there too). Oversized layer counts go to ``oversized``."""
     found: list[tuple[str, _Global]] = []
     try:
-        found.extend(_calls(pickletools.genops(file)))
+        found.extend(_calls(_watch_layers(pickletools.genops(file), oversized)))
     except (ValueError, IndexError, EOFError, UnicodeDecodeError):
         return found, False
     return found, True
@@ -106,7 +126,8 @@ def constructor_calls(
     pickles: Iterable[IO[bytes]], module_classes: frozenset[str], resolvable: frozenset[str] | None
 ) -> list[str]:
     """The calls the pickles make other than rebuilding what the file holds: ``"Linear(...)"``
-    style names, sorted, each once.
+    style names, sorted, each once; and a module state declaring more than MAX_LAYERS
+    layers, as ``"num_layers=N"``.
 
     Args:
         pickles: each pickle the loader will unpickle, positioned at its start (consecutive
@@ -116,8 +137,9 @@ def constructor_calls(
             name, before calling them), or None to count every name as resolvable.
     """
     refused: set[str] = set()
+    oversized: list[int] = []
     for file in pickles:
-        calls, complete = _stream_calls(file)
+        calls, complete = _stream_calls(file, oversized)
         for opcode, target in calls:
             if resolvable is not None and target not in resolvable:
                 continue
@@ -127,4 +149,5 @@ def constructor_calls(
                 refused.add(f"{target}.__new__(...)")
         if not complete:  # the unpickler fails here: later pickles are never read
             break
+    refused.update(f"num_layers={n}" for n in oversized)
     return sorted(refused)
