@@ -28,6 +28,7 @@ from normlab.experiment.executors.contract import (
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import build_run_model
 from normlab.models import ModelFactoryError, check_logits
+from normlab.models.factory import is_factory_spec, run_factory_model
 
 __all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
 
@@ -140,7 +141,10 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         try:
             model = build_run_model(config, data)
             with torch.no_grad():
-                logits = model.train()(images)
+                if is_factory_spec(config.model):
+                    logits = run_factory_model(config.model, model.train(), images)
+                else:
+                    logits = model.train()(images)
         except ModelFactoryError:
             raise
         except (ValueError, TypeError) as error:
