@@ -252,3 +252,14 @@ def test_functorch_replace_all_batch_norm_modules_stops_torchs_configuration_tra
     assert model[0].running_mean is None and not model[0].track_running_stats
     x = torch.randn(4, C)
     assert_close(model.eval()(x), nn.functional.batch_norm(x, None, None, training=True))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fx_quantization_prepare_traces_a_model_with_normlab_layers():
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    model = nn.Sequential(nn.Conv2d(3, C, 3), nl.BatchNorm(C), nn.ReLU(), _norm("gn")).eval()
+    x = torch.randn(2, 3, 8, 8)
+    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping(), (x,))
+    assert_close(prepared(x), model(x))
