@@ -46,3 +46,25 @@ def test_own_model_swaps_a_torchvision_style_resnet_and_trains_it_through_the_la
     assert all(0 <= r["final"]["val_acc"] <= 1 for r in records)
     for kind in ("bn", "gn", "ln"):
         assert re.search(rf"│ {kind}\s+│\s+16\s+│", out), out
+
+
+def test_the_readmes_own_model_factory_runs_as_written(tmp_path, monkeypatch):
+    """README's "Your own model": its mynets.py, as printed, passes check_runs on the
+    default digits data for each norm of its example command."""
+    import sys
+
+    from normlab.data import load_dataset
+    from normlab.experiment import RunConfig, check_runs
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = re.search(r"```python\n(# mynets\.py.*?)```", readme, re.DOTALL).group(1)
+    (tmp_path / "mynets.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        data = load_dataset("digits")
+        runs = [
+            RunConfig(model="mynets:small_resnet", norm=n, batch_size=4) for n in ("bn", "gn", "ln")
+        ]
+        check_runs(runs, data)
+    finally:
+        sys.modules.pop("mynets", None)

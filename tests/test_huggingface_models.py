@@ -137,22 +137,8 @@ def test_every_norm_is_recognized_and_the_matching_kind_is_exact(name):
     assert _difference(model, swapped, x) == 0.0
 
 
-#: Kinds whose channel_dim=-1 output is not contiguous where torch.nn.LayerNorm's is: GPT-2's
-#: Conv1D calls .view() on it. Expected to fail until those outputs are contiguous.
-NOT_CONTIGUOUS = {"bn", "bn-scalar", "gn", "in", "brn", "frozen-bn", "sync-bn"}
-GPT2_VIEW = pytest.mark.xfail(
-    reason="channel_dim=-1 output not contiguous: GPT-2's Conv1D .view() fails", strict=False
-)
-
-
-def _cases():
-    for name in MODELS:
-        for kind in CANONICAL_KINDS:
-            marks = GPT2_VIEW if name == "gpt2" and kind in NOT_CONTIGUOUS else ()
-            yield pytest.param(name, kind, marks=marks, id=f"{name}-{kind}")
-
-
-@pytest.mark.parametrize(("name", "kind"), list(_cases()))
+@pytest.mark.parametrize("kind", CANONICAL_KINDS)
+@pytest.mark.parametrize("name", list(MODELS))
 def test_every_kind_replaces_the_norms_and_trains_one_step(name, kind):
     model, x = _model(name)
     options = {"groups": 2} if kind == "gn" else {}
@@ -166,9 +152,7 @@ def test_every_kind_replaces_the_norms_and_trains_one_step(name, kind):
     assert torch.isfinite(loss) and torch.isfinite(model.eval()(x)).all()
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=GPT2_VIEW) if n == "gpt2" else n for n in MODELS]
-)
+@pytest.mark.parametrize("name", list(MODELS))
 def test_batch_norm_models_freeze_and_fold_within_1e_5(name):
     """Swapped to bn and run a few training steps, then frozen and folded: eval outputs
     stay within 1e-5 of the unfrozen, unfolded model's."""

@@ -393,3 +393,120 @@ def test_compare_leaves_the_current_directory_off_sys_path_without_a_factory(
     status, _, stderr = run_cli([*argv, "--jobs", "1", "--out", str(tmp_path / "out")])
     assert status == 0, stderr
     assert str(tmp_path) not in sys.path and "" not in sys.path
+
+
+# --- the norm where timm and torchvision take norm_layer ---------------------------
+# timm cannot be imported here: its factory functions are reproduced from their source.
+
+
+def _timm_get_norm_layer(norm_layer):
+    """timm.layers.get_norm_layer for a non-string: asserts the type, unbinds a partial's
+    keywords and rebinds them on its function."""
+    import functools
+    import types
+
+    assert isinstance(norm_layer, type | str | types.FunctionType | functools.partial)
+    kwargs = {}
+    if isinstance(norm_layer, functools.partial):
+        kwargs.update(norm_layer.keywords)
+        norm_layer = norm_layer.func
+    return functools.partial(norm_layer, **kwargs) if kwargs else norm_layer
+
+
+def _timm_get_norm_act_layer(norm_layer):
+    """timm.layers.get_norm_act_layer for a partial of a function: the function is taken
+    to build norm + activation layers, called as EfficientNet does."""
+    import functools
+    import types
+
+    layer = _timm_get_norm_layer(norm_layer)
+    assert isinstance(layer, functools.partial) and isinstance(layer.func, types.FunctionType)
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["bn", "gn", "ln", "frozen-bn", "none"])
+def test_norm_is_what_timms_get_norm_layer_takes_with_device_and_dtype(kind):
+    norm = NormFactory(kind, {"groups": 2} if kind == "gn" else {})
+    layer = _timm_get_norm_layer(norm)
+    dd = {"device": None, "dtype": torch.float64}
+    built = layer(8, **dd)  # timm's ResNet, ConvNeXt and ViT pass device= and dtype=
+    assert type(built) is type(norm(8))
+    assert all(
+        t.dtype == torch.float64 for t in built.state_dict().values() if t.is_floating_point()
+    )
+    assert {norm: 1}[norm] == 1  # ConvNeXt looks it up in a dict: it hashes
+
+
+def test_timms_vit_takes_the_tokens_layout_through_a_partial():
+    import functools
+
+    norm = _timm_get_norm_layer(functools.partial(NormFactory("bn"), channel_dim=-1))
+    tokens = torch.randn(4, 5, 8)
+    torch.testing.assert_close(
+        norm(8, device=None, dtype=None).train()(tokens),
+        nn.functional.batch_norm(tokens.reshape(20, 8), None, None, training=True).view(4, 5, 8),
+    )
+
+
+def test_a_norm_and_activation_request_is_refused_with_the_fix():
+    """timm's EfficientNet builds norm + activation layers from norm_layer and never says
+    which activation: a norm alone would silently drop it."""
+    layer = _timm_get_norm_act_layer(NormFactory("bn"))
+    with pytest.raises(TypeError, match=r"inplace.*does not say which activation.*replace_norms"):
+        layer(8, inplace=True, device=None, dtype=None)
+
+
+MISFITS = """
+    from torch import nn
+
+    def stem_for_rgb(norm, num_classes, input_shape):
+        # torchvision's resnet18 stem, built for 3 channels whatever the data
+        model = nn.Sequential()
+        model.add_module("conv1", nn.Conv2d(3, 8, 7, 2, 3, bias=False))
+        model.add_module("bn1", norm(8))
+        model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+        model.add_module("flat", nn.Flatten())
+        model.add_module("fc", nn.Linear(8, num_classes))
+        return model
+
+    def head_for_28(norm, num_classes, input_shape):
+        return nn.Sequential(
+            nn.Conv2d(input_shape[0], 4, 3, padding=1), norm(4), nn.Flatten(),
+            nn.Linear(4 * 28 * 28, num_classes),
+        )
+
+    def asserts(norm, num_classes, input_shape):
+        assert input_shape[0] == 3, "in_chans"
+"""
+
+
+@pytest.fixture
+def misfit_module(tmp_path, monkeypatch):
+    (tmp_path / "misfits.py").write_text(textwrap.dedent(MISFITS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("misfits", None)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (
+            "stem_for_rgb",
+            r"layer 'conv1' \(Conv2d\(3, 8.*takes 3 channels and gets the images themselves, "
+            r"with 1\. Build the model for input_shape \(1, 8, 8\).*in_chans=1",
+        ),
+        ("head_for_28", r"mat1 and mat2.*the layer that raised is '3' \(Linear\).*fit 8x8 images"),
+        (
+            "asserts",
+            r"called with norm=NormFactory\('bn', \{\}\), num_classes=10, "
+            r"input_shape=\(1, 8, 8\), raised AssertionError: in_chans",
+        ),
+    ],
+)
+def test_a_model_that_does_not_fit_the_data_is_refused_with_what_to_change(
+    misfit_module, factory, message
+):
+    data = load_dataset("digits")
+    with pytest.raises(ModelFactoryError, match=message):
+        check_runs([RunConfig(model=f"misfits:{factory}", norm="bn", batch_size=4)], data)

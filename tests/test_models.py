@@ -114,7 +114,11 @@ def test_cnn_matches_the_tutorials_keras_cnn_parameter_count():
 @pytest.mark.parametrize("placement", ["before", "after"])
 def test_placement_puts_the_norm_before_or_after_each_relu(placement):
     net = build_model("mlp", (1, 8, 8), 10, norm="bn", hidden=[16, 8], placement=placement)
-    kinds = [type(m) for m in net if isinstance(m, nn.ReLU | BatchNorm)]
+    kinds = [
+        BatchNorm if isinstance(m, BatchNorm) else nn.ReLU
+        for m in net
+        if isinstance(m, nn.ReLU | BatchNorm)
+    ]
     pair = [BatchNorm, nn.ReLU] if placement == "before" else [nn.ReLU, BatchNorm]
     assert kinds == pair * 2
 

@@ -255,7 +255,7 @@ def _check_swap(source: str, kind: str, **options) -> None:
             assert model.get_submodule(other) is new
         fresh = nl.make_norm(kind, report.channels, **({"channel_dim": -1} if last_dim else {}))
         assert type(new) is type(fresh)
-        assert report.old == type(old).__name__ and report.kind == kind
+        assert report.old == old._get_name() and report.kind == kind  # as repr names it
         assert report.layout == ("(N, *, C)" if last_dim else "(N, C, *)")
         assert new.training == old.training
         expected = []

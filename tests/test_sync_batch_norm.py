@@ -37,6 +37,7 @@ from torch.testing import assert_close
 
 import normlab as nl
 from distributed_harness import DistributedRunError, run_in_process_group
+from normlab.layers import TorchSyncBatchNorm
 
 C = 3
 SPATIAL = (3, 2)  # H, W of the 4-D inputs
@@ -711,8 +712,15 @@ def expected_options(module: nn.Module) -> dict[str, Any]:
 
 def check_converted(converted: nn.Module, original: nn.Module, where: str = "module") -> None:
     """A SyncBatchNorm with the original's options, training flag and state (dtype too)."""
-    assert type(converted) is nl.SyncBatchNorm, (
-        f"{where} is a {type(converted).__name__} after conversion, not a SyncBatchNorm"
+    # in torch's configuration, normlab's SyncBatchNorm that is also torch's _BatchNorm
+    torchs = (converted.stats, converted.convention, converted.channel_dim) == (
+        "channel",
+        "torch",
+        1,
+    )
+    expected = TorchSyncBatchNorm if torchs else nl.SyncBatchNorm
+    assert type(converted) is expected, (
+        f"{where} is a {type(converted).__name__} after conversion, not a {expected.__name__}"
     )
     for name, value in expected_options(original).items():
         assert getattr(converted, name) == value, (where, name, getattr(converted, name), value)
@@ -743,7 +751,8 @@ def test_convert_sync_batchnorm_replaces_exactly_the_batch_norms():
     remaining = [
         name
         for name, module in converted.named_modules()
-        if type(module) is nl.BatchNorm or isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if isinstance(module, nl.BatchNorm | nn.modules.batchnorm._BatchNorm)
+        and not isinstance(module, nl.SyncBatchNorm)
     ]
     assert remaining == []
     got, expected = converted.state_dict(), original.state_dict()
@@ -811,7 +820,7 @@ def test_convert_sync_batchnorm_keeps_eval_mode_and_leaves_other_models_alone():
     net = SyncNet().eval()
     converted = nl.convert_sync_batchnorm(net)
     assert not any(module.training for module in converted.modules())
-    assert type(converted.torch_bn) is nl.SyncBatchNorm
+    assert type(converted.torch_bn) is TorchSyncBatchNorm
     plain = nn.Sequential(nn.Linear(4, C), nl.make_norm("ln", C), nl.BatchRenorm(C))
     children = list(plain)
     converted = nl.convert_sync_batchnorm(plain)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import normlab as nl
+from normlab.layers import TorchSyncBatchNorm
 
 
 def small_model() -> nn.Sequential:
@@ -77,7 +78,8 @@ def test_a_lone_layer_becomes_a_new_root_as_in_torch():
     layer = nn.BatchNorm2d(4)
     ours = nl.SyncBatchNorm.convert_sync_batchnorm(layer)
     theirs = nn.SyncBatchNorm.convert_sync_batchnorm(nn.BatchNorm2d(4))
-    assert type(ours) is nl.SyncBatchNorm and type(theirs) is nn.SyncBatchNorm
+    # torch's configuration: normlab's SyncBatchNorm that is also torch's _BatchNorm
+    assert type(ours) is TorchSyncBatchNorm and type(theirs) is nn.SyncBatchNorm
     assert ours is not layer
 
 
@@ -87,5 +89,6 @@ def test_the_classmethod_is_the_function():
     model = nn.Sequential(nl.BatchNorm(4, stats="scalar", channel_dim=-1), nn.BatchNorm1d(4))
     by_class = nl.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
     by_function = nl.convert_sync_batchnorm(copy.deepcopy(model))
-    assert [type(m) for m in by_class] == [type(m) for m in by_function] == [nl.SyncBatchNorm] * 2
+    expected = [nl.SyncBatchNorm, TorchSyncBatchNorm]  # scalar statistics are not torch's
+    assert [type(m) for m in by_class] == [type(m) for m in by_function] == expected
     assert by_class[0].stats == "scalar" and by_class[0].channel_dim == -1

@@ -766,8 +766,11 @@ def with_channels_first(
 
     For ``channel_dim=-1`` the channels of (N, *, C) input are moved to dim 1 (a view,
     no copy) and the output's back, so a layer written for (N, C, *) reads the C features
-    of (N, L, C) tokens or NHWC images with unchanged parameters and buffers.
+    of (N, L, C) tokens or NHWC images with unchanged parameters and buffers. The output
+    is then contiguous, as ``torch.nn.LayerNorm``'s on (N, *, C) input (callers ``.view``
+    it); for 4-D and 5-D input torch's kernels keep the channels-last layout of the moved
+    view, so only (N, L, C) output is copied.
     """
     if channel_dim == 1 or input.ndim <= 2:
         return function(input)
-    return function(input.movedim(-1, 1)).movedim(1, -1)
+    return function(input.movedim(-1, 1)).movedim(1, -1).contiguous()

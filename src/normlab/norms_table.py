@@ -35,7 +35,7 @@ def norms_table(batch_shape: Sequence[int] = (16, 8, 4, 4), seed: int = 0) -> Ta
         table.add_column(column, justify="right")
     for kind in registered_kinds():
         module = make_norm(kind.name, batch_shape[1])
-        row = [kind.name, ", ".join(kind.aliases), type(module).__name__, kind.running_stats or ""]
+        row = [kind.name, ", ".join(kind.aliases), module._get_name(), kind.running_stats or ""]
         row.append(str(sum(p.numel() for p in module.parameters())))
         try:
             with torch.no_grad():

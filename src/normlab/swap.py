@@ -40,10 +40,12 @@ class Replacement:
     """One normalization layer replaced: where, what it was, what it became, what was kept.
 
     ``paths`` lists every name the layer is registered under (a shared layer
-    has several; all now hold the one new layer). ``carried`` names the
-    state copied from the old layer; ``reinitialized`` the new layer's state
-    that starts fresh; ``dropped`` the old layer's state that the new one has
-    no place for; ``why`` says why running statistics were not carried.
+    has several; all now hold the one new layer); ``old`` names the old layer's
+    class as its repr does (``BatchNorm`` for normlab's in torch's configuration
+    too). ``carried`` names the state copied from the old layer;
+    ``reinitialized`` the new layer's state that starts fresh; ``dropped`` the
+    old layer's state that the new one has no place for; ``why`` says why
+    running statistics were not carried.
     ``changed`` lists each setting whose value differs between the two
     (``"eps 1e-12 -> 1e-05"``); ``kept`` what the old forward also applied and
     the new layer keeps (``"act SiLU"``: the new layer is then a
@@ -104,7 +106,7 @@ class Replaced:
 
 
 def _where(module: nn.Module, paths: list[str]) -> str:
-    return f"{paths[0] or '<root>'} ({type(module).__name__})"
+    return f"{paths[0] or '<root>'} ({module._get_name()})"
 
 
 def _selected(module: nn.Module, paths: list[str], selector: list[type | str]) -> bool:
@@ -194,7 +196,7 @@ def _carry(
         elif not old_facts.has_running_stats:
             pass
         elif not _keeps_batch_statistics(old_facts):
-            why = f"{type(old).__name__}'s running statistics average per-sample ones"
+            why = f"{old._get_name()}'s running statistics average per-sample ones"
         else:
             why = "the new layer keeps no batch statistics"
     return carried, why
@@ -477,7 +479,7 @@ def replace_norms(
         new_layers[old] = new
         reports[new] = Replacement(
             tuple(paths),
-            type(old).__name__,
+            old._get_name(),
             name,
             facts.channels,
             LAYOUTS[facts.channel_dim],

@@ -232,7 +232,7 @@ def _module_summary(name: str, module: nn.Module) -> NormLayerSummary:
     notes += _tensor_notes(tensors, num_features)
     return NormLayerSummary(
         name=name,
-        kind=type(module).__name__,
+        kind=module._get_name(),
         num_features=num_features,
         stats=stats if isinstance(stats, str) else None,
         eps=eps,

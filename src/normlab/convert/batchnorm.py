@@ -23,7 +23,12 @@ from normlab.convert.common import (
     torch_dtype,
 )
 from normlab.functional import CONVENTIONS, Convention
-from normlab.layers.batch_norm import BatchNorm, SyncBatchNorm
+from normlab.layers.batch_norm import (
+    BatchNorm,
+    SyncBatchNorm,
+    TorchBatchNorm,
+    TorchSyncBatchNorm,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -123,7 +128,15 @@ def state_from_keras(layer: Any) -> BatchNormState:
 
 
 def torch_batchnorm_types() -> tuple[type, ...]:
-    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNorm, SyncBatchNorm)
+    return (
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        BatchNorm,
+        TorchBatchNorm,
+        SyncBatchNorm,
+        TorchSyncBatchNorm,
+    )
 
 
 def state_from_torch(module: nn.Module) -> BatchNormState:

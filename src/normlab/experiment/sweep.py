@@ -28,7 +28,7 @@ from normlab.experiment.executors.contract import (
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import build_run_model
 from normlab.models import ModelFactoryError, check_logits
-from normlab.models.factory import is_factory_spec, user_code
+from normlab.models.factory import is_factory_spec, run_factory_model
 
 __all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
 
@@ -114,7 +114,8 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     a batch norm at batch size 1 or instance norm on an MLP's (N, C)
     features is reported up front, naming the run. A user's factory that
     cannot be imported, raises anything (``SystemExit`` too) itself or in its
-    model's first forward pass, returns no module or returns anything but
+    model's first forward pass (a layer that cannot take the data's images is
+    named, with what to change), returns no module or returns anything but
     (N, num_classes) logits, and a ``train_subset`` the training split cannot
     fill, are refused here too.
 
@@ -145,18 +146,14 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         run += f"{config.batch_size}{where}"
         try:
             model = build_run_model(config, data)
-            with torch.no_grad(), _users_forward(config, run):
-                logits = model.train()(images)
+            with torch.no_grad():
+                if is_factory_spec(config.model):
+                    first = f"{run} cannot train: the model's first forward pass"
+                    logits = run_factory_model(model.train(), images, first)
+                else:
+                    logits = model.train()(images)
         except ModelFactoryError:
             raise
         except (ValueError, TypeError) as error:
             raise ValueError(f"{run} cannot train: {error}") from None
         check_logits(config.model, logits, len(images), data.num_classes)
-
-
-def _users_forward(config: RunConfig, run: str) -> contextlib.AbstractContextManager:
-    """Where the model is the user's (--model MODULE:FACTORY), its first forward pass as
-    user code: whatever it raises is refused naming the run (see models.user_code)."""
-    if not is_factory_spec(config.model):
-        return contextlib.nullcontext()
-    return user_code(f"{run} cannot train: the model's first forward pass")

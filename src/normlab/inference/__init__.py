@@ -3,11 +3,13 @@ the previous layer, and train/eval parity checks."""
 
 from normlab.inference.folding import fold_batchnorm, unfoldable_batchnorms
 from normlab.inference.freezing import freeze
+from normlab.inference.fusion import FUSER_METHOD_MAPPING
 from normlab.inference.layers import batch_norm_layers, is_batch_norm
 from normlab.inference.parity import LayerParity, ParityReport, eval_parity
 from normlab.inference.statistics import StatisticsShift, calibrate_with_batch, recalibrate
 
 __all__ = [
+    "FUSER_METHOD_MAPPING",
     "LayerParity",
     "ParityReport",
     "StatisticsShift",

@@ -208,8 +208,7 @@ def _check_eval_mode(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if is_batch_norm(module) and module.training:
             raise ValueError(
-                f"{EVAL_MODE_REQUIRED}: layer {name!r} ({type(module).__name__}) is in "
-                "training mode."
+                f"{EVAL_MODE_REQUIRED}: layer {name!r} ({module._get_name()}) is in training mode."
             )
 
 

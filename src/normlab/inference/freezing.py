@@ -65,7 +65,7 @@ def freeze(model: nn.Module, *, modules: Iterable[str | nn.Module] | None = None
     names = {id(layer): name for name, layer in batch_norm_layers(model)}
 
     def where(layer: nn.Module) -> str:
-        return f"{names[id(layer)] or type(layer).__name__} ({type(layer).__name__})"
+        return f"{names[id(layer)] or layer._get_name()} ({layer._get_name()})"
 
     refused = [where(layer) for layer in selected if isinstance(layer, SwitchableNorm)]
     if refused:

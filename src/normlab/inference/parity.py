@@ -125,7 +125,7 @@ def eval_parity(model: nn.Module, batch: Any) -> ParityReport:
         report.append(
             LayerParity(
                 name=name,
-                kind=f"{type(layer).__name__}({statistics_kind(layer)})",
+                kind=f"{layer._get_name()}({statistics_kind(layer)})",
                 mean_shift=((stats.mean - layer.running_mean.double()).abs() / scale).max().item(),
                 var_ratio_min=ratio.min().item(),
                 var_ratio_max=ratio.max().item(),

@@ -197,7 +197,7 @@ def recalibrate(
     if not layers:
         raise ValueError("the model has no batch-norm layer to recalibrate.")
     untracked = [
-        name or type(layer).__name__ for name, layer in layers if not tracks_running_stats(layer)
+        name or layer._get_name() for name, layer in layers if not tracks_running_stats(layer)
     ]
     if untracked:
         raise ValueError(

@@ -1,7 +1,7 @@
 """normlab's normalization modules; see normlab.registry for the kinds by name."""
 
 from normlab.layers.base import NormBase, RunningStatsNorm
-from normlab.layers.batch_norm import BatchNorm, SyncBatchNorm
+from normlab.layers.batch_norm import BatchNorm, SyncBatchNorm, TorchBatchNorm, TorchSyncBatchNorm
 from normlab.layers.batch_renorm import BatchRenorm
 from normlab.layers.frozen_batch_norm import FrozenBatchNorm
 from normlab.layers.norm_act import NormAct
@@ -22,6 +22,8 @@ __all__ = [
     "RunningStatsNorm",
     "SwitchableNorm",
     "SyncBatchNorm",
+    "TorchBatchNorm",
+    "TorchSyncBatchNorm",
     "WSConv2d",
     "WSLinear",
 ]

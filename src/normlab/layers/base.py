@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from normlab._checks import (
     check_channel_dim,
@@ -29,6 +29,25 @@ from normlab.functional import with_channels_first
 #: the biased one (Keras), or sigma^2 - eps with sigma a running average of
 #: sqrt(var + eps) (batch renormalization).
 RunningVar = Literal["unbiased", "biased", "sigma2_minus_eps"]
+
+
+def symbolic_call(module: nn.Module, input: Any) -> fx.Proxy | None:
+    """``module``'s call on ``input`` as one ``call_module`` node while ``torch.fx`` traces
+    symbolically (``input`` is a Proxy); None otherwise.
+
+    torch.fx's tracer keeps torch.nn's own modules as single calls (leaves) and traces
+    through every other module; a norm layer's forward reads shapes, checks its input and
+    counts steps, which a Proxy cannot do. So each normlab layer records itself as a leaf,
+    as torch's BatchNorm2d or LayerNorm is: the traced graph calls the layer, which keeps
+    its checks, its train/eval switch and its step count when the graph runs. A tracer
+    that makes the layer a leaf itself never calls its forward.
+    """
+    if not isinstance(input, fx.Proxy):
+        return None
+    tracer = input.tracer
+    if not hasattr(tracer, "path_of_module"):  # a bare TracerBase: let it trace through
+        return None
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (input,), {})
 
 
 class NormBase(nn.Module):
@@ -50,7 +69,10 @@ class NormBase(nn.Module):
     _repr_fields: tuple[str, ...] = ("eps",)
 
     def __init__(self, num_features: int, eps: float, *, channel_dim: int = 1) -> None:
-        super().__init__()
+        # nn.Module's, not super()'s: in a layer that is also torch's _BatchNorm (see
+        # normlab.layers.batch_norm) the next class is _BatchNorm, whose arguments and
+        # state this class sets itself.
+        nn.Module.__init__(self)
         check_num_features(num_features)
         check_eps(eps)
         check_channel_dim(channel_dim)
@@ -85,7 +107,10 @@ class NormBase(nn.Module):
                 self.bias.zero_()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_input(input, self.num_features, type(self).__name__, channel_dim=self.channel_dim)
+        traced = symbolic_call(self, input)
+        if traced is not None:
+            return traced
+        check_input(input, self.num_features, self._get_name(), channel_dim=self.channel_dim)
         return with_channels_first(self._normalize, input, self.channel_dim)
 
     def _normalize(self, input: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from normlab import functional as NF
 from normlab._checks import check_choice
@@ -63,10 +64,33 @@ class BatchNorm(RunningStatsNorm):
 
     Both normalize with the biased batch variance.
 
+    torch's tools: built with ``stats="channel"``, ``convention="torch"`` and
+    ``channel_dim=1`` (the defaults) the layer computes exactly what
+    ``torch.nn.BatchNorm1d/2d/3d`` computes, and is then an instance of
+    :class:`TorchBatchNorm`, a subclass that is also
+    ``torch.nn.modules.batchnorm._BatchNorm``: the tools that look for torch's
+    batch norms by that class (``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
+    timm's ``convert_sync_batchnorm``, ``torch.func.replace_all_batch_norm_modules_``,
+    "put every batch norm in eval mode" loops) treat it as one, and what
+    they build from its attributes is right. Any other configuration (scalar
+    statistics, Keras' momentum and stored variance, channels last) is not a
+    ``_BatchNorm``: those tools would rebuild it as torch's batch norm and
+    silently change what it computes, so they leave it alone. The class is
+    chosen when the layer is built; ``stats``, ``convention`` and
+    ``channel_dim`` are not to be changed afterwards. Tools that match exact
+    classes (``torch.ao.quantization.fuse_modules``, ``torch.fx``'s
+    ``optimization.fuse``, timm's ``freeze_batch_norm_2d``, which takes
+    ``BatchNorm2d`` only) skip every normlab layer, as they skip torch's
+    ``BatchNorm1d`` where they want ``BatchNorm2d``; use
+    :func:`normlab.inference.fold_batchnorm` and :func:`normlab.inference.freeze`.
+    Under ``torch.fx`` symbolic tracing the layer is one ``call_module`` node,
+    as torch's are.
+
     Shape:
         - Input: (N, C, *), channels on dim 1, any memory format; or (N, *, C)
           with ``channel_dim=-1`` (the C features of (N, L, C) tokens).
-        - Output: same shape, dtype and memory format as the input.
+        - Output: same shape, dtype and memory format as the input; with
+          ``channel_dim=-1``, contiguous (as ``torch.nn.LayerNorm``'s).
 
     Training vs eval: in training mode the batch's statistics normalize the
     input and update the running ones; a batch whose statistics would each
@@ -117,6 +141,11 @@ class BatchNorm(RunningStatsNorm):
     ) -> None:
         check_choice("stats", stats, NF.STATS)
         check_choice("convention", convention, NF.CONVENTIONS)
+        torch_class = _TORCH_CLASSES.get(type(self))
+        if torch_class is not None and (stats, convention, channel_dim) == ("channel", "torch", 1):
+            # torch's configuration: the subclass that is also torch's _BatchNorm (same
+            # state, one more base; a copy or unpickled layer keeps its class).
+            self.__class__ = torch_class
         default_momentum, default_eps = CONVENTION_DEFAULTS[convention]
         momentum = default_momentum if momentum is DEFAULT else momentum
         eps = default_eps if eps is DEFAULT else eps
@@ -161,7 +190,7 @@ class BatchNorm(RunningStatsNorm):
             self.eps,
             stats=self.stats,
             convention=self.convention,
-            layer=type(self).__name__,
+            layer=self._get_name(),
         )
         self._count_step()
         return output
@@ -240,7 +269,7 @@ class SyncBatchNorm(BatchNorm):
             return super()._normalize(input)
         moments = global_moments(input, self.stats, self.process_group)
         # Checked before sync_batch_norm so that a refused batch counts no step.
-        check_global_count(moments[0], input, self.stats, type(self).__name__)
+        check_global_count(moments[0], input, self.stats, self._get_name())
         output = sync_batch_norm(
             input,
             self.running_mean if self.track_running_stats else None,
@@ -259,7 +288,8 @@ class SyncBatchNorm(BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
-    """``module`` with its batch-norm layers replaced by :class:`SyncBatchNorm`.
+    """``module`` with its batch-norm layers replaced by :class:`SyncBatchNorm` (a
+    :class:`TorchSyncBatchNorm` in torch's configuration).
 
     Converts normlab's ``BatchNorm`` (``bn`` and ``bn-scalar``, either
     convention; not ``BatchRenorm``, nor ``SyncBatchNorm`` itself) and
@@ -325,6 +355,36 @@ def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
 
 
 _TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class TorchBatchNorm(BatchNorm, _BatchNorm):
+    """:class:`BatchNorm` in torch's configuration (per-channel statistics, torch's
+    convention, channels on dim 1), which is also ``torch.nn.modules.batchnorm._BatchNorm``.
+
+    Not built directly: ``BatchNorm(...)`` returns one when its arguments give torch's
+    configuration (see :class:`BatchNorm`, "torch's tools"). It computes and holds
+    exactly what ``torch.nn.BatchNorm1d/2d/3d`` does, so the tools that rebuild any
+    ``_BatchNorm`` from its ``num_features, eps, momentum, affine,
+    track_running_stats`` and buffers (torch's and timm's ``convert_sync_batchnorm``)
+    rebuild it faithfully. Its name in reprs and errors is ``BatchNorm``.
+    """
+
+    def _get_name(self) -> str:
+        return "BatchNorm"
+
+
+class TorchSyncBatchNorm(SyncBatchNorm, _BatchNorm):
+    """:class:`SyncBatchNorm` in torch's configuration, also
+    ``torch.nn.modules.batchnorm._BatchNorm``, as torch's ``SyncBatchNorm`` is; built by
+    ``SyncBatchNorm(...)``, as :class:`TorchBatchNorm` by ``BatchNorm(...)``. Its name in
+    reprs and errors is ``SyncBatchNorm``."""
+
+    def _get_name(self) -> str:
+        return "SyncBatchNorm"
+
+
+#: The class ``BatchNorm(...)`` and ``SyncBatchNorm(...)`` build in torch's configuration.
+_TORCH_CLASSES: dict[type, type] = {BatchNorm: TorchBatchNorm, SyncBatchNorm: TorchSyncBatchNorm}
 
 
 def _tensors(layer: nn.Module) -> list[torch.Tensor]:

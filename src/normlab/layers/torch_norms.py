@@ -28,6 +28,7 @@ from normlab._checks import (
     check_values_per_group,
 )
 from normlab.functional import channel_affine, with_channels_first
+from normlab.layers.base import symbolic_call
 
 Over = Literal["channels", "all"]
 OVER: tuple[Over, ...] = ("channels", "all")
@@ -106,6 +107,9 @@ class LayerNorm(nn.LayerNorm):
         self.channel_dim = channel_dim
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        traced = symbolic_call(self, input)
+        if traced is not None:
+            return traced
         check_input(input, self.num_features, "LayerNorm", channel_dim=self.channel_dim)
         if self.over == "all":
             normalized = F.layer_norm(input, input.shape[1:], eps=self.eps)
@@ -160,6 +164,9 @@ class RMSNorm(nn.RMSNorm):
         self.channel_dim = channel_dim
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        traced = symbolic_call(self, input)
+        if traced is not None:
+            return traced
         check_input(input, self.num_features, "RMSNorm", channel_dim=self.channel_dim)
         if self.over == "all":
             normalized = F.rms_norm(input, input.shape[1:], eps=self.eps)
@@ -221,6 +228,9 @@ class GroupNorm(nn.GroupNorm):
         self.channel_dim = channel_dim
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        traced = symbolic_call(self, input)
+        if traced is not None:
+            return traced
         check_input(input, self.num_channels, "GroupNorm", channel_dim=self.channel_dim)
         return with_channels_first(self._normalize, input, self.channel_dim)
 
@@ -290,6 +300,9 @@ class InstanceNorm(_InstanceNorm):
         self.channel_dim = channel_dim
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        traced = symbolic_call(self, input)
+        if traced is not None:
+            return traced
         check_input(
             input, self.num_features, "InstanceNorm", min_ndim=3, channel_dim=self.channel_dim
         )

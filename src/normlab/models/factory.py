@@ -8,7 +8,9 @@ called with keywords. ``norm`` is a :class:`NormFactory`: ``norm(num_channels)``
 builds the kind being studied for (N, C, *) input (a new module per call, as
 torchvision's and timm's ``norm_layer`` argument expects), and
 ``norm(num_channels, channel_dim=-1)`` for (N, *, C) input such as
-transformer tokens; ``norm.kind`` and ``norm.options`` name it.
+transformer tokens; ``norm.kind`` and ``norm.options`` name it. It is a
+``functools.partial``, one of the forms timm's ``get_norm_layer`` takes, and
+accepts the ``device=``/``dtype=`` keywords timm's models pass.
 ``num_classes`` is the data's class count and ``input_shape`` the (C, H, W) of
 one image. The model maps (N, C, H, W) float images to (N, num_classes) logits.
 
@@ -29,6 +31,7 @@ reason, and what the factory changed of torch's default dtype and of the torch,
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -37,8 +40,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,23 +59,69 @@ class ModelFactoryError(ValueError):
     """A ``MODULE:FACTORY`` model that cannot be used; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class NormFactory:
+#: Keywords of timm's norm + activation layers (``BatchNormAct2d``): timm's EfficientNet,
+#: MobileNetV3 and RegNet pass them when they build their norms from ``norm_layer``.
+_NORM_ACT_KEYWORDS = ("apply_act", "act_layer", "act_kwargs", "inplace", "drop_layer")
+
+
+def build_norm(
+    num_channels: int,
+    *,
+    kind: str,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> nn.Module:
+    """A new ``kind`` module for ``num_channels`` channels on dim 1 (N, C, *) or, with
+    ``channel_dim=-1``, on the last dim (N, *, C); what :class:`NormFactory` calls.
+
+    Raises:
+        TypeError: keywords of a norm + activation layer (``apply_act``, ``inplace``,
+            ...): the caller wants an activation inside the norm and does not say which.
+    """
+    asked = [name for name in _NORM_ACT_KEYWORDS if name in options]
+    if asked:
+        raise TypeError(
+            f"norm was called with {', '.join(asked)}: the model builds norm + activation "
+            "layers from norm_layer (as timm's EfficientNet, MobileNetV3 and RegNet do with "
+            "BatchNormAct2d) and does not say which activation, so a norm alone would drop "
+            "it. Build the model with its own norms and swap them: "
+            "normlab.replace_norms(model, norm.kind, **norm.options).model."
+        )
+    layout = {} if channel_dim == 1 else {"channel_dim": channel_dim}
+    return make_norm(kind, num_channels, **layout, device=device, dtype=dtype, **options)
+
+
+class NormFactory(functools.partial):
     """Builds the normalization being studied: ``norm(num_channels)`` -> a new module.
+
+    ``functools.partial(build_norm, kind=kind, **options)``: a partial binding keywords
+    only, which timm's ``get_norm_layer`` takes (it rebinds the keywords) and which
+    hashes, as timm's ConvNeXt needs. ``norm(C, channel_dim=-1)`` builds the layer for
+    (N, *, C) input; ``device=`` and ``dtype=`` place it.
 
     Attributes:
         kind: the registry kind (``"bn"``, ``"gn"``, ...).
         options: keyword options for every module built (``{"groups": 8}``).
     """
 
-    kind: str
-    options: dict[str, Any] = field(default_factory=dict)
+    def __new__(cls, kind: str, options: Mapping[str, Any] | None = None) -> NormFactory:
+        return super().__new__(cls, build_norm, kind=kind, **dict(options or {}))
 
-    def __call__(self, num_channels: int, *, channel_dim: int = 1) -> nn.Module:
-        """A new ``kind`` module for ``num_channels`` channels on dim 1 (N, C, *) or, with
-        ``channel_dim=-1``, on the last dim (N, *, C)."""
-        layout = {} if channel_dim == 1 else {"channel_dim": channel_dim}
-        return make_norm(self.kind, num_channels, **layout, **self.options)
+    @property
+    def kind(self) -> str:
+        return self.keywords["kind"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {name: value for name, value in self.keywords.items() if name != "kind"}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.kind, self.options)
+
+    def __repr__(self) -> str:
+        return f"NormFactory({self.kind!r}, {self.options!r})"
 
 
 def is_factory_spec(name: str) -> bool:
@@ -141,8 +189,10 @@ def build_factory_model(
             something other than an ``nn.Module``.
     """
     factory = load_factory(spec)
-    with user_code(f"--model {spec}: the factory"):
-        model = factory(norm=norm, num_classes=num_classes, input_shape=tuple(input_shape))
+    shape = tuple(input_shape)
+    called = f"norm={norm!r}, num_classes={num_classes}, input_shape={shape}"
+    with user_code(f"--model {spec}: the factory, called with {called},"):
+        model = factory(norm=norm, num_classes=num_classes, input_shape=shape)
     if not isinstance(model, nn.Module):
         raise ModelFactoryError(
             f"--model {spec} returned a {type(model).__name__}; the factory must return "
@@ -252,3 +302,61 @@ def user_code(what: str) -> Iterator[None]:
             "The lab trains in the default dtype, float32, on float32 images: build the "
             "model without torch.set_default_dtype."
         )
+
+
+def run_factory_model(model: nn.Module, images: torch.Tensor, what: str) -> Any:
+    """``model(images)`` for a user's factory model, as user code (see :func:`user_code`,
+    whose message starts with ``what``); a layer that cannot take the data's images (a
+    RuntimeError in the forward) is named, with what to change.
+
+    Raises:
+        ModelFactoryError: the forward raised or exited; a RuntimeError's message names
+            the layer it came from and how to build the model for the data's images.
+    """
+    entered: list[tuple[nn.Module, tuple[Any, ...]]] = []
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [
+        leaf.register_forward_pre_hook(lambda module, args: entered.append((module, args)))
+        for leaf in leaves
+    ]
+    try:
+        with user_code(what):
+            return model(images)
+    except ModelFactoryError as error:
+        if not isinstance(error.__cause__, RuntimeError):
+            raise
+        raise ModelFactoryError(
+            f"{str(error).rstrip('.')}. {_misfit(model, images, entered)}"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _misfit(
+    model: nn.Module, images: torch.Tensor, entered: list[tuple[nn.Module, tuple[Any, ...]]]
+) -> str:
+    """Which layer of ``model`` could not take ``images`` (the last one ``entered``), and
+    how to build the model for them."""
+    shape = tuple(images.shape[1:])
+    head = f"The data's images are (N, C, H, W) = {tuple(images.shape)}"
+    fix = (
+        f"Build the model for input_shape {shape} (the factory gets it): "
+        f"{shape[0]} input channel(s) (timm: create_model(..., in_chans={shape[0]}); "
+        "torchvision: replace the first convolution, e.g. model.conv1 = "
+        f"nn.Conv2d({shape[0]}, 64, 7, 2, 3, bias=False)) and strides and pooling that fit "
+        f"{'x'.join(map(str, shape[1:]))} images."
+    )
+    if not entered:
+        return f"{head}. {fix}"
+    layer, args = entered[-1]
+    name = next((n for n, m in model.named_modules() if m is layer), "?")
+    got = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    wanted = getattr(layer, "in_channels", None)
+    if got is not None and wanted is not None and got.ndim > 1 and got.shape[1] != wanted:
+        where = "the images themselves" if got is images else f"input of shape {tuple(got.shape)}"
+        return (
+            f"{head}: its layer {name!r} ({layer}) takes {wanted} channels and gets {where}, "
+            f"with {got.shape[1]}. {fix}"
+        )
+    return f"{head}; the layer that raised is {name!r} ({type(layer).__name__}). {fix}"
