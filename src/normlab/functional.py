@@ -137,18 +137,23 @@ def batch_renorm(
         return _empty_batch(input, weight, bias, eps)
     with torch.no_grad():
         batch_mean, batch_var = _channel_moments(input)
-        batch_std = (batch_var + eps).sqrt()
-        running_std = (running_var + eps).sqrt()
-        r = (batch_std / running_std).clamp(1.0 / r_max, r_max).to(running_var.dtype)
-        d = ((batch_mean - running_mean) / running_std).clamp(-d_max, d_max).to(running_var.dtype)
-        running_mean.lerp_(batch_mean.to(running_mean.dtype), momentum)
-        running_std.lerp_(batch_std.to(running_std.dtype), momentum)
-        running_var.copy_(running_std.square().sub_(eps).clamp_(min=0.0))
+        batch_std = batch_var.add_(eps).sqrt_()
+        running_std = torch.add(running_var, eps).sqrt_()
+        dtype = running_var.dtype
+        r = torch.div(batch_std, running_std).clamp_(1.0 / r_max, r_max)
+        d = torch.sub(batch_mean, running_mean).div_(running_std).clamp_(-d_max, d_max)
+        if r.dtype != dtype:
+            r, d, batch_mean, batch_std = (t.to(dtype) for t in (r, d, batch_mean, batch_std))
+        running_mean.lerp_(batch_mean, momentum)
+        running_var.copy_(
+            running_std.lerp_(batch_std, momentum).square_().sub_(eps).clamp_(min=0.0)
+        )
     # (x_hat * r + d) * weight + bias == x_hat * (weight * r) + (weight * d + bias)
-    scale = r if weight is None else weight * r
-    shift = d if weight is None else weight * d
-    if bias is not None:
-        shift = shift + bias
+    if weight is None:
+        scale, shift = r, d if bias is None else d + bias
+    else:
+        scale = weight * r
+        shift = weight * d if bias is None else torch.addcmul(bias, weight, d)
     return F.batch_norm(input, None, None, scale, shift, True, 0.0, eps)
 
 
@@ -390,28 +395,27 @@ class _SwitchableNormFeatures(torch.autograd.Function):
         eps,
     ):
         dtype = _compute_dtype(input)
-        x = input.to(dtype)
+        x = input if input.dtype == dtype else input.to(dtype)
         batch, channels = x.shape
-        mean_ln = x.mean(1, keepdim=True)  # (N, 1)
-        var_ln = _mean_squared_deviation(x, mean_ln, (1,))
+        # Row moments from layer norm's kernel (a stable Welford reduction) with eps 0:
+        # 1 / rstd^2 is the biased variance, and 0 for a constant row (rstd = inf).
+        _, mean_ln, rstd_ln = torch.native_layer_norm(x, [channels], None, None, 0.0)
+        var_ln = rstd_ln.pow(-2)  # (N, 1)
         if training:
-            mean_bn, var_bn = (s.view(1, channels) for s in _channel_moments(x))
+            mean_bn, var_bn = torch.batch_norm_update_stats(x, None, None, 0.0)
             _update_running_stats(
-                running_mean,
-                running_var,
-                mean_bn.flatten(),
-                var_bn.flatten(),
-                batch,
-                momentum,
-                "torch",
+                running_mean, running_var, mean_bn, var_bn, batch, momentum, "torch"
             )
+            mean_bn, var_bn = mean_bn.view(1, channels), var_bn.view(1, channels)
         else:
             mean_bn = running_mean.to(dtype, copy=True).view(1, channels)
             var_bn = running_var.to(dtype, copy=True).view(1, channels)
-        mean_w = _mixing_weights(mean_logits, (1, 2), dtype)
-        var_w = _mixing_weights(var_logits, (1, 2), dtype)
-        invstd = torch.add(var_w[1] * var_ln + eps, var_w[2] * var_bn).rsqrt_()
-        x_hat = torch.sub(x, mean_w[1] * mean_ln).sub_(mean_w[2] * mean_bn).mul_(invstd)
+        mean_w = torch.softmax(mean_logits[1:].to(dtype), 0)  # (LN, BN)
+        var_w = torch.softmax(var_logits[1:].to(dtype), 0)
+        w_ln, w_bn = mean_w.unbind()
+        v_ln, v_bn = var_w.unbind()
+        invstd = torch.add(var_ln * v_ln, torch.mul(var_bn, v_bn).add_(eps)).rsqrt_()
+        x_hat = torch.sub(x, mean_ln * w_ln).sub_(mean_bn * w_bn).mul_(invstd)
         gamma = x.new_ones(1, channels) if weight is None else weight.to(dtype).view(1, -1)
         if bias is None:
             output = x_hat * gamma
@@ -430,9 +434,10 @@ class _SwitchableNormFeatures(torch.autograd.Function):
         input, x_hat, invstd, gamma, mean_w, var_w, mean_ln, mean_bn, var_ln, var_bn = (
             ctx.saved_tensors
         )
-        x = input.to(_compute_dtype(input))
+        dtype = _compute_dtype(input)
+        x = input if input.dtype == dtype else input.to(dtype)
         dtypes = ctx.dtypes
-        g = grad_output.to(x.dtype)
+        g = grad_output if grad_output.dtype == dtype else grad_output.to(dtype)
         batch, channels = x.shape
         grads: list[torch.Tensor | None] = [None] * 10
         sum_g_xhat, sum_g = _column_sums(g, x_hat)
@@ -444,24 +449,26 @@ class _SwitchableNormFeatures(torch.autograd.Function):
         b = torch.mul(a, x_hat).mul_(invstd)
         a_rows, a_cols = a.sum(1, keepdim=True), a.sum(0, keepdim=True)
         b_rows, b_cols = b.sum(1, keepdim=True), b.sum(0, keepdim=True)
-        for index, weights, d_ln, d_bn in (
-            (3, mean_w, -(a_rows * mean_ln).sum(), -(a_cols * mean_bn).sum()),
-            (4, var_w, -0.5 * (b_rows * var_ln).sum(), -0.5 * (b_cols * var_bn).sum()),
-        ):
-            if ctx.needs_input_grad[index]:
-                d_weights = torch.stack([d_ln.new_zeros(()), d_ln, d_bn])
-                grads[index] = (weights * (d_weights - (weights * d_weights).sum())).to(
-                    dtypes[index]
-                )
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            # softmax over (LN, BN) only: d logit_ln = w_ln w_bn (d_ln - d_bn) = -d logit_bn
+            signs = x.new_tensor([0.0, 1.0, -1.0])
+            for index, weights, d_ln_minus_bn in (
+                (3, mean_w, (a_cols * mean_bn).sum() - (a_rows * mean_ln).sum()),
+                (4, var_w, ((b_cols * var_bn).sum() - (b_rows * var_ln).sum()) * 0.5),
+            ):
+                if ctx.needs_input_grad[index]:
+                    grads[index] = (signs * (weights.prod() * d_ln_minus_bn)).to(dtypes[index])
         if ctx.needs_input_grad[0]:
-            coefficient_rows = b_rows * (-var_w[1] / channels)
+            w_ln, w_bn = mean_w.unbind()
+            v_ln, v_bn = var_w.unbind()
+            coefficient_rows = b_rows * (v_ln * (-1.0 / channels))
             grad = a.addcmul_(x, coefficient_rows)
-            grad.add_(a_rows * (-mean_w[1] / channels) - coefficient_rows * mean_ln)
+            grad.add_(a_rows * (w_ln * (-1.0 / channels)) - coefficient_rows * mean_ln)
             if ctx.training:
-                coefficient_cols = b_cols * (-var_w[2] / batch)
+                coefficient_cols = b_cols * (v_bn * (-1.0 / batch))
                 grad.addcmul_(x, coefficient_cols)
-                grad.add_(a_cols * (-mean_w[2] / batch) - coefficient_cols * mean_bn)
-            grads[0] = grad.to(dtypes[0])
+                grad.add_(a_cols * (w_bn * (-1.0 / batch)) - coefficient_cols * mean_bn)
+            grads[0] = grad if grad.dtype == dtypes[0] else grad.to(dtypes[0])
         return tuple(grads)
 
 
@@ -652,6 +659,8 @@ def _channel_moments(input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of (N, C, *) input as (C,) tensors, in float32
     or wider: torch's batch-norm statistics kernel (two-pass, parallel over channels)."""
     channels, dtype = input.shape[1], _compute_dtype(input)
+    if dtype == input.dtype:
+        return torch.batch_norm_update_stats(input, None, None, 0.0)
     # Given float32 buffers, the kernel returns float32 statistics of half-precision input.
     scratch_mean = torch.zeros(channels, dtype=dtype, device=input.device)
     scratch_var = torch.ones(channels, dtype=dtype, device=input.device)
