@@ -315,3 +315,48 @@ def test_a_kind_that_does_not_apply_to_a_shape_is_listed_as_skipped(run_cli, mon
     rows = json.loads(path.read_text())["rows"]
     assert len(rows) == len(TINY_SHAPES["mlp"]) * len(bench.JOBS)
     assert all(r["ratio"] is None and "positions" in r["skipped"] for r in rows)
+
+
+def test_profile_says_per_phase_where_each_modules_time_goes():
+    """`profile_cases` on a tiny case: for normlab's module and torch's, each phase's wall
+    time, aten op count, time inside the ops (never more than the wall time) and the ops
+    that took it, at each thread count asked for."""
+    from normlab.bench_profile import PHASES, profile_cases
+
+    variants = bench.parse_kinds("bn-scalar,frozen-bn")
+    cases = [bench._case(v, shape) for v in variants for shape in TINY_SHAPES["mlp"][:1]]
+    profiles = profile_cases(cases, threads=[1, 2], steps=2)
+    seen = {(p.kind, p.threads, p.module, p.phase) for p in profiles}
+    expected = {
+        (kind, threads, module, phase)
+        for kind, baseline in (("bn-scalar", "BatchNorm1d"), ("frozen-bn", None))
+        for threads in (1, 2)
+        for module in ("normlab", baseline or cases[1].baseline)
+        for phase in PHASES
+    }
+    assert seen == expected
+    for p in profiles:
+        assert p.shape == [8, 64] and p.layout == "contiguous"
+        assert p.wall_us > 0 and p.ops >= 1 and 0 < p.kernel_us <= p.wall_us * 1.01
+        assert 0.0 <= p.outside_share < 1.0
+        assert p.top and all(name.startswith("aten::") for name, _ in p.top)
+    group_norm = [p for p in profiles if p.kind == "bn-scalar" and p.module == "normlab"]
+    assert any(name == "aten::native_group_norm" for p in group_norm for name, _ in p.top)
+
+
+def test_bench_cli_profile_prints_the_phases_and_writes_json(run_cli, monkeypatch, tmp_path):
+    """`normlab bench --profile --kinds switch --shapes mlp`: a table of every phase of
+    normlab's and torch's module, and the same figures as JSON."""
+    monkeypatch.setattr(bench, "SHAPES", TINY_SHAPES)
+    path = tmp_path / "profile.json"
+    argv = ["bench", "--profile", "--profile-steps", "2", "--kinds", "switch", "--shapes", "mlp"]
+    status, out, err = run_cli([*argv, "--json", str(path)])
+    assert status == 0, err
+    assert "Where the time goes" in out and "train bwd" in out and "eval fwd" in out
+    rows = json.loads(path.read_text())["profiles"]
+    assert {(r["module"], r["phase"], r["threads"]) for r in rows} == {
+        (module, phase, 1)
+        for module in ("normlab", "BatchNorm1d")
+        for phase in ("train fwd", "train bwd", "eval fwd")
+    } and len(rows) == 2 * 3 * len(TINY_SHAPES["mlp"])
+    assert all(0 <= r["outside_share"] < 1 and r["kernel_us"] <= r["wall_us"] * 1.01 for r in rows)

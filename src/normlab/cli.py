@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 
+from normlab.bench_command import add_bench
 from normlab.data import DATASETS, DataError, dataset_name, load_dataset
 from normlab.data.catalog import user_format
 from normlab.experiment import (
@@ -35,7 +35,7 @@ from normlab.experiment.executors.contract import Executor, available_cores
 from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.stacked import seed_groups, stack_refusals
-from normlab.experiment.store import check_output_directory, check_output_file
+from normlab.experiment.store import check_output_directory
 from normlab.experiment.train import batch_slices, planned_steps
 from normlab.models import CELLS, CONTRACT, MODELS, PLACEMENTS
 from normlab.norm_spec import parse_norm, split_specs
@@ -392,97 +392,6 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from normlab.bench import bench, results_table, summary_table
-
-    console = _console()
-    if args.json is not None:
-        check_output_file(args.json)  # before minutes of timing, not after
-    result = bench(console, args.kinds, args.shapes, args.dtype, args.threads, args.min_run_time)
-    console.print(results_table(result))
-    console.print(summary_table(result))
-    if args.json is not None:
-        result.write_json(args.json)
-        console.print(f"wrote {args.json}")
-    return 0
-
-
-def _bench_list(parser_name: str) -> Callable[[str], list]:
-    """An argparse type for a comma list parsed by ``normlab.bench.<parser_name>``."""
-
-    def parse(text: str) -> list:
-        import normlab.bench  # torch.utils.benchmark loads only for this command
-
-        try:
-            return getattr(normlab.bench, parser_name)(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds; got {text!r}")
-    return value
-
-
-def _add_bench(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="time each kind as a ratio to torch's native layer on the same tensor",
-        description="Time each normalization kind's training forward, training forward + "
-        "backward and eval forward as a ratio to torch's native layer doing the same job on "
-        "the same tensor, timed in the same run (torch.utils.benchmark, medians). The "
-        "default run takes about 8 minutes on 2 cores. On a machine busy with other work, "
-        "multi-threaded timings mostly measure the scheduler: use --threads 1 there.",
-    )
-    bench.add_argument(
-        "--kinds",
-        type=_bench_list("parse_kinds"),
-        default=None,
-        help="comma list of kinds from `normlab norms`, and bn:keras for batch norm in the "
-        "Keras convention (default: every kind but none, and bn:keras)",
-    )
-    bench.add_argument(
-        "--shapes",
-        type=_bench_list("parse_shape_groups"),
-        default=["mlp", "cnn", "seq"],
-        help="comma list of shape sets: mlp (N, C), cnn (N, C, H, W) contiguous and "
-        "channels_last, seq (N, L, C) tokens (default mlp,cnn,seq)",
-    )
-    bench.add_argument(
-        "--dtype",
-        type=_bench_list("parse_dtypes"),
-        default=[torch.float32],
-        help="comma list of float32, bfloat16, float16, float64 (default float32)",
-    )
-    bench.add_argument(
-        "--threads",
-        type=_bench_list("parse_threads"),
-        default=None,
-        help="comma list of torch thread counts; all = torch's default, one per core (default all)",
-    )
-    bench.add_argument(
-        "--min-run-time",
-        type=_positive_float,
-        default=0.2,
-        help="seconds each of ours and torch's layer is timed per job (default 0.2)",
-    )
-    bench.add_argument(
-        "--json",
-        type=expand,
-        default=None,
-        metavar="FILE",
-        help="also write the environment, every row and the summary here as JSON",
-    )
-    bench.set_defaults(run=_bench)
-
-
 def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser(
         "compare",
@@ -765,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("checkpoint", type=expand, help="a .pt file, e.g. OUT/models/<run_id>.pt")
     inspect.set_defaults(run=_inspect)
-    _add_bench(commands)
+    add_bench(commands, _console, expand)
     _add_study(commands)
     return parser
 
