@@ -22,6 +22,7 @@ from torch.testing import assert_close
 
 import normlab as nl
 from normlab.layers import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from spec import CANONICAL_KINDS
 
 C = 4
 DTYPES = [torch.float32, torch.float64]
@@ -326,3 +327,50 @@ def test_torch_compile_of_a_small_model_matches_eager():
             assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
     for a, b in zip(eager.buffers(), compiled_model.buffers(), strict=True):
         assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def _compile_cases() -> list:
+    kinds = [("bn (keras)", "bn", {"convention": "keras"})]
+    kinds += [(kind, kind, {}) for kind in CANONICAL_KINDS if kind != "none"]
+    return [
+        pytest.param(kind, options, ndim, id=f"{label}-{ndim}d")
+        for label, kind, options in kinds
+        for ndim in (2, 4)
+        if not (kind in ("in", "gn") and ndim == 2)  # both refuse (N, C): one value per group
+    ]
+
+
+@pytest.mark.parametrize(("kind", "options", "ndim"), _compile_cases())
+def test_torch_compile_traces_every_kind_whole_and_matches_eager(kind, options, ndim):
+    """torch.compile(fullgraph=True) of a model holding each kind: no graph break inside the
+    layer, and outputs, gradients and buffers as eager, in training and eval steps.
+
+    The aot_eager backend traces the forward and the backward as inductor would, without
+    generating code; fullgraph=True raises at the first graph break.
+    """
+    channels = 8
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nl.make_norm(kind, channels, **options), nn.ReLU())
+
+    eager, compiled_model = build(), build()
+    torch._dynamo.reset()  # each kind's own graphs, not a recompile of the previous test's
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    shape = (6, channels) if ndim == 2 else (4, channels, 3, 5)
+    gen = torch.Generator().manual_seed(10)
+    for training in (True, True, False):
+        eager.train(training)
+        compiled_model.train(training)
+        x = (1.0 + 2.0 * torch.randn(shape, generator=gen)).requires_grad_()
+        x_compiled = x.detach().clone().requires_grad_()
+        y, y_compiled = eager(x), compiled(x_compiled)
+        assert_close(y_compiled, y, rtol=1e-5, atol=1e-5)
+        grad = torch.randn(shape, generator=gen)
+        y.backward(grad)
+        y_compiled.backward(grad)
+        assert_close(x_compiled.grad, x.grad, rtol=1e-5, atol=1e-5)
+        for a, b in zip(eager.parameters(), compiled_model.parameters(), strict=True):
+            assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
+    for a, b in zip(eager.buffers(), compiled_model.buffers(), strict=True):
+        assert_close(b, a, rtol=1e-5, atol=1e-5)
