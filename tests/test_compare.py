@@ -155,7 +155,15 @@ def _start(out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         env=env,
         cwd=out.parent,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Give the sweep SIGINT's default action, as a process started from a terminal has: a
+    suite started from a non-interactive shell's background job inherits SIGINT ignored, and
+    so would the sweep, which would then sit through the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until(condition, process: subprocess.Popen, what: str) -> None:
