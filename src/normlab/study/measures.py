@@ -15,8 +15,6 @@ from typing import Any
 Record = Mapping[str, Any]
 Measure = Callable[[Record], float | None]
 
-REACH = 95.0
-"""The validation accuracy (%) whose first epoch measures convergence speed."""
 CHANCE = 10.0
 """Chance accuracy (%) on MNIST's ten balanced classes."""
 CHANCE_MARGIN = 5.0
@@ -56,24 +54,8 @@ def gap(record: Record) -> float:
     return 100.0 * (record["final"]["train_acc"] - record["final"]["val_acc"])
 
 
-def epochs_to_reach(record: Record, accuracy: float = REACH) -> int | None:
-    """The first epoch whose validation accuracy reaches ``accuracy`` %; None if none did."""
-    for row in record["history"]:
-        if 100.0 * row["val_acc"] >= accuracy:
-            return int(row["epoch"])
-    return None
-
-
 def _diagnostics(record: Record) -> Mapping[str, Any] | None:
     return record.get("diagnostics")
-
-
-def step_seconds(record: Record) -> float | None:
-    """Median over epochs of the training time per optimizer step, seconds."""
-    diagnostics = _diagnostics(record)
-    if not diagnostics or not diagnostics.get("step_seconds"):
-        return None
-    return statistics.median(diagnostics["step_seconds"])
 
 
 def _probes(record: Record, training: bool | None = None) -> list[Mapping[str, Any]]:

@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +230,6 @@ def render_from_records(report_dir: Path, budget: Budget | str, command: str) ->
 
 def adjust_sections(found: Sequence) -> list:
     """Every section with its tests Holm-adjusted across the whole study's primary tests."""
-    from dataclasses import replace
-
     tests = adjust([t for s in found for t in s.tests])
     out, i = [], 0
     for section in found:

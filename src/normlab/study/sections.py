@@ -4,12 +4,12 @@ and the groups and tests built from the study's runs."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from normlab.study import measures as m
-from normlab.study.findings import Adequacy, Check, Group, Runs, adequacy, compute, group
+from normlab.study.findings import Adequacy, Check, Group, Runs, adequacy, compute
 from normlab.study.plan import FIT_THRESHOLD, THRESHOLDS, Budget
 
 T1 = "the first tutorial (batch norm vs layer norm with the Keras MLP on MNIST)"
@@ -65,48 +65,6 @@ def trained(runs: Runs, experiment: str, fit: bool = False) -> Adequacy:
     configs = runs.configs(experiment)
     model = configs[0].model if configs else "mlp"
     return adequacy(runs, experiment, THRESHOLDS.get(model, 0.0), m.val_acc)
-
-
-def each(
-    runs: Runs,
-    experiment: str,
-    norms: Sequence[str],
-    batch_sizes: Sequence[int],
-    measure: m.Measure,
-    weights: Callable[[str], float],
-    **match: Any,
-) -> list[Group]:
-    """One group per (norm, batch size), weight weights(norm) / number of batch sizes."""
-    return [
-        group(
-            f"{norm} at batch {size}",
-            weights(norm) / len(batch_sizes),
-            runs.get(experiment, norm=norm, batch_size=size, **match),
-            measure,
-        )
-        for norm in norms
-        for size in batch_sizes
-    ]
-
-
-def accuracy_table(
-    runs: Runs,
-    experiment: str,
-    norms: Sequence[str],
-    sizes: Sequence[int],
-    measure: m.Measure = m.val_acc,
-    **match: Any,
-) -> str:
-    rows = []
-    for norm in norms:
-        row = [norm]
-        for size in sizes:
-            records = runs.get(experiment, norm=norm, batch_size=size, **match)
-            diverged = sum(r.get("status") == "diverged" for r in records)
-            cell = mean_std(values_of(records, measure))
-            row.append(cell + (f" ({diverged} diverged)" if diverged else ""))
-        rows.append(row)
-    return markdown_table(["norm", *(f"batch {s}" for s in sizes)], rows)
 
 
 ACC = "final validation accuracy, pp"
