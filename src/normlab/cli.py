@@ -615,7 +615,7 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
         "study",
         help="run a packaged study; `normlab study claims` checks every tutorial claim",
         description="Studies that plan their own experiments. `claims`: every claim of the "
-        "normalization tutorials as an experiment on MNIST, with an estimate, a 95%% interval "
+        "normalization tutorials as an experiment on MNIST, with an estimate, a 95% interval "
         "and a Holm-adjusted verdict, written as a markdown report with figures.",
     )
     study.add_argument("study", choices=("claims",), help="the study to run")
