@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 import normlab.bench
 import normlab.cli
+import normlab.lab.comparison
+import normlab.norms_table
 from normlab.experiment import ResultsStore, RunConfig
 
 SMALL = ["--epochs", "1", "--hidden", "8", "--jobs", "1", "--batch-sizes", "128"]
@@ -26,7 +28,7 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work started before the refusal")
 
-    monkeypatch.setattr(normlab.cli, "load_dataset", work)
+    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", work)
     monkeypatch.setattr(normlab.bench, "bench", work)
 
 
@@ -138,7 +140,7 @@ _BAD = {
 def test_run_config_refuses_every_bad_number_naming_the_field(data):
     field = data.draw(st.sampled_from(sorted(_BAD)))
     value = data.draw(_BAD[field])
-    with pytest.raises(ValueError, match=rf"^{field}\b.*got"):
+    with pytest.raises(ValueError, match=rf"^`?{field}\b.*got"):
         RunConfig(**{field: value})
 
 
@@ -223,7 +225,7 @@ def test_a_type_error_from_a_bug_shows_its_traceback(run_cli, monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("a bug inside normlab")
 
-    monkeypatch.setattr(normlab.cli, "norms_table", broken)
+    monkeypatch.setattr(normlab.norms_table, "norms_table", broken)
     with pytest.raises(TypeError, match="a bug inside normlab"):
         run_cli(["norms"])
 

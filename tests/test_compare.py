@@ -121,7 +121,7 @@ def test_report_of_a_directory_without_results_says_so(tmp_path, run_cli):
         (["--optimizer", "adamm"], "invalid choice"),
         (["--batch-sizes", "0,32"], "--batch-sizes"),
         (["--seeds", "0"], "--seeds"),
-        (["--data-dir", "/tmp"], "--dataset digits is built in"),
+        (["--data-dir", "/tmp"], "the digits data set is built in"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, run_cli, argv, message):
@@ -356,9 +356,9 @@ def _interrupt(*_args, **_kwargs):
 def test_ctrl_c_while_loading_the_data_exits_130_with_the_resume_line(
     tmp_path, run_cli, monkeypatch
 ):
-    import normlab.cli
+    import normlab.lab.comparison
 
-    monkeypatch.setattr(normlab.cli, "load_dataset", _interrupt)
+    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", _interrupt)
     out = tmp_path / "sweep"
     status, stdout, _ = run_cli(
         ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
@@ -383,9 +383,9 @@ def _interrupt_inside_a_class_body(*_args, **_kwargs):
 def test_ctrl_c_that_python_wraps_during_an_import_exits_130_with_the_resume_line(
     tmp_path, run_cli, monkeypatch
 ):
-    import normlab.cli
+    import normlab.lab.comparison
 
-    monkeypatch.setattr(normlab.cli, "load_dataset", _interrupt_inside_a_class_body)
+    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", _interrupt_inside_a_class_body)
     out = tmp_path / "sweep"
     status, stdout, _ = run_cli(
         ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
@@ -395,12 +395,12 @@ def test_ctrl_c_that_python_wraps_during_an_import_exits_130_with_the_resume_lin
 
 
 def test_a_runtime_error_that_is_no_interrupt_is_not_taken_for_one(tmp_path, run_cli, monkeypatch):
-    import normlab.cli
+    import normlab.lab.comparison
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(normlab.cli, "load_dataset", broken)
+    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli(["compare", "--norms", "bn", *SMALL, "--out", str(tmp_path / "sweep")])
 

@@ -305,7 +305,7 @@ def test_a_sweep_too_small_to_repay_starting_workers_gets_an_in_process_executor
 def test_compares_default_jobs_trains_a_small_sweep_in_its_own_process_and_says_so(
     tmp_path, run_cli, monkeypatch
 ):
-    monkeypatch.setattr("normlab.cli.available_cores", lambda: 4)  # the default: 4 workers
+    monkeypatch.setattr("normlab.lab.runner.available_cores", lambda: 4)  # the default: 4 workers
     argv = ["compare", "--norms", "none,bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
     status, stdout, _ = run_cli([*argv, "--out", str(tmp_path)])
     assert status == 0

@@ -8,10 +8,12 @@ folders (normlab.data.image_folder); their canonical name holds the absolute pat
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from normlab._checks import did_you_mean, name_key
+from normlab.data import memory
 from normlab.data.cifar import load_cifar10
 from normlab.data.dataset import Dataset
 from normlab.data.digits import load_digits
@@ -37,6 +39,9 @@ USER_FORMATS: dict[str, Callable[[str | os.PathLike], Dataset]] = {
 }
 """``FORMAT:PATH`` data sets: the user's own data, read from PATH."""
 
+IN_MEMORY = re.compile(rf"{memory.PREFIX}:[0-9a-f]{{12}}")
+"""The name of tensors given in memory (normlab.data.memory)."""
+
 
 def user_format(name: str) -> tuple[str, str] | None:
     """``("npz", PATH)`` for ``"npz:PATH"`` (likewise ``folder:``); None for a named data set."""
@@ -60,6 +65,8 @@ def dataset_name(name: str) -> str:
     user = user_format(name)
     if user is not None:
         return f"{user[0]}:{Path(user[1]).expanduser().resolve()}"
+    if isinstance(name, str) and IN_MEMORY.fullmatch(name):
+        return name
     key = name_key(name)
     if key in _BY_KEY:
         return _BY_KEY[key]
@@ -99,4 +106,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     user = user_format(name)
     if user is not None:
         return USER_FORMATS[user[0]](user[1])
+    if IN_MEMORY.fullmatch(name):
+        raise ValueError(
+            f"{name} names tensors that were given in memory; they cannot be loaded by name. "
+            "Give the tensors again (normlab.lab.compare(data=...))."
+        )
     return _LOADERS[dataset_name(name)](data_dir)

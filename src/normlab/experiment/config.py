@@ -40,9 +40,9 @@ stay what they were before the field existed), and how to show that default:
 
 def _whole(name: str, value: Any, least: int, option: str | None = None) -> None:
     """Fail unless ``value`` is an int (not a bool) of at least ``least``; ``option`` is the
-    command-line option it comes from, if one does."""
+    argument it comes from, where that is not ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        where = f" ({option})" if option else ""
+        where = f" (`{option}`)" if option else ""
         raise ValueError(f"{name}{where} must be a whole number of {least} or more; got {value!r}.")
 
 
@@ -50,7 +50,7 @@ def _positive_finite(name: str, value: Any) -> None:
     """Fail unless ``value`` is a finite real number above 0."""
     real = isinstance(value, int | float) and not isinstance(value, bool)
     if not (real and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} (--{name}) must be a finite number above 0; got {value!r}.")
+        raise ValueError(f"`{name}` must be a finite number above 0; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -106,15 +106,15 @@ class RunConfig:
         if self.weight_decay is not None:
             decay = self.weight_decay
             if isinstance(decay, bool) or not isinstance(decay, int | float):
-                raise ValueError(f"--weight-decay must be a number; got {decay!r}.")
+                raise ValueError(f"`weight_decay` must be a number; got {decay!r}.")
             if not (math.isfinite(decay) and decay >= 0):
-                raise ValueError(f"--weight-decay must be a finite number >= 0; got {decay}.")
+                raise ValueError(f"`weight_decay` must be a finite number >= 0; got {decay}.")
             object.__setattr__(self, "weight_decay", float(decay))
         dropout = self.model_options.get("dropout", 0.0)
         if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-            raise ValueError(f"--dropout must be a number; got {dropout!r}.")
+            raise ValueError(f"`dropout` must be a number; got {dropout!r}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1); got {dropout}.")
+            raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
         # A model option at its default is left out, so the run keeps the id it has without it.
         options = {
             key: value
@@ -124,32 +124,33 @@ class RunConfig:
         }
         object.__setattr__(self, "model_options", options)
         # Every number is checked here, where it enters, so a bad one never reaches a run.
-        _whole("batch_size", self.batch_size, 1, "--batch-sizes")
+        _whole("batch_size", self.batch_size, 1, "batch_sizes")
         _whole("seed", self.seed, 0)
-        _whole("epochs", self.epochs, 1, "--epochs")
-        _whole("nproc", self.nproc, 1, "--nproc")
+        _whole("`epochs`", self.epochs, 1)
+        _whole("`nproc`", self.nproc, 1)
         if self.train_subset is not None:
-            _whole("train_subset", self.train_subset, 1, "--train-subset")
+            _whole("`train_subset`", self.train_subset, 1)
         _positive_finite("lr", self.lr)
         if self.sync_bn and self.nproc == 1:
             raise ValueError(
-                "--sync-bn synchronizes batch norm across --nproc processes; add --nproc 2 or more."
+                "`sync_bn` synchronizes batch norm across `nproc` processes; set `nproc` to 2 "
+                "or more."
             )
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(
-                f"unknown --lr-scaling {self.lr_scaling!r}; choose none or linear "
-                "(lr times batch size / reference batch, Goyal et al. 2017)."
+                f"unknown `lr_scaling` {self.lr_scaling!r}; choose none or linear "
+                "(`lr` times batch size / reference batch, Goyal et al. 2017)."
             )
         if self.lr_reference_batch < 1:
             raise ValueError(
-                "the reference batch of --lr-scaling must be positive; got "
+                "`lr_reference_batch`, the batch size `lr` is meant for, must be positive; got "
                 f"{self.lr_reference_batch}."
             )
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1; got {self.steps}.")
+            raise ValueError(f"`steps` must be at least 1; got {self.steps}.")
         if self.diagnostics and self.nproc > 1:
             raise ValueError(
-                "diagnostics probe one-process runs only; drop --nproc or --diagnostics."
+                "`diagnostics` probe one-process runs only; drop `nproc` or `diagnostics`."
             )
 
     @property
@@ -229,6 +230,10 @@ def plan_runs(
     nproc: int = 1,
     sync_bn: bool = False,
     train_subset: int | None = None,
+    diagnostics: bool = False,
+    lr_scaling: str = "none",
+    lr_reference_batch: int = 32,
+    steps: int | None = None,
     max_runs: int = MAX_RUNS,
 ) -> list[RunConfig]:
     """Every run of a sweep: the product of its axes, seeds innermost.
@@ -241,14 +246,16 @@ def plan_runs(
     and the seeds 0 .. seeds-1. Duplicates (an alias and its kind, the same
     options in another order) are planned once. With ``nproc`` > 1 each run
     trains data-parallel over that many processes (see normlab.experiment.ddp),
-    its batch norm per process or, with ``sync_bn``, synchronized.
+    its batch norm per process or, with ``sync_bn``, synchronized. ``train_subset``,
+    ``diagnostics``, ``lr_scaling``, ``lr_reference_batch`` and ``steps`` apply to every
+    run (see RunConfig).
 
     Raises:
         ValueError: a bad value, or a sweep of more than ``max_runs`` runs (refused
             before any configuration is built).
     """
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1; got {seeds}.")
+        raise ValueError(f"`seeds` must be at least 1; got {seeds}.")
     parsed = [parse_norm(spec) for spec in norms]
     axes: dict[str, list[Any]] = {
         "norms": list({format_norm(*norm): norm for norm in parsed}.values()),
@@ -264,8 +271,8 @@ def plan_runs(
         factors = [f"{len(values)} {name}" for name, values in axes.items() if len(values) > 1]
         raise ValueError(
             f"this sweep would train {size:,} runs ({' x '.join([*factors, f'{seeds:,} seeds'])}); "
-            f"one sweep plans at most {max_runs:,}. Use fewer --seeds or shorter lists, or "
-            "split it into several sweeps with the same --out (each skips the runs already "
+            f"one sweep plans at most {max_runs:,}. Use fewer `seeds` or shorter lists, or "
+            "split it into several sweeps with the same `out` (each skips the runs already "
             "finished)."
         )
     bad = [name for name in axes["optimizers"] if name not in OPTIMIZERS]
@@ -293,6 +300,10 @@ def plan_runs(
             nproc=nproc,
             sync_bn=sync_bn,
             train_subset=train_subset,
+            diagnostics=diagnostics,
+            lr_scaling=lr_scaling,
+            lr_reference_batch=lr_reference_batch,
+            steps=steps,
         )
         for (norm, norm_options), place, name, rate, decay, options, batch_size, seed in (
             itertools.product(*axes.values(), range(seeds))

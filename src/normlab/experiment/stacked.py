@@ -68,7 +68,7 @@ _LOOPED_RULE = "There is a performance drop because we have not yet implemented 
 def stack_refusal(config: RunConfig) -> str | None:
     """Why ``config``'s seeds cannot train stacked, or None when they can."""
     if config.nproc > 1:
-        return "a data-parallel run (--nproc > 1) trains over processes of its own"
+        return "a data-parallel run (`nproc` > 1) trains over processes of its own"
     if config.diagnostics:
         return "diagnostics probe one model at a time"
     if config.model_options.get("dropout", 0.0) > 0:

@@ -133,7 +133,7 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
         if size < 1:
             raise ValueError(
                 f"batch size {config.batch_size} gives some of the {config.nproc} processes "
-                "no sample; use a batch size of at least --nproc."
+                "no sample; use a batch size of at least `nproc`."
             )
         key = (config.model, config.norm_label, config.placement, min(size, 8))
         key += (repr(sorted(config.model_options.items())),)
@@ -141,7 +141,7 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
             continue
         seen.add(key)
         images = data.train_x[: min(size, 8)]
-        where = f" ({size} per process; --sync-bn shares statistics)" if per_process else ""
+        where = f" ({size} per process; `sync_bn` shares statistics)" if per_process else ""
         run = f"norm {config.norm_label!r} in model {config.model!r} at batch size "
         run += f"{config.batch_size}{where}"
         try:

@@ -40,7 +40,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -139,8 +139,51 @@ def check_factory_spec(spec: str) -> None:
         )
 
 
+_GIVEN: dict[str, Callable[..., nn.Module]] = {}  # factories given as objects, by spec
+
+
+def give_factory(factory: Callable[..., nn.Module]) -> str:
+    """The ``MODULE:FACTORY`` name under which the lab knows ``factory``, a callable given
+    as an object (a lambda, a closure, a function of a notebook), in this process: its
+    module and qualified name, ``<lambda>`` and ``<locals>`` written ``lambda`` and
+    ``locals``. The name goes into run ids, so the same factory given again resumes.
+
+    Raises:
+        ModelFactoryError: ``factory`` is not callable, or another callable already has
+            its name (give one of them another ``__qualname__``).
+    """
+    if not callable(factory):
+        raise ModelFactoryError(
+            f"the model must be a lab model's name, MODULE:FACTORY or a callable {CONTRACT}; "
+            f"got a {type(factory).__name__}."
+        )
+    module = getattr(factory, "__module__", None) or "__main__"
+    qualified = getattr(factory, "__qualname__", None) or type(factory).__qualname__
+    spec = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '', qualified)}"
+    known = _GIVEN.get(spec)
+    if known is not None and known is not factory:
+        raise ModelFactoryError(
+            f"two different model factories are both named {spec}; run ids need one name "
+            "each: give one another name (factory.__qualname__ = 'wide_net')."
+        )
+    _GIVEN[spec] = factory
+    return spec
+
+
+def given_factories(names: Iterable[str]) -> dict[str, Callable[..., nn.Module]]:
+    """Those of ``names`` that name factories given as objects in this process, by name
+    (for worker processes)."""
+    return {name: _GIVEN[name] for name in names if name in _GIVEN}
+
+
+def take_factories(factories: dict[str, Callable[..., nn.Module]]) -> None:
+    """Know ``factories`` (by name) in this process, as the process that was given them."""
+    _GIVEN.update(factories)
+
+
 def load_factory(spec: str) -> Callable[..., nn.Module]:
-    """Import ``MODULE`` and return its callable ``FACTORY``, checked against the contract.
+    """The callable ``spec`` names: one given as an object (:func:`give_factory`), or
+    ``MODULE`` imported and its ``FACTORY``; checked against the contract.
 
     Raises:
         ModelFactoryError: the spec is malformed, the module cannot be imported
@@ -149,7 +192,11 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """
     check_factory_spec(spec)
     module_name, attribute = spec.split(":")
-    target: Any = _import_user_module(module_name, spec)
+    target: Any = _GIVEN.get(spec)
+    if target is not None:
+        _check_signature(target, spec)
+        return target
+    target = _import_user_module(module_name, spec)
     for part in attribute.split("."):
         if not hasattr(target, part):
             public = sorted(
@@ -167,6 +214,11 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             f"--model {spec} names a {type(target).__name__}, not a callable; it must name "
             f"a function {CONTRACT}."
         )
+    _check_signature(target, spec)
+    return target
+
+
+def _check_signature(target: Callable[..., Any], spec: str) -> None:
     try:
         inspect.signature(target).bind(norm=None, num_classes=0, input_shape=())
     except TypeError:
@@ -176,7 +228,6 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         ) from None
     except ValueError:  # no signature to read (some builtins): the call will tell
         pass
-    return target
 
 
 def build_factory_model(

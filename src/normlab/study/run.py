@@ -27,11 +27,11 @@ from typing import Any
 from rich.console import Console
 
 from normlab.data import load_dataset
-from normlab.experiment import ResultsStore, check_runs, run_sweep
+from normlab.experiment import ResultsStore, check_runs
 from normlab.experiment.executors.choose import executor_for
-from normlab.experiment.executors.contract import SweepOutcome, available_cores
-from normlab.experiment.progress import SweepProgress
+from normlab.experiment.executors.contract import SweepOutcome
 from normlab.experiment.store import check_output_directory
+from normlab.lab.runner import share_cores, train_runs
 from normlab.paths import check_input_directory, write_atomically
 from normlab.report.publish import check_replaceable, publish
 from normlab.report.runs import check_records
@@ -175,28 +175,26 @@ def run_study(
     data = load_dataset("mnist", data_dir)
     check_runs(runs, data)
     store = ResultsStore(out)
+    workers = share_cores(
+        [run for run in runs if run.run_id not in store.finished_ids()],
+        executor=executor, jobs=jobs, threads=threads, stack_seeds=executor == "processes",
+    )  # fmt: skip
+    chosen = executor_for(
+        executor,
+        jobs=workers.jobs,
+        threads=workers.threads,
+        address=address,
+        data_dir=data_dir,
+        stack_seeds=executor == "processes",
+    )
     with store.lock():  # one writer per directory: a second study on this --out is refused
-        store.repair()
-        done = store.finished_ids()
-        for record in read_committed(report_dir):
-            if record["run_id"] in planned and record["run_id"] not in done:
-                store.append(record)
-                done.add(record["run_id"])
-        already = len(done & planned)
         console.print(
-            f"claims study, budget {budget.name}: {len(runs)} runs in {len(experiments)} "
-            f"experiments ({already} already finished)"
+            f"claims study, budget {budget.name}: {len(runs)} runs in "
+            f"{len(experiments)} experiments"
         )
-        if executor == "processes":
-            jobs = max(1, min(jobs or available_cores(), max(1, len(runs) - already)))
-            threads = threads or max(1, available_cores() // jobs)
-            chosen: Any = executor_for(
-                "processes", jobs=jobs, threads=threads, data_dir=data_dir, stack_seeds=True
-            )
-        else:
-            chosen = executor_for(executor, threads=threads, address=address, data_dir=data_dir)
-        with SweepProgress(console, total=len(runs), already_done=already) as progress:
-            outcome = run_sweep(runs, store, executor=chosen, listener=progress, data=data)
+        outcome = train_runs(
+            runs, store, data, chosen, console=console, known=read_committed(report_dir)
+        )
         records = [r for r in check_records(out, COMMAND) if r["run_id"] in planned]
         write_committed(report_dir, records)
     _wall(out, time.perf_counter() - clock)

@@ -44,16 +44,16 @@ def executor_for(
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}.")
     if address is not None and name != "ray":
-        raise ValueError("--address names a Ray cluster; add --executor ray.")
+        raise ValueError("`address` names a Ray cluster; add `executor` ray.")
     if jobs is not None and name == "ray":
         raise ValueError(
-            "--jobs sets this machine's processes; with --executor ray the cluster's CPUs "
-            "decide how many runs train at once (each holds --threads CPUs). Drop --jobs."
+            "`jobs` sets this machine's processes; with `executor` ray the cluster's CPUs "
+            "decide how many runs train at once (each holds `threads` CPUs). Drop `jobs`."
         )
     if stack_seeds and name != "processes":
         raise ValueError(
-            "--stack-seeds trains the seeds of each configuration together in one process of "
-            "this machine; it does not combine with --executor ray or torchrun. Drop one."
+            "`stack_seeds` trains the seeds of each configuration together in one process of "
+            "this machine; it does not combine with `executor` ray or torchrun. Drop one."
         )
     places = {"data_dir": data_dir, "models_dir": models_dir}
     if name == "ray":
@@ -63,7 +63,7 @@ def executor_for(
     if name == "torchrun":
         if jobs is not None and jobs != 1:
             raise ValueError(
-                "under torchrun the launch's processes train every run together; drop --jobs."
+                "under torchrun the launch's processes train every run together; drop `jobs`."
             )
         return TorchrunExecutor(threads=threads, **places)
     if jobs is None or jobs == 1:

@@ -38,6 +38,7 @@ from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_paren
 from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.train import EpochMetrics, warm_up
+from normlab.models.factory import given_factories, take_factories
 
 STOP_SECONDS = 30
 
@@ -66,12 +67,22 @@ def worker_main(
             return
         if task is None:
             return
-        if isinstance(task, Dataset):
-            data = task
+        if isinstance(task, _Setup):
+            data = task.data
+            take_factories(task.factories)
             continue
         assert data is not None, "the sweep sends its Dataset before the first run"
         runs = [RunConfig.from_dict(config) for config in task]
         train_task(runs, data, _PipeReports(connection), models_dir, data_dir, threads)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a worker needs before its first task: the sweep's dataset (handles to its shared
+    memory) and the model factories the sweep's process was given as objects."""
+
+    data: Dataset
+    factories: dict[str, Any]
 
 
 @dataclass
@@ -138,8 +149,8 @@ class ProcessPoolExecutor(Executor):
     def check(self, runs: list[RunConfig]) -> None:
         if self.jobs > 1 and any(run.nproc > 1 for run in runs):
             raise ValueError(
-                "--jobs and --nproc both ask for several processes: with --nproc each run uses "
-                "that many processes and runs go one at a time; drop --jobs."
+                "`jobs` and `nproc` both ask for several processes: with `nproc` each run uses "
+                "that many processes and runs go one at a time; drop `jobs`."
             )
 
     def start(self) -> None:
@@ -166,14 +177,15 @@ class ProcessPoolExecutor(Executor):
                 data = cached_dataset(todo[0].dataset, self.data_dir)
             for tensor in (data.train_x, data.train_y, data.val_x, data.val_y):
                 tensor.share_memory_()
+            setup = _Setup(data, given_factories({config.model for config in todo}))
             for worker in workers:
-                _hand_out(worker, waiting, data)
+                _hand_out(worker, waiting, setup)
             while any(worker.runs for worker in workers):
                 busy = [worker for worker in workers if worker.runs]
                 wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
                     if _pass_reports(worker, sink):
-                        _hand_out(worker, waiting, data)
+                        _hand_out(worker, waiting, setup)
                 for worker in [w for w in workers if not w.process.is_alive()]:
                     _pass_reports(worker, sink)  # what it sent before it died
                     if worker.runs:
@@ -184,7 +196,7 @@ class ProcessPoolExecutor(Executor):
                     worker.connection.close()
                     if waiting:  # a fresh worker takes its place
                         workers.append(self._start_worker())
-                        _hand_out(workers[-1], waiting, data)
+                        _hand_out(workers[-1], waiting, setup)
             completed = True
         finally:
             if not completed:  # interrupted: keep what finished, end the runs in flight now
@@ -202,16 +214,16 @@ class ProcessPoolExecutor(Executor):
         return _Worker(process, ours)
 
 
-def _hand_out(worker: _Worker, waiting: collections.deque[list[RunConfig]], data: Dataset) -> None:
-    """Send ``worker`` the next waiting task, if any (and first ``data``, if not yet sent:
-    handles to its shared memory, a few hundred bytes)."""
+def _hand_out(worker: _Worker, waiting: collections.deque[list[RunConfig]], setup: _Setup) -> None:
+    """Send ``worker`` the next waiting task, if any (and first ``setup``, if not yet sent:
+    handles to the data's shared memory, a few hundred bytes, and the model factories)."""
     if not waiting:
         return
     task = waiting.popleft()
     worker.runs = {config.run_id: config for config in task}
     with contextlib.suppress(OSError):  # a worker that has died fails its run as it dies
         if not worker.has_data:
-            worker.connection.send(data)
+            worker.connection.send(setup)
             worker.has_data = True
         worker.connection.send([config.to_dict() for config in task])
 

@@ -65,7 +65,7 @@ from normlab.experiment.train import EpochMetrics, save_model_bytes, warm_up
 
 POLL_SECONDS = 0.1
 
-INSTALL_MESSAGE = "--executor ray needs Ray: pip install 'normlab[ray]' (or pip install ray)"
+INSTALL_MESSAGE = "`executor` ray needs Ray: pip install 'normlab[ray]' (or pip install ray)"
 
 
 class RayNotInstalledError(ImportError, ValueError):
@@ -198,8 +198,8 @@ def _start_ray(ray: ModuleType, address: str | None, cpus: int) -> None:
         cores = available_cores()
         if cpus > cores:
             raise ValueError(
-                f"a run needs {cpus} CPUs (--threads, times --nproc) but this machine has "
-                f"{cores} cores; lower --threads (or --nproc), or use a cluster (--address)."
+                f"a run needs {cpus} CPUs (`threads`, times `nproc`) but this machine has "
+                f"{cores} cores; lower `threads` (or `nproc`), or use a cluster (`address`)."
             )
         with _ray_warnings_hidden():  # e.g. "token authentication is enabled": Ray's business
             ray.init(address="local", num_cpus=cores, include_dashboard=False, **quiet)
@@ -208,9 +208,9 @@ def _start_ray(ray: ModuleType, address: str | None, cpus: int) -> None:
         ray.init(address=address, **quiet)
     except ConnectionError as error:
         raise ValueError(
-            f"cannot reach a Ray cluster at --address {address}: {error} Start one with "
+            f"cannot reach a Ray cluster at `address` {address}: {error} Start one with "
             "`ray start --head` (see normlab.experiment.executors.ray_tasks), or leave out "
-            "--address to run on this machine."
+            "`address` to run on this machine."
         ) from None
 
 
@@ -252,8 +252,8 @@ def _check_cpus_fit(ray: ModuleType, cpus: int) -> None:
     )
     if cpus > largest:
         raise ValueError(
-            f"a run needs {cpus} CPUs (--threads, times --nproc) but the largest node of the "
-            f"Ray cluster has {largest:g}; lower --threads (or --nproc), or add a larger node."
+            f"a run needs {cpus} CPUs (`threads`, times `nproc`) but the largest node of the "
+            f"Ray cluster has {largest:g}; lower `threads` (or `nproc`), or add a larger node."
         )
 
 
