@@ -13,13 +13,17 @@ yes/no questions from the same table:
 - :func:`is_norm_layer`: any layer the table knows (``replace_norms``, ``normlab inspect``).
 - :func:`is_batch_norm`: batch statistics in training, running ones in eval when tracked
   (``recalibrate``, ``calibrate``, ``eval_parity``, ``freeze``, ``fold_batchnorm``).
-- :func:`has_fixed_statistics`: a frozen batch norm (``fold_batchnorm``, ``normlab inspect``).
+- :func:`tracks_running_stats`: the layer holds running statistics (the inference tools,
+  ``normlab inspect``).
+- :func:`has_fixed_statistics`: a frozen batch norm (``normlab inspect``).
+- :func:`is_batch_or_frozen_norm`: either of the two (``fold_batchnorm``).
 - :func:`mixes_sample_statistics`: switchable norm, which no fixed statistics reproduce
   (``freeze``, ``fold_batchnorm`` and ``FrozenBatchNorm.from_batchnorm`` refuse it).
-- :func:`converts_to_sync_batch_norm`: what ``convert_sync_batchnorm`` converts.
-- :func:`tracks_running_stats`: the layer holds running statistics.
+- :func:`is_synchronized` and :func:`converts_to_sync_batch_norm`: what
+  ``convert_sync_batchnorm`` leaves and what it converts.
 
-:data:`TORCH_BATCH_NORM_RANKS` says which input ranks torch's batch-norm classes take.
+:data:`TORCH_BATCH_NORM_RANKS` and :func:`torch_batch_norm_for_rank` say which input
+ranks torch's batch-norm classes take (the Keras converter, ``normlab bench``).
 """
 
 from __future__ import annotations
