@@ -659,6 +659,23 @@ def test_torch_batchnorm_errors(keras, convert, module, message):
         convert.batchnorm_torch_to_keras(module)
 
 
+@pytest.mark.parametrize(
+    ("module", "input_ndim", "message"),
+    [
+        (nn.BatchNorm1d(C), 4, "BatchNorm1d.* takes rank-2 or 3 input; got input_ndim=4"),
+        (nn.BatchNorm2d(C), 2, "BatchNorm2d.* takes rank-4 input; got input_ndim=2"),
+        (nn.BatchNorm3d(C), 4, "BatchNorm3d.* takes rank-5 input; got input_ndim=4"),
+        (nl.BatchNorm(C, stats="scalar"), 6, "takes rank-2 to 5 input; got input_ndim=6"),
+    ],
+)
+def test_torch_batchnorm_to_keras_refuses_a_rank_its_class_does_not_take(
+    keras, convert, module, input_ndim, message
+):
+    """Each torch class takes the ranks torch's own input check does; normlab's any of 2 to 5."""
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.batchnorm_torch_to_keras(module.eval(), input_ndim=input_ndim, check=False)
+
+
 def test_keras_batchnorm_errors(keras, convert):
     with pytest.raises(convert.ConversionError, match="not built"):
         convert.batchnorm_keras_to_torch(keras.layers.BatchNormalization())

@@ -1,14 +1,16 @@
 """Registering a kind: its entry is the one place a kind's facts live, and every tool reads it.
 
 The throwaway kind below is normalization by one group over every channel
-(torch's ``GroupNorm(1, C)``), registered with its own baseline, target and a
-variant; `normlab norms`, `compare`, `report` and `bench` must take it with
+(torch's ``GroupNorm(1, C)``), registered with a bench target of its own (a
+baseline, a target and a variant, which live beside the bench, not in the
+registry); `normlab norms`, `compare`, `report` and `bench` must take it with
 no other change. The oracles are torch's modules and the built modules' own
 buffers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 import normlab as nl
-from normlab import bench, registry
+from normlab import bench, bench_targets, registry
 from normlab.experiment import plan_runs
 from normlab.models import build_model
 from spec import CANONICAL_KINDS
@@ -32,25 +34,32 @@ def _one_group(
     return nn.GroupNorm(1, num_features, eps=eps, device=device, dtype=dtype)
 
 
-def _one_group_baseline(ndim: int, channels: int, options: dict) -> registry.Baseline:
-    return registry.Baseline("GroupNorm(1, C)", partial(nn.GroupNorm, 1, channels))
+def _one_group_baseline(ndim: int, channels: int, options: dict) -> bench_targets.Baseline:
+    return bench_targets.Baseline("GroupNorm(1, C)", partial(nn.GroupNorm, 1, channels))
+
+
+ONE_GROUP_TARGET = bench_targets.BenchTarget(
+    _one_group_baseline,
+    speed_target=1.25,
+    variants=(bench_targets.KindVariant("loose", {"eps": 1e-3}, speed_target=1.75),),
+)
 
 
 @pytest.fixture
 def throwaway_kind():
-    """A kind registered for one test, then removed."""
+    """A kind registered for one test with its bench target, then removed."""
     kind = registry.register_kind(
         registry.NormKind(
             THROWAWAY,
             _one_group,
             "one group over every channel (a kind registered by the tests)",
             aliases=("onegroup-test",),
-            baseline=_one_group_baseline,
-            speed_target=1.25,
-            variants=(registry.KindVariant("loose", {"eps": 1e-3}, speed_target=1.75),),
         )
     )
+    bench_targets.register_bench_target("onegroup-test", ONE_GROUP_TARGET)
     yield kind
+    if bench_targets.bench_target(THROWAWAY) is not None:
+        bench_targets.unregister_bench_target(THROWAWAY)
     registry.unregister_kind(THROWAWAY)
 
 
@@ -76,11 +85,23 @@ def test_a_name_or_alias_already_taken_is_refused_and_changes_nothing(name):
         registry.get_kind("fresh")
 
 
-def test_an_entry_needs_its_baseline_and_target_together_and_known_statistics():
-    with pytest.raises(ValueError, match="both baseline= and speed_target="):
-        registry.NormKind("x", _one_group, "x", baseline=_one_group_baseline)
+def test_an_entry_needs_known_statistics_and_a_bench_target_its_baseline_and_target():
     with pytest.raises(ValueError, match="running_stats"):
         registry.NormKind("x", _one_group, "x", running_stats="per-sample")
+    with pytest.raises(TypeError, match="speed_target"):
+        bench_targets.BenchTarget(_one_group_baseline)
+    with pytest.raises(ValueError, match="positive ratio"):
+        bench_targets.BenchTarget(_one_group_baseline, speed_target=0.0)
+
+
+def test_a_bench_target_is_for_a_registered_kind_and_only_once(throwaway_kind):
+    with pytest.raises(ValueError, match="unknown normalization kind"):
+        bench_targets.register_bench_target("no-such-kind", ONE_GROUP_TARGET)
+    with pytest.raises(ValueError, match="already has a bench target"):
+        bench_targets.register_bench_target(THROWAWAY, ONE_GROUP_TARGET)
+    assert bench_targets.unregister_bench_target(THROWAWAY) is ONE_GROUP_TARGET
+    assert bench_targets.bench_target("onegroup-test") is None
+    assert THROWAWAY not in [v.label for v in bench.default_variants()]
 
 
 def test_norms_table_has_a_row_for_the_registered_kind(run_cli, throwaway_kind):
@@ -148,9 +169,16 @@ def test_each_kinds_declared_running_statistics_are_the_buffers_its_module_keeps
 
 @pytest.mark.parametrize("kind", [k for k in CANONICAL_KINDS if k != "none"])
 def test_every_built_in_kind_but_none_has_a_baseline_and_a_target(kind):
-    entry = registry.get_kind(kind)
-    assert entry.baseline is not None and entry.speed_target >= 1.0
-    assert bench.speed_targets()[kind] == entry.speed_target
+    target = bench_targets.bench_target(kind)
+    assert target is not None and target.speed_target >= 1.0
+    assert bench.speed_targets()[kind] == target.speed_target
+
+
+def test_the_registry_holds_only_facts_about_kinds():
+    """Baselines and speed targets are the bench's: no registry entry carries them."""
+    fields = {f.name for f in dataclasses.fields(registry.NormKind)}
+    assert not fields & {"baseline", "speed_target", "variants"}
+    assert bench_targets.bench_target("none") is None
 
 
 class _Tagged(nn.Module):

@@ -767,6 +767,13 @@ def test_convert_sync_batchnorm_replaces_exactly_the_batch_norms():
     assert_close(converted(x), original(x), **FLOAT64)
 
 
+class OwnBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A user's batch norm written on torch's base class, as torch's BatchNorm1d/2d/3d are."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        pass
+
+
 LONE_LAYERS = {
     "torch BatchNorm1d eps momentum": lambda: nn.BatchNorm1d(C, eps=1e-3, momentum=0.05),
     "torch BatchNorm2d no affine": lambda: nn.BatchNorm2d(C, affine=False),
@@ -778,6 +785,7 @@ LONE_LAYERS = {
         C, stats="scalar", affine=False, momentum=None
     ),
     "bn no running stats": lambda: nl.BatchNorm(C, track_running_stats=False),
+    "torch _BatchNorm subclass": lambda: OwnBatchNorm(C, momentum=0.2),
 }
 LONE_INPUT = {nn.BatchNorm1d: (8, C), nn.BatchNorm3d: (4, C, 2, 3, 2)}
 
@@ -826,6 +834,19 @@ def test_convert_sync_batchnorm_keeps_eval_mode_and_leaves_other_models_alone():
     converted = nl.convert_sync_batchnorm(plain)
     assert converted is plain
     assert all(a is b for a, b in zip(converted, children, strict=True))
+
+
+def test_convert_sync_batchnorm_refuses_a_lazy_layer_before_its_first_forward():
+    """An uninitialized LazyBatchNorm2d has no channel count to build the synchronized layer
+    from; left as it is, it would train unsynchronized without a word. Once initialized it
+    is a BatchNorm2d and is converted."""
+    model = nn.Sequential(nn.Conv2d(3, C, 1), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match="LazyBatchNorm2d: a lazy layer not initialized yet"):
+        nl.convert_sync_batchnorm(model)
+    assert type(model[1]) is nn.LazyBatchNorm2d
+    model(torch.randn(2, 3, 4, 4))
+    converted = nl.convert_sync_batchnorm(model)
+    assert type(converted[1]) is TorchSyncBatchNorm
 
 
 @needs_gloo

@@ -240,6 +240,18 @@ def test_inspect_describes_the_standin_classes():
     assert layers["norm1"].eps == 1e-6 and layers["norm1"].num_features == 8
 
 
+def test_inspect_notes_that_torchvisions_frozen_batch_norms_are_frozen():
+    """torchvision's and timm's FrozenBatchNorm2d are frozen as normlab's FrozenBatchNorm is:
+    the same note, and no momentum (they keep statistics but never update them)."""
+    from normlab.checkpoints import norm_layers
+
+    layers = {layer.name: layer for layer in norm_layers(tp.FrozenBackbone())}
+    assert set(layers) == {"bn1", "bn2"}
+    for layer in layers.values():
+        assert "frozen: statistics and affine are fixed" in layer.notes
+        assert layer.momentum is None and layer.running_mean is not None
+
+
 # --- real timm models, where timm imports ------------------------------------------------------
 
 

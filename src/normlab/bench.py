@@ -31,10 +31,10 @@ Shapes (``SHAPES``; every tensor is standard normal):
   an (N, C, L) = (32, 768, 512) tensor against BatchNorm1d / GroupNorm /
   InstanceNorm1d on it.
 
-Which kinds are timed, against what and by which target is the registry's
-(:class:`normlab.registry.NormKind`: ``baseline``, ``speed_target``,
-``variants``); every registered kind with a baseline is a row, so a kind
-registered with one is benchmarked with no change here. The built-in
+Which kinds are timed, against what and by which target is
+:mod:`normlab.bench_targets`' (:class:`~normlab.bench_targets.BenchTarget`:
+``baseline``, ``speed_target``, ``variants``); every registered kind with a
+bench target is a row, so a kind given one is benchmarked with no change here. The built-in
 baselines (same dtype, same mode, same tensor): torch's BatchNorm1d/2d for
 ``bn``, ``bn-scalar`` (torch has no scalar-statistics batch norm: the ratio
 is the price of that choice), ``brn``, ``switch`` and ``sync-bn`` (one
@@ -49,7 +49,7 @@ timm's LayerNorm2d, ``LayerNorm(C)`` applied to ``x.movedim(1, -1)`` and
 moved back, so that is the baseline. Comparing with LayerNorm on a tensor
 already stored (N, H, W, C) would time the memory layout, not the layer.
 
-Targets: each kind's ``speed_target`` in the registry, a median train
+Targets: each kind's ``speed_target`` in its bench target, a median train
 fwd+bwd ratio over the shapes in float32 at all threads; the summary table
 states it beside the measured median and the verdict.
 
@@ -84,13 +84,14 @@ from torch.utils import benchmark
 
 import normlab
 from normlab._checks import did_you_mean, name_key
+from normlab.bench_targets import bench_target
 from normlab.registry import get_kind, make_norm, registered_kinds
 
 #: Seconds each of ours and the baseline is timed per job, by default.
 DEFAULT_MIN_RUN_TIME = 0.2
 
 JOBS: tuple[str, ...] = ("train fwd", "train fwd+bwd", "eval fwd")
-#: The job the speed targets (``NormKind.speed_target``) are judged on.
+#: The job the speed targets (``BenchTarget.speed_target``) are judged on.
 TARGET_JOB = "train fwd+bwd"
 
 DTYPES: dict[str, torch.dtype] = {
@@ -136,28 +137,32 @@ class Variant:
 
 
 def _variant_target(kind: str, label: str) -> float | None:
-    entry = get_kind(kind)
-    for variant in entry.variants:
-        if label == f"{entry.name} ({variant.name})":
+    target = bench_target(kind)
+    if target is None:
+        return None
+    for variant in target.variants:
+        if label == f"{kind} ({variant.name})":
             return variant.speed_target
-    return entry.speed_target
+    return target.speed_target
 
 
 def speed_targets() -> dict[str, float]:
-    """Each variant's label and its speed target, from the registry."""
+    """Each variant's label and its speed target (:mod:`normlab.bench_targets`)."""
     return {v.label: _variant_target(v.kind, v.label) for v in default_variants()}
 
 
 def default_variants() -> list[Variant]:
-    """Every registered kind with a benchmark baseline, each followed by its variants
+    """Every registered kind with a bench target, each followed by its variants
     (``bn (keras)`` right after ``bn``)."""
     variants = []
     for entry in registered_kinds():
-        if entry.baseline is None:
+        target = bench_target(entry.name)
+        if target is None:
             continue
         variants.append(Variant(entry.name))
         variants += [
-            Variant(entry.name, dict(v.options), f"{entry.name} ({v.name})") for v in entry.variants
+            Variant(entry.name, dict(v.options), f"{entry.name} ({v.name})")
+            for v in target.variants
         ]
     return variants
 
@@ -181,7 +186,8 @@ def parse_kinds(text: str) -> list[Variant]:
     for item in _items(text, "normalization kinds"):
         name, _, variant = item.partition(":")
         entry = get_kind(name)
-        if entry.baseline is None:
+        target = bench_target(entry.name)
+        if target is None:
             why = "is the identity" if entry.name == "none" else "declares no benchmark baseline"
             raise ValueError(
                 f"{entry.name!r} {why} and has no layer to time against torch's; drop it."
@@ -189,9 +195,13 @@ def parse_kinds(text: str) -> list[Variant]:
         if not variant:
             variants.append(Variant(entry.name))
             continue
-        known = {name_key(v.name): v for v in entry.variants}
+        known = {name_key(v.name): v for v in target.variants}
         if name_key(variant) not in known:
-            every = [f"{k.name}:{v.name}" for k in registered_kinds() for v in k.variants]
+            every = [
+                f"{k.name}:{v.name}"
+                for k in registered_kinds()
+                for v in getattr(bench_target(k.name), "variants", ())
+            ]
             raise ValueError(
                 f"unknown variant {item!r}: the registered variants are "
                 f"{', '.join(every) or 'none'}; write {entry.name!r} for the kind itself."
@@ -311,9 +321,10 @@ class Case:
 
 
 def _case(variant: Variant, shape: Shape) -> Case:
-    """``variant`` on ``shape`` against the baseline its registry entry names."""
+    """``variant`` on ``shape`` against the baseline its bench target names."""
     entry, options = get_kind(variant.kind), dict(variant.options)
-    if entry.baseline is None:
+    target = bench_target(entry.name)
+    if target is None:
         raise ValueError(f"normlab bench has no baseline for kind {entry.name!r}.")
     size, layout = shape.size, shape.layout
     if shape.group == "seq":
@@ -324,7 +335,7 @@ def _case(variant: Variant, shape: Shape) -> Case:
         else:
             layout = "(N, C, L)"
     channels = size[-1] if options.get("channel_dim") == -1 else size[1]
-    baseline = entry.baseline(len(size), channels, options)
+    baseline = target.baseline(len(size), channels, options)
     return Case(
         variant,
         shape,
@@ -601,8 +612,8 @@ def summarize(result: BenchResult) -> list[dict[str, Any]]:
     """Per variant, the median train fwd+bwd ratio over the shapes timed in float32.
 
     Each entry holds ``median_ratio`` and ``shapes`` (how many shapes entered
-    it) at all threads, where the kind's speed ``target`` (from the registry;
-    None for a kind no longer registered) is judged, ``met`` (None when either
+    it) at all threads, where the kind's speed ``target`` (its bench target's;
+    None for a kind no longer registered or without one) is judged, ``met`` (None when either
     is missing), and ``median_ratio_by_threads``: the median at each thread
     count of the run.
     """

@@ -7,10 +7,11 @@ already has the layer, the module is torch's (through a thin subclass that
 checks the input, see normlab.layers).
 
 A kind's entry (:class:`NormKind`) also carries every fact about it that a
-tool needs: the running statistics it keeps, torch's module that does its
-job and its speed target (``normlab bench``), and the layout it reads on
-transformer tokens. :func:`register_kind` adds a kind; ``normlab norms``,
-``compare``, ``bench`` and the report then know it with no other change.
+tool needs: its aliases and options, the running statistics it keeps and the
+layout it reads on transformer tokens. :func:`register_kind` adds a kind;
+``normlab norms``, ``compare`` and the report then know it with no other
+change (``normlab bench`` too, once :mod:`normlab.bench_targets` has its
+baseline and speed target).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch
 from torch import nn
 
 from normlab._checks import check_channel_dim, check_num_features, did_you_mean, name_key
@@ -103,95 +103,6 @@ def _instance_norm(
     )
 
 
-class ChannelsLast(nn.Module):
-    """torch's last-dim norm ``norm_cls(channels)`` on the channels of (N, C, *) input, as
-    timm's LayerNorm2d: move dim 1 last, normalize, move it back.
-
-    Shape:
-        - Input: (N, C, *).
-        - Output: same shape.
-    """
-
-    def __init__(self, norm_cls: type[nn.Module], channels: int, **factory: Any) -> None:
-        super().__init__()
-        self.norm = norm_cls(channels, **factory)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """torch's module that does a kind's job on one input: what ``normlab bench`` times the
-    kind against, in the same dtype and mode on the same tensor.
-
-    ``build(dtype=...)`` makes the module; ``eval_only`` keeps it in eval mode
-    with its affine frozen in every job (frozen batch norm is that layer in
-    both modes). ``skipped`` says why the kind has no job on this input (then
-    ``build`` is None).
-    """
-
-    name: str
-    build: Callable[..., nn.Module] | None = field(default=None, repr=False)
-    eval_only: bool = False
-    skipped: str | None = None
-
-
-#: A kind's baseline on an input: ``(ndim, channels, make_norm options) -> Baseline``.
-BaselineFor = Callable[[int, int, Mapping[str, Any]], Baseline]
-
-
-def _batch_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
-    """torch's BatchNorm1d/2d; with ``convention="keras"`` in torch's spelling of Keras'
-    defaults (eps 1e-3, momentum 0.01)."""
-    cls = nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
-    if options.get("convention") == "keras":
-        name = f"{cls.__name__}(eps=1e-3, momentum=0.01)"
-        return Baseline(name, partial(cls, channels, eps=1e-3, momentum=0.01))
-    return Baseline(cls.__name__, partial(cls, channels))
-
-
-def _frozen_batch_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
-    """torch's BatchNorm1d/2d held in eval mode with its affine frozen."""
-    cls = nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
-    return Baseline(f"{cls.__name__}, eval, frozen affine", partial(cls, channels), eval_only=True)
-
-
-def _last_dim_baseline(cls: type[nn.Module]) -> BaselineFor:
-    """torch's ``cls(C)`` on the last dim; on the channels of (N, C, *) input moved there
-    and back (:class:`ChannelsLast`)."""
-
-    def baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
-        if ndim == 2 or options.get("channel_dim") == -1:
-            return Baseline(cls.__name__, partial(cls, channels))
-        return Baseline(f"{cls.__name__} on movedim(1, -1)", partial(ChannelsLast, cls, channels))
-
-    return baseline
-
-
-def _group_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
-    groups = options.get("groups") or default_groups(channels)
-    return Baseline(f"GroupNorm({groups}, {channels})", partial(nn.GroupNorm, groups, channels))
-
-
-def _instance_norm_baseline(ndim: int, channels: int, options: Mapping[str, Any]) -> Baseline:
-    if ndim < 3:
-        reason = "instance norm needs positions: (N, C) holds one value per channel per sample"
-        return Baseline("InstanceNorm", skipped=reason)
-    cls = nn.InstanceNorm2d if ndim == 4 else nn.InstanceNorm1d
-    return Baseline(f"{cls.__name__}(affine=True)", partial(cls, channels, affine=True))
-
-
-@dataclass(frozen=True)
-class KindVariant:
-    """A kind with fixed options that tools show as a row of its own, e.g. bn's Keras
-    convention, labelled ``"<kind> (<name>)"`` and written ``<kind>:<name>``."""
-
-    name: str
-    options: Mapping[str, Any]
-    speed_target: float
-
-
 @dataclass(frozen=True)
 class NormKind:
     """A registered kind: how to build it and every fact about it that a tool reads.
@@ -210,11 +121,6 @@ class NormKind:
         tokens_last: on transformer tokens it reads the (N, L, C) layout, channels on
             the last dim (``channel_dim=-1``), as torch's LayerNorm does; the other
             kinds take the same sizes as (N, C, L).
-        baseline: torch's module that does its job on an input, for ``normlab bench``;
-            None when it has nothing to time (``none``).
-        speed_target: the median train fwd+bwd time as a ratio to the baseline,
-            float32, all threads, that ``normlab bench`` judges it against.
-        variants: option sets that ``normlab bench`` times as rows of their own.
     """
 
     name: str
@@ -224,20 +130,12 @@ class NormKind:
     preset: dict[str, Any] = field(default_factory=dict)
     running_stats: str | None = None
     tokens_last: bool = False
-    baseline: BaselineFor | None = field(default=None, repr=False)
-    speed_target: float | None = None
-    variants: tuple[KindVariant, ...] = ()
 
     def __post_init__(self) -> None:
         if self.running_stats not in (None, "channel", "scalar"):
             raise ValueError(
                 f"running_stats of kind {self.name!r} must be 'channel', 'scalar' or None; "
                 f"got {self.running_stats!r}."
-            )
-        if (self.baseline is None) != (self.speed_target is None):
-            raise ValueError(
-                f"kind {self.name!r}: give both baseline= and speed_target= (normlab bench "
-                "times the kind against the baseline and judges it by the target), or neither."
             )
 
     def check_options(self, options: Mapping[str, Any]) -> None:
@@ -273,9 +171,6 @@ BUILT_IN: tuple[NormKind, ...] = (
         ("batch", "bn-2s", "batchnorm"),
         {"stats": "channel"},
         running_stats="channel",
-        baseline=_batch_norm_baseline,
-        speed_target=1.05,
-        variants=(KindVariant("keras", {"convention": "keras"}, speed_target=1.10),),
     ),
     NormKind(
         "bn-scalar",
@@ -285,9 +180,6 @@ BUILT_IN: tuple[NormKind, ...] = (
         ("bn-1s",),
         {"stats": "scalar"},
         running_stats="scalar",
-        # torch has no scalar-statistics batch norm: the ratio is the price of that choice.
-        baseline=_batch_norm_baseline,
-        speed_target=1.5,
     ),
     NormKind(
         "ln",
@@ -295,8 +187,6 @@ BUILT_IN: tuple[NormKind, ...] = (
         "layer norm (torch.nn.LayerNorm) over the channels",
         ("layer", "layernorm"),
         tokens_last=True,
-        baseline=_last_dim_baseline(nn.LayerNorm),
-        speed_target=1.05,
     ),
     NormKind(
         "rms",
@@ -304,24 +194,18 @@ BUILT_IN: tuple[NormKind, ...] = (
         "RMSNorm (torch.nn.RMSNorm) over the channels",
         ("rmsnorm",),
         tokens_last=True,
-        baseline=_last_dim_baseline(nn.RMSNorm),
-        speed_target=1.05,
     ),
     NormKind(
         "gn",
         _group_norm,
         "group norm (torch.nn.GroupNorm), groups=32 or a divisor",
         ("group", "groupnorm"),
-        baseline=_group_norm_baseline,
-        speed_target=1.05,
     ),
     NormKind(
         "in",
         _instance_norm,
         "instance norm (torch.nn.InstanceNorm*d), affine=True; needs (N, C, L...) input",
         ("instance", "instancenorm"),
-        baseline=_instance_norm_baseline,
-        speed_target=1.05,
     ),
     NormKind(
         "brn",
@@ -329,8 +213,6 @@ BUILT_IN: tuple[NormKind, ...] = (
         "batch renormalization (Ioffe 2017), r/d clipping",
         ("batch-renorm",),
         running_stats="channel",
-        baseline=_batch_norm_baseline,
-        speed_target=2.0,
     ),
     NormKind(
         "switch",
@@ -338,26 +220,18 @@ BUILT_IN: tuple[NormKind, ...] = (
         "switchable norm (Luo et al. 2018): learned mix of IN, LN and BN statistics",
         ("switchable",),
         running_stats="channel",
-        baseline=_batch_norm_baseline,
-        speed_target=2.0,
     ),
-    # Kinds that dispatch to torch's kernels (frozen-bn to F.batch_norm, sync-bn in
-    # one process to bn) share bn's target.
     NormKind(
         "frozen-bn",
         FrozenBatchNorm,
         "batch norm with fixed statistics and affine",
         running_stats="channel",
-        baseline=_frozen_batch_norm_baseline,
-        speed_target=1.05,
     ),
     NormKind(
         "sync-bn",
         SyncBatchNorm,
         "batch norm to be synchronized across processes; 'bn' within one process",
         running_stats="channel",
-        baseline=_batch_norm_baseline,
-        speed_target=1.05,
     ),
 )
 
@@ -372,10 +246,11 @@ _NAMES: dict[str, str] = {name_key(n): n for kind in BUILT_IN for n in (kind.nam
 def register_kind(kind: NormKind) -> NormKind:
     """Add ``kind`` to the registry, after the kinds already there, and return it.
 
-    From then on, in this process, ``make_norm``, ``normlab norms``, ``compare``,
-    ``bench`` (when the kind has a baseline) and the report know it by its name
-    and aliases. Processes started afterwards by spawn (``compare --jobs N``,
-    Ray) import normlab afresh: register the kind in a module they import.
+    From then on, in this process, ``make_norm``, ``normlab norms``, ``compare``
+    and the report know it by its name and aliases (``bench`` once
+    :func:`normlab.bench_targets.register_bench_target` gives it a baseline).
+    Processes started afterwards by spawn (``compare --jobs N``, Ray) import
+    normlab afresh: register the kind in a module they import.
 
     Raises:
         ValueError: its name or an alias already names a kind.

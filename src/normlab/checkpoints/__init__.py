@@ -10,7 +10,6 @@ from normlab.checkpoints.describing import (
     NormLayerSummary,
     Summary,
     describe,
-    is_norm_layer,
     norm_layers,
     norm_layers_table,
 )
@@ -21,6 +20,7 @@ from normlab.checkpoints.loading import (
     load_checkpoint,
     locate_checkpoint,
 )
+from normlab.layers.norm_classes import is_norm_layer
 
 __all__ = [
     "WRAPPER_KEYS",

@@ -24,9 +24,15 @@ from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
 
 from normlab.checkpoints.loading import locate_checkpoint
-from normlab.inference.layers import is_batch_norm, statistics_kind, tracks_running_stats
-from normlab.layers import FrozenBatchNorm, SwitchableNorm
-from normlab.layers.norm_classes import norm_facts
+from normlab.inference.layers import statistics_kind
+from normlab.layers.norm_classes import (
+    has_fixed_statistics,
+    is_batch_norm,
+    is_norm_layer,
+    mixes_sample_statistics,
+    norm_facts,
+    tracks_running_stats,
+)
 
 #: (mean, min, max) of a tensor's values.
 Summary = tuple[float, float, float]
@@ -59,20 +65,14 @@ class NormLayerSummary:
     notes: str = ""
 
 
-def is_norm_layer(module: nn.Module) -> bool:
-    """Whether :func:`norm_layers` reports ``module``: batch-norm layers (per
-    :func:`normlab.inference.layers.is_batch_norm`) and every class the norm-class table
-    knows (:func:`normlab.layers.norm_classes.norm_facts`: normlab's, torch's, timm's,
-    torchvision's, Hugging Face's)."""
-    return is_batch_norm(module) or norm_facts(module) is not None
-
-
 def norm_layers(
     checkpoint: nn.Module | Mapping[str, torch.Tensor],
 ) -> list[NormLayerSummary]:
     """The normalization layers of a loaded checkpoint, in module (or key) order.
 
-    For a module: every layer :func:`is_norm_layer` accepts, with its class,
+    For a module: every normalization layer the norm-class table knows
+    (:func:`normlab.layers.norm_classes.is_norm_layer`: normlab's, torch's,
+    timm's, torchvision's, Hugging Face's), with its class,
     eps, momentum, running statistics and affine.
 
     For a state_dict only the tensors are known: a key prefix holding both
@@ -185,9 +185,9 @@ def _module_notes(module: nn.Module) -> list[str]:
         notes.append("convention=keras: running_var is biased, momentum weighs the old value")
     if tracking and getattr(module, "momentum", 0.0) is None:
         notes.append("momentum=None: cumulative average")
-    if isinstance(module, SwitchableNorm):
+    if mixes_sample_statistics(module):
         notes.append("running statistics are its BN term's")
-    if isinstance(module, FrozenBatchNorm):
+    if has_fixed_statistics(module):
         notes.append("frozen: statistics and affine are fixed")
     if getattr(module, "channel_dim", 1) == -1:
         notes.append("channel_dim=-1: channels on the last dim")
@@ -218,7 +218,7 @@ def _module_summary(name: str, module: nn.Module) -> NormLayerSummary:
         stats: str | None = statistics_kind(module)
     else:
         stats = getattr(module, "stats", None)  # FrozenBatchNorm's; None for per-sample norms
-    tracking = tracks_running_stats(module) and not isinstance(module, FrozenBatchNorm)
+    tracking = tracks_running_stats(module) and not has_fixed_statistics(module)
     notes = _module_notes(module)
     facts = norm_facts(module)
     eps = _number(module, "eps", notes)

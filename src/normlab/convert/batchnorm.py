@@ -29,15 +29,10 @@ from normlab.layers.batch_norm import (
     TorchBatchNorm,
     TorchSyncBatchNorm,
 )
+from normlab.layers.norm_classes import TORCH_BATCH_NORM_RANKS, torch_batch_norm_for_rank
 
 if TYPE_CHECKING:
     import keras
-
-
-_TORCH_BATCH_NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
-
-
-_TORCH_BATCH_NORM_NDIM = {nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
 
 
 @dataclass(frozen=True)
@@ -180,7 +175,7 @@ def torch_from_state(state: BatchNormState, convention: str, input_ndim: int) ->
         "dtype": state.dtype,
     }
     if convention == "torch" and state.stats == "channel":
-        module = _TORCH_BATCH_NORMS[input_ndim](
+        module = torch_batch_norm_for_rank(input_ndim)(
             state.num_features, momentum=_complement(state.momentum), **options
         )
     else:
@@ -291,7 +286,7 @@ def keras_batchnorm_ndim(layer: Any, input_ndim: int | None) -> int:
             f"the input rank of {keras_name(layer)} is unknown; pass input_ndim (2 for (N, C), "
             "4 for images)."
         )
-    if ndim not in _TORCH_BATCH_NORMS:
+    if torch_batch_norm_for_rank(ndim) is None:
         raise ConversionError(f"batch norm input rank must be 2 to 5; got input_ndim={ndim}.")
     if spec_ndim is not None and spec_ndim != ndim:
         raise ConversionError(
@@ -338,13 +333,14 @@ def batchnorm_torch_to_keras(
         becomes ``scale=False`` or ``center=False``.
 
     Raises:
-        ConversionError: not such a module, no running statistics, momentum=None.
+        ConversionError: not such a module, no running statistics, momentum=None, an
+            input_ndim its class does not take (BatchNorm1d: 2 or 3).
     """
     state = state_from_torch(module)
-    ndim = input_ndim if input_ndim is not None else _TORCH_BATCH_NORM_NDIM.get(type(module), 2)
-    expected = _TORCH_BATCH_NORM_NDIM.get(type(module))
-    if ndim not in _TORCH_BATCH_NORMS or (expected is not None and ndim != expected):
-        allowed = expected if expected is not None else "2 to 5"
+    ranks = TORCH_BATCH_NORM_RANKS.get(type(module), (2, 3, 4, 5))
+    ndim = input_ndim if input_ndim is not None else ranks[0]
+    if ndim not in ranks:
+        allowed = " or ".join(map(str, ranks)) if len(ranks) < 3 else f"{ranks[0]} to {ranks[-1]}"
         raise ConversionError(
             f"{describe_module(module)} takes rank-{allowed} input; got input_ndim={ndim}."
         )

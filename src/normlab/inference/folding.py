@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from normlab.inference.layers import is_batch_norm, tracks_running_stats
-from normlab.layers import FrozenBatchNorm, SwitchableNorm
-from normlab.layers.norm_classes import norm_facts
+from normlab.layers.norm_classes import (
+    is_batch_norm,
+    is_batch_or_frozen_norm,
+    mixes_sample_statistics,
+    norm_facts,
+    tracks_running_stats,
+)
 
 #: Layers a batch norm can be folded into. Exact types: a subclass (e.g. normlab's
 #: WSConv2d) may change what its forward does with the weight.
@@ -184,14 +188,6 @@ class _Plan:
     unfoldable: dict[str, str] = field(default_factory=dict)
 
 
-def _is_norm(module: nn.Module) -> bool:
-    """Batch norms and frozen ones (normlab's, torchvision's and timm's)."""
-    if is_batch_norm(module) or isinstance(module, FrozenBatchNorm):
-        return True
-    facts = norm_facts(module)
-    return facts is not None and facts.statistics == "fixed"
-
-
 def _after(norm: nn.Module) -> nn.Module | None:
     """What the norm's forward applies after normalizing (timm's drop and activation), as
     one module that stays where the norm was; None for nothing."""
@@ -201,7 +197,9 @@ def _after(norm: nn.Module) -> nn.Module | None:
 
 
 def _norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, module) for name, module in model.named_modules() if _is_norm(module)]
+    return [
+        (name, module) for name, module in model.named_modules() if is_batch_or_frozen_norm(module)
+    ]
 
 
 def _check_eval_mode(model: nn.Module) -> None:
@@ -214,8 +212,8 @@ def _check_eval_mode(model: nn.Module) -> None:
 
 def _norm_problem(norm: nn.Module) -> str | None:
     """Why this batch-norm layer cannot be folded wherever it sits, or None."""
-    if isinstance(norm, SwitchableNorm):
-        return "SwitchableNorm mixes per-sample statistics"
+    if mixes_sample_statistics(norm):
+        return f"{norm._get_name()} mixes per-sample statistics"
     if not tracks_running_stats(norm):
         return "track_running_stats=False: no running statistics"
     facts = norm_facts(norm)
@@ -358,7 +356,7 @@ def _plan_sequential(model: nn.Module, trace_error: Exception) -> _Plan:
             continue
         children = list(container._modules.items())
         for (layer_key, layer), (norm_key, norm) in itertools.pairwise(children):
-            if layer is None or not _is_norm(norm) or _norm_problem(norm):
+            if layer is None or not is_batch_or_frozen_norm(norm) or _norm_problem(norm):
                 continue
             layer_name = f"{prefix}.{layer_key}" if prefix else layer_key
             problem = _layer_problem(layer, layer_name, norm)

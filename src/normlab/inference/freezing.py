@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from torch import nn
 
 from normlab.inference.layers import batch_norm_layers
-from normlab.layers import FrozenBatchNorm, NormAct, SwitchableNorm
-from normlab.layers.norm_classes import norm_facts
+from normlab.layers import FrozenBatchNorm, NormAct
+from normlab.layers.norm_classes import mixes_sample_statistics, norm_facts
 from normlab.module_tree import replace_modules
 
 
@@ -67,7 +67,7 @@ def freeze(model: nn.Module, *, modules: Iterable[str | nn.Module] | None = None
     def where(layer: nn.Module) -> str:
         return f"{names[id(layer)] or layer._get_name()} ({layer._get_name()})"
 
-    refused = [where(layer) for layer in selected if isinstance(layer, SwitchableNorm)]
+    refused = [where(layer) for layer in selected if mixes_sample_statistics(layer)]
     if refused:
         raise ValueError(
             f"cannot freeze {', '.join(refused)}: switchable norm mixes per-sample statistics "

@@ -1,26 +1,27 @@
-"""Which modules are batch-norm layers, and how each keeps its running statistics.
+"""The batch-norm layers of a model, and how each keeps its running statistics.
 
-The inference tools work on torch's ``BatchNorm1d/2d/3d`` and
-``SyncBatchNorm`` and on normlab's ``BatchNorm`` (``bn``, ``bn-scalar``, either
-convention), ``BatchRenorm`` (``brn``), ``SyncBatchNorm`` and
-``SwitchableNorm`` (``switch``, whose batch term has running statistics): every
-normlab layer that declares what its running variance holds (``running_var_holds``).
+The inference tools work on the layers that
+:func:`normlab.layers.norm_classes.is_batch_norm` accepts: torch's
+``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` (and their subclasses, timm's
+``BatchNormAct2d``), and normlab's ``BatchNorm`` (``bn``, ``bn-scalar``, either
+convention), ``BatchRenorm`` (``brn``), ``SyncBatchNorm`` and ``SwitchableNorm``
+(``switch``, whose batch term has running statistics): every normlab layer that
+declares what its running variance holds (``running_var_holds``).
 """
 
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from normlab.layers import RunningStatsNorm
+from normlab.layers.norm_classes import is_batch_norm, tracks_running_stats
 
-BatchNormLayer = _BatchNorm | RunningStatsNorm
-
-
-def is_batch_norm(module: nn.Module) -> bool:
-    """True for a layer that normalizes with batch statistics in training mode and may keep
-    running statistics for eval mode."""
-    return isinstance(module, BatchNormLayer)
+__all__ = [
+    "batch_norm_layers",
+    "is_batch_norm",
+    "statistics_kind",
+    "stores_unbiased_variance",
+    "tracks_running_stats",
+]
 
 
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -45,8 +46,3 @@ def stores_unbiased_variance(module: nn.Module) -> bool:
     ``brn`` stores sigma^2 - eps, the average of the biased variance.
     """
     return getattr(module, "running_var_holds", "unbiased") == "unbiased"
-
-
-def tracks_running_stats(module: nn.Module) -> bool:
-    """Whether the layer has running statistics (``track_running_stats=True``)."""
-    return getattr(module, "running_mean", None) is not None

@@ -14,7 +14,7 @@ from normlab._checks import check_choice
 from normlab.distributed import check_global_count, global_moments, sync_batch_norm, world_size
 from normlab.layers.base import RunningStatsNorm, RunningVar
 from normlab.layers.norm_act import NormAct
-from normlab.layers.norm_classes import norm_facts
+from normlab.layers.norm_classes import converts_to_sync_batch_norm, norm_facts
 from normlab.module_tree import replace_modules
 
 
@@ -293,8 +293,11 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 
     Converts normlab's ``BatchNorm`` (``bn`` and ``bn-scalar``, either
     convention; not ``BatchRenorm``, nor ``SyncBatchNorm`` itself) and
-    torch's ``BatchNorm1d/2d/3d``, and their subclasses, as ``replace_norms``
-    takes them, keeping stats, convention, eps, momentum, affine, parameters
+    torch's batch norms (``BatchNorm1d/2d/3d``, their lazy forms once
+    initialized, any subclass of their base ``_BatchNorm`` that is not
+    already synchronized), as ``replace_norms`` takes them (see
+    :func:`normlab.layers.norm_classes.converts_to_sync_batch_norm`),
+    keeping stats, convention, eps, momentum, affine, parameters
     and running statistics; a subclass whose forward also applies a drop and
     an activation (timm's ``BatchNormAct2d``) becomes a
     :class:`normlab.layers.NormAct` of the synchronized layer and the same
@@ -307,14 +310,10 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 
     Raises:
         ValueError: a subclass whose own forward normlab does not know (see
-            :func:`normlab.layers.norm_classes.norm_facts`); nothing is converted.
+            :func:`normlab.layers.norm_classes.norm_facts`), or a lazy layer not
+            initialized yet; nothing is converted.
     """
-    layers = [
-        layer
-        for layer in module.modules()
-        if isinstance(layer, (BatchNorm, *_TORCH_BATCH_NORMS))
-        and not isinstance(layer, SyncBatchNorm | nn.SyncBatchNorm)
-    ]
+    layers = [layer for layer in module.modules() if converts_to_sync_batch_norm(layer)]
     facts = {layer: norm_facts(layer) for layer in layers}
     unknown = [f"{type(layer).__name__}: {facts[layer].problem}" for layer in layers]
     unknown = [line for layer, line in zip(layers, unknown, strict=True) if facts[layer].problem]
@@ -352,9 +351,6 @@ def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
     sync.load_state_dict(state)
     sync.train(layer.training)
     return sync
-
-
-_TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class TorchBatchNorm(BatchNorm, _BatchNorm):

@@ -8,8 +8,7 @@ from torch import nn
 from normlab import functional as NF
 from normlab._checks import check_choice
 from normlab.layers.base import NormBase
-from normlab.layers.batch_norm import BatchNorm
-from normlab.layers.batch_renorm import BatchRenorm
+from normlab.layers.norm_classes import is_batch_norm, mixes_sample_statistics
 
 
 class FrozenBatchNorm(NormBase):
@@ -68,13 +67,14 @@ class FrozenBatchNorm(NormBase):
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:
         """Freeze a batch-norm layer with running statistics.
 
-        Accepts :class:`normlab.BatchNorm` (either convention, either stats),
-        :class:`normlab.BatchRenorm`, :class:`normlab.SyncBatchNorm` and
+        Accepts every batch norm (:func:`normlab.layers.norm_classes.is_batch_norm`)
+        but switchable norm: :class:`normlab.BatchNorm` (either convention, either
+        stats), :class:`normlab.BatchRenorm`, :class:`normlab.SyncBatchNorm` and
         ``torch.nn.BatchNorm*d`` / ``SyncBatchNorm``; a layer without affine
         gets weight 1 and bias 0. The frozen layer's output equals ``bn``'s
         in eval mode.
         """
-        if not isinstance(bn, BatchNorm | BatchRenorm | nn.modules.batchnorm._BatchNorm):
+        if not is_batch_norm(bn) or mixes_sample_statistics(bn):
             raise TypeError(
                 f"from_batchnorm takes a batch-norm layer (normlab.BatchNorm, BatchRenorm or "
                 f"torch.nn.BatchNorm*d); got {type(bn).__name__}, whose eval output is not "

@@ -1,13 +1,29 @@
 """What a normalization layer computes, for every class normlab recognizes.
 
-The one place that answers "is this module a normalization layer, and what does
-it compute?": normlab's own layers, torch's, timm's and torchvision's (by class
-name and base class, as those libraries write them), and Hugging Face's RMS and
-T5 norms (by structure: a ``weight`` parameter, an ``eps`` or
-``variance_epsilon``, and a forward that computes RMS norm, checked on a probe
-input, so a new model family's copy of the class is covered too).
-``replace_norms``, ``inference.freeze``, ``inference.fold_batchnorm``,
-``convert_sync_batchnorm`` and ``normlab inspect`` all read :func:`norm_facts`.
+The one place that answers "is this module a normalization layer, which kind, and what
+does it compute?": normlab's own layers, torch's, timm's and torchvision's (by class
+name and base class, as those libraries write them), and Hugging Face's RMS and T5
+norms (by structure: a ``weight`` parameter, an ``eps`` or ``variance_epsilon``, and a
+forward that computes RMS norm, checked on a probe input, so a new model family's copy
+of the class is covered too).
+
+:func:`norm_facts` says what a layer computes; the predicates below answer the tools'
+yes/no questions from the same table:
+
+- :func:`is_norm_layer`: any layer the table knows (``replace_norms``, ``normlab inspect``).
+- :func:`is_batch_norm`: batch statistics in training, running ones in eval when tracked
+  (``recalibrate``, ``calibrate``, ``eval_parity``, ``freeze``, ``fold_batchnorm``).
+- :func:`tracks_running_stats`: the layer holds running statistics (the inference tools,
+  ``normlab inspect``).
+- :func:`has_fixed_statistics`: a frozen batch norm (``normlab inspect``).
+- :func:`is_batch_or_frozen_norm`: either of the two (``fold_batchnorm``).
+- :func:`mixes_sample_statistics`: switchable norm, which no fixed statistics reproduce
+  (``freeze``, ``fold_batchnorm`` and ``FrozenBatchNorm.from_batchnorm`` refuse it).
+- :func:`is_synchronized` and :func:`converts_to_sync_batch_norm`: what
+  ``convert_sync_batchnorm`` leaves and what it converts.
+
+:data:`TORCH_BATCH_NORM_RANKS` and :func:`torch_batch_norm_for_rank` say which input
+ranks torch's batch-norm classes take (the Keras converter, ``normlab bench``).
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from normlab.layers.base import NormBase, RunningStatsNorm
+from normlab.layers.batch_renorm import BatchRenorm
 from normlab.layers.switchable_norm import SwitchableNorm
 
 #: torch's normalization classes whose forward normlab knows (their subclasses too, as long as
@@ -33,6 +50,14 @@ TORCH_NORM_CLASSES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     nn.RMSNorm,
 )
+
+#: The input ranks each of torch's batch-norm classes takes: (N, C) or (N, C, L);
+#: (N, C, H, W); (N, C, D, H, W).
+TORCH_BATCH_NORM_RANKS: dict[type[_BatchNorm], tuple[int, ...]] = {
+    nn.BatchNorm1d: (2, 3),
+    nn.BatchNorm2d: (4,),
+    nn.BatchNorm3d: (5,),
+}
 
 
 @dataclass(frozen=True)
@@ -140,9 +165,79 @@ def norm_facts(module: nn.Module) -> NormFacts | None:
     return _rms_by_structure(module)
 
 
+# --- the tools' questions -------------------------------------------------------------
+
+
 def is_norm_layer(module: nn.Module) -> bool:
-    """Whether :func:`norm_facts` recognizes ``module``."""
+    """Whether :func:`norm_facts` recognizes ``module``: a normalization layer normlab knows."""
     return norm_facts(module) is not None
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes with batch statistics in training mode and may keep
+    running statistics for eval mode: torch's batch norms (``BatchNorm1d/2d/3d``, their lazy
+    forms, ``SyncBatchNorm``, any subclass of their base ``_BatchNorm``, timm's
+    ``BatchNormAct2d`` and ``SyncBatchNormAct``) and normlab's layers with running
+    statistics (``bn``, ``bn-scalar``, ``brn``, ``switch``, ``sync-bn``).
+
+    The layers whose :func:`norm_facts` say ``statistics == "batch"``, told by class alone,
+    without running a forward.
+    """
+    return isinstance(module, _BatchNorm | RunningStatsNorm)
+
+
+def tracks_running_stats(module: nn.Module) -> bool:
+    """Whether the layer holds running statistics: a ``running_mean`` tensor (a batch norm
+    with ``track_running_stats=True``, a frozen batch norm, an instance norm that tracks)."""
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
+
+
+def has_fixed_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` is a frozen batch norm, normalizing with its running statistics in
+    every mode: normlab's ``FrozenBatchNorm``, torchvision's and timm's ``FrozenBatchNorm2d``,
+    timm's ``FrozenBatchNormAct2d``."""
+    if is_batch_norm(module):
+        return False
+    facts = norm_facts(module)
+    return facts is not None and facts.statistics == "fixed"
+
+
+def is_batch_or_frozen_norm(module: nn.Module) -> bool:
+    """A batch norm or a frozen one: the layers that are a per-channel affine map in eval
+    mode when they hold running statistics (what ``fold_batchnorm`` looks at)."""
+    return is_batch_norm(module) or has_fixed_statistics(module)
+
+
+def mixes_sample_statistics(module: nn.Module) -> bool:
+    """Whether a batch norm's output mixes per-sample statistics into it in every mode
+    (switchable norm's instance and layer terms), so that no fixed statistics reproduce its
+    eval output: it can be neither frozen nor folded."""
+    return isinstance(module, SwitchableNorm)
+
+
+def is_synchronized(module: nn.Module) -> bool:
+    """Whether a batch norm already computes its statistics across processes: it holds a
+    ``process_group``, as torch's, normlab's, timm's and apex's ``SyncBatchNorm`` do."""
+    return is_batch_norm(module) and hasattr(module, "process_group")
+
+
+def converts_to_sync_batch_norm(module: nn.Module) -> bool:
+    """Whether ``convert_sync_batchnorm`` replaces ``module`` by a synchronized batch norm:
+    a batch norm that normlab's ``SyncBatchNorm`` computes within one process (torch's
+    batch norms and their subclasses, normlab's ``bn`` and ``bn-scalar``), not one already
+    synchronized, nor batch renormalization or switchable norm, which it does not compute."""
+    return (
+        is_batch_norm(module)
+        and not isinstance(module, BatchRenorm)
+        and not mixes_sample_statistics(module)
+        and not is_synchronized(module)
+    )
+
+
+def torch_batch_norm_for_rank(rank: int) -> type[_BatchNorm] | None:
+    """torch's batch-norm class for input of ``rank`` dims (see :data:`TORCH_BATCH_NORM_RANKS`),
+    or None for a rank none takes."""
+    return next((cls for cls, ranks in TORCH_BATCH_NORM_RANKS.items() if rank in ranks), None)
 
 
 def _number(module: nn.Module, name: str) -> float | None:
@@ -152,10 +247,6 @@ def _number(module: nn.Module, name: str) -> float | None:
 
 def _momentum(module: nn.Module) -> float | None:
     return _number(module, "momentum")
-
-
-def _tracked(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
 
 
 def _own_forward_problem(module: nn.Module, known: type[nn.Module]) -> str:
@@ -185,7 +276,7 @@ def _normlab_facts(module: NormBase) -> NormFacts:
         module.channel_dim,
         _number(module, "eps"),
         _momentum(module) if isinstance(module, RunningStatsNorm) else None,
-        _tracked(module),
+        tracks_running_stats(module),
         problem=_own_forward_problem(module, NormBase),
     )
 
@@ -226,7 +317,7 @@ def _torch_facts(module: nn.Module) -> NormFacts:
         channel_dim,
         _number(module, "eps"),
         _momentum(module) if batch else None,
-        _tracked(module),
+        tracks_running_stats(module),
         problem=problem or _own_forward_problem(module, known),
     )
 
@@ -262,7 +353,7 @@ def _third_party_facts(module: nn.Module, entry: ThirdPartyClass) -> NormFacts:
         entry.channel_dim,
         _number(module, "eps"),
         _momentum(module) if batch else None,
-        _tracked(module),
+        tracks_running_stats(module),
         after=after,
         problem=problem,
     )
