@@ -1,4 +1,5 @@
-# make demo: set up .venv and run the demo.  make test: set up .venv with dev extras and run the tests.
+# make demo: set up .venv with the lab extra and run the demo.  make test: set up .venv with dev extras
+# (the lab's included) and run the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,9 +10,10 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Stamps re-run the install when the package metadata or the pins change.
+# Stamps re-run the install when the package metadata or the pins change. Every target here
+# runs the lab, so .installed is normlab with its lab extra; dev includes the lab.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e ".[lab]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python

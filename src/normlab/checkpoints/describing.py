@@ -2,10 +2,11 @@
 
 :func:`norm_layers` lists the normalization layers of a checkpoint loaded by
 :mod:`normlab.checkpoints.loading` with their running statistics and affine as
-(mean, min, max) summaries, :func:`norm_layers_table` renders them with rich,
-and :func:`describe` does both for a path. Whatever a loaded file holds that a
-layer should not (complex statistics, an eps that is not a number, statistics
-whose lengths disagree) becomes a note in the table, never an exception.
+(mean, min, max) summaries, :func:`norm_layers_table` renders them with rich
+(from the lab extra), and :func:`describe` does both for a path. Whatever a
+loaded file holds that a layer should not (complex statistics, an eps that is
+not a number, statistics whose lengths disagree) becomes a note in the table,
+never an exception.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from rich import box
-from rich.table import Table
-from rich.text import Text
 from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
 
@@ -33,6 +32,10 @@ from normlab.layers.norm_classes import (
     norm_facts,
     tracks_running_stats,
 )
+from normlab_extras import require_lab_extra
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 #: (mean, min, max) of a tensor's values.
 Summary = tuple[float, float, float]
@@ -332,6 +335,11 @@ def norm_layers_table(layers: list[NormLayerSummary], title: str) -> Table:
     (steps) where known; a tensor column shows the mean, min and max of its
     values on three lines, or a single value when they are all equal.
     """
+    require_lab_extra("normlab.checkpoints.norm_layers_table", ["rich"])
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, box=box.SIMPLE_HEAD, show_lines=True)
     table.add_column("layer", overflow="fold", max_width=24)
     table.add_column("kind", overflow="fold", max_width=15)
@@ -369,7 +377,11 @@ def describe(path: str | os.PathLike[str]) -> tuple[str, Table]:
 
     Raises:
         CheckpointError: as :func:`load_checkpoint`.
+        ModuleNotFoundError: rich, from the lab extra, is not installed.
     """
+    require_lab_extra("normlab.checkpoints.describe", ["rich"])
+    from rich.text import Text
+
     checkpoint, where = locate_checkpoint(path)
     layers = norm_layers(checkpoint)
     count = len(layers)

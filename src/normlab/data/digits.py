@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from normlab.data.dataset import Dataset, labels_to_long, pixels_to_float
+from normlab_extras import require_lab_extra
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -20,8 +21,12 @@ def load_digits() -> Dataset:
     Returns:
         Dataset with train (1437, 1, 8, 8) and val (360, 1, 8, 8) float32
         images in [0, 1] (pixels / 16), int64 labels 0..9.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn, from the lab extra, is not installed.
     """
     # Imported here: scikit-learn takes about a second to import, and only this loader needs it.
+    require_lab_extra("the digits data set", ["sklearn"])
     from sklearn.datasets import load_digits as sklearn_load_digits
     from sklearn.model_selection import train_test_split
 

@@ -37,6 +37,7 @@ import torch
 
 from normlab.data.dataset import DataError, Dataset, labels_to_long, pixels_to_float
 from normlab.data.npz_archive import read_arrays
+from normlab_extras import require_lab_extra
 
 SPLITS = ("train", "test")
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -199,6 +200,7 @@ def _pixels(image, file: Path, mode: str) -> np.ndarray:
 
 
 def _open_image(file: Path):
+    require_lab_extra("reading images from a folder", ["PIL"])
     from PIL import Image, UnidentifiedImageError  # only this data format needs Pillow
 
     try:

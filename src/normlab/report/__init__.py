@@ -4,6 +4,7 @@
 >>> files = render_report("runs/2026-11-23T12-00-00")  # doctest: +SKIP
 """
 
+import normlab._lab_extra  # noqa: F401  (first: names the lab extra if it is missing)
 from normlab.report.claims import CLAIMS, Claim, Verdict, verdicts
 from normlab.report.render import ReportFiles, render_report
 from normlab.report.runs import RecordError, Sweep

@@ -5,6 +5,7 @@ an estimate with a 95% interval and a Holm-adjusted verdict, in one markdown rep
 >>> run_study("data/mnist", Path("runs/claims"), Path("docs/claims"))  # doctest: +SKIP
 """
 
+import normlab._lab_extra  # noqa: F401  (first: names the lab extra if it is missing)
 from normlab.study.plan import BUDGETS, Budget, plan
 from normlab.study.run import StudyResult, run_study
 
