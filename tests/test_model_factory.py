@@ -119,10 +119,10 @@ def test_a_factory_that_cannot_be_used_is_refused_with_the_reason(user_module, s
 
 @pytest.mark.parametrize(
     ("option", "flag"),
-    [({"hidden": [8]}, "--hidden"), ({"cell": "gru"}, "--cell"), ({"placement": "after"}, "")],
+    [({"hidden": [8]}, "hidden"), ({"cell": "gru"}, "cell"), ({"placement": "after"}, "")],
 )
 def test_lab_model_options_are_refused_for_a_factory(user_module, option, flag):
-    with pytest.raises(ModelFactoryError, match=f"{flag or '--placement'}.*Drop them"):
+    with pytest.raises(ModelFactoryError, match=f"{flag or 'placement'}.*Drop them"):
         build_model("usernets:small_cnn", (1, 8, 8), 10, **option)
 
 

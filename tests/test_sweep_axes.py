@@ -221,7 +221,7 @@ def test_depth_without_hidden_repeats_the_first_default_width():
 
 
 def test_depth_with_several_widths_is_refused():
-    with pytest.raises(ValueError, match="give --hidden a single width"):
+    with pytest.raises(ValueError, match="give hidden a single width"):
         build_model("mlp", (1, 8, 8), 10, hidden=[16, 8], depth=3)
 
 

@@ -29,6 +29,7 @@ from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import build_run_model
 from normlab.models import ModelFactoryError, check_logits
 from normlab.models.factory import is_factory_spec, run_factory_model
+from normlab.models.registry import check_shippable
 
 __all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
 
@@ -135,6 +136,8 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
                 f"batch size {config.batch_size} gives some of the {config.nproc} processes "
                 "no sample; use a batch size of at least --nproc."
             )
+        if config.nproc > 1:
+            check_shippable(config.model)
         key = (config.model, config.norm_label, config.placement, min(size, 8))
         key += (repr(sorted(config.model_options.items())),)
         if key in seen:

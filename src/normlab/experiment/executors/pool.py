@@ -23,6 +23,7 @@ import collections
 import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -38,6 +39,7 @@ from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_paren
 from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.train import EpochMetrics, warm_up
+from normlab.models.registry import ModelInfo, adopt_models, check_shippable, user_models
 
 STOP_SECONDS = 30
 
@@ -48,13 +50,16 @@ def worker_main(
     threads: int,
     data_dir: str | None,
     models_dir: str | None,
+    models: Sequence[ModelInfo] = (),
 ) -> None:
-    """A pool worker: take the sweep's Dataset (its tensors in shared memory), then train
-    each task the sweep sends (a list of RunConfigs as dicts: one run, or the seeds of one
+    """A pool worker: register ``models`` (the user's, which the sweep's process has
+    registered), take the sweep's Dataset (its tensors in shared memory), then train each
+    task the sweep sends (a list of RunConfigs as dicts: one run, or the seeds of one
     configuration to train stacked) until it sends None or goes away; report each run's
     ("started" | "epoch" | "finished" | "failed", run_id, payload)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    adopt_models(models)
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     warm_up("adam")  # torch's lazy imports, paid while the sweep loads its data
@@ -136,6 +141,8 @@ class ProcessPoolExecutor(Executor):
         self._workers: list[_Worker] = []  # started by start(), not yet given to run()
 
     def check(self, runs: list[RunConfig]) -> None:
+        for model in {run.model for run in runs}:
+            check_shippable(model)
         if self.jobs > 1 and any(run.nproc > 1 for run in runs):
             raise ValueError(
                 "--jobs and --nproc both ask for several processes: with --nproc each run uses "
@@ -195,6 +202,7 @@ class ProcessPoolExecutor(Executor):
     def _start_worker(self) -> _Worker:
         ours, theirs = self._context.Pipe()
         arguments = (theirs, os.getpid(), self.threads, self.data_dir, self.models_dir)
+        arguments += (user_models(),)  # the user's registered models, which it starts without
         process = self._context.Process(target=worker_main, args=arguments, daemon=True)
         with ctrl_c_blocked():  # a Ctrl-C now must not hit the worker before it ignores them
             process.start()
