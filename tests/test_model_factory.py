@@ -16,7 +16,7 @@ from torch import nn
 
 from normlab.data import load_dataset
 from normlab.experiment import RunConfig, check_runs
-from normlab.experiment.train import train_run
+from normlab.experiment.train import build_run_model, train_run
 from normlab.layers import GroupNorm, LayerNorm
 from normlab.models import ModelFactoryError, NormFactory, build_model
 
@@ -85,6 +85,16 @@ def test_the_factory_gets_the_norm_classes_and_shape_and_its_model_trains(user_m
     assert logits.shape == (5, 4)
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_run_hands_the_factory_its_norms_options(user_module):
+    """``gn(groups=2)`` reaches the factory as NormFactory('gn', {'groups': 2})."""
+    config = RunConfig(model="usernets:small_cnn", norm="gn", norm_options={"groups": 2})
+    data = _tiny()
+    check_runs([config], data)
+    model = build_run_model(config, data)
+    assert isinstance(model[1], GroupNorm) and model[1].num_groups == 2
+    assert sys.modules["usernets"].calls[-1][0] == "gn"
 
 
 def test_norm_builds_a_new_module_per_call_with_the_kinds_options_and_layout():
