@@ -263,7 +263,7 @@ def misbehaving(tmp_path, monkeypatch):
     ],
 )
 def test_a_factory_module_that_exits_when_imported_is_refused(misbehaving, module, message):
-    with pytest.raises(ModelFactoryError, match=f"importing '{module}' for --model .*{message}"):
+    with pytest.raises(ModelFactoryError, match=f"importing '{module}' for model .*{message}"):
         build_model(f"{module}:build", (1, 8, 8), 10, norm="bn")
 
 
@@ -288,7 +288,7 @@ def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, r
 )
 def test_every_error_of_the_factory_is_a_refusal_naming_the_factory(misbehaving, factory, error):
     dtype = torch.get_default_dtype()
-    with pytest.raises(ModelFactoryError, match=f"--model misbehaving:{factory}: .*{error}"):
+    with pytest.raises(ModelFactoryError, match=f"model 'misbehaving:{factory}': .*{error}"):
         build_model(f"misbehaving:{factory}", (1, 8, 8), 10, norm="bn")
     assert torch.get_default_dtype() == dtype
 

@@ -38,19 +38,17 @@ stay what they were before the field existed), and how to show that default:
 ``weight_decay`` of the config (the optimizer's own), the others of its model options."""
 
 
-def _whole(name: str, value: Any, least: int, option: str | None = None) -> None:
-    """Fail unless ``value`` is an int (not a bool) of at least ``least``; ``option`` is the
-    command-line option it comes from, if one does."""
+def _whole(name: str, value: Any, least: int) -> None:
+    """Fail unless ``value`` is an int (not a bool) of at least ``least``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        where = f" ({option})" if option else ""
-        raise ValueError(f"{name}{where} must be a whole number of {least} or more; got {value!r}.")
+        raise ValueError(f"{name} must be a whole number of {least} or more; got {value!r}.")
 
 
 def _positive_finite(name: str, value: Any) -> None:
     """Fail unless ``value`` is a finite real number above 0."""
     real = isinstance(value, int | float) and not isinstance(value, bool)
     if not (real and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} (--{name}) must be a finite number above 0; got {value!r}.")
+        raise ValueError(f"{name} must be a finite number above 0; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -106,15 +104,15 @@ class RunConfig:
         if self.weight_decay is not None:
             decay = self.weight_decay
             if isinstance(decay, bool) or not isinstance(decay, int | float):
-                raise ValueError(f"--weight-decay must be a number; got {decay!r}.")
+                raise ValueError(f"weight_decay must be a number; got {decay!r}.")
             if not (math.isfinite(decay) and decay >= 0):
-                raise ValueError(f"--weight-decay must be a finite number >= 0; got {decay}.")
+                raise ValueError(f"weight_decay must be a finite number >= 0; got {decay}.")
             object.__setattr__(self, "weight_decay", float(decay))
         dropout = self.model_options.get("dropout", 0.0)
         if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-            raise ValueError(f"--dropout must be a number; got {dropout!r}.")
+            raise ValueError(f"dropout must be a number; got {dropout!r}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1); got {dropout}.")
+            raise ValueError(f"dropout must be in [0, 1); got {dropout}.")
         # A model option at its default is left out, so the run keeps the id it has without it.
         options = {
             key: value
@@ -124,33 +122,32 @@ class RunConfig:
         }
         object.__setattr__(self, "model_options", options)
         # Every number is checked here, where it enters, so a bad one never reaches a run.
-        _whole("batch_size", self.batch_size, 1, "--batch-sizes")
+        _whole("batch_size", self.batch_size, 1)
         _whole("seed", self.seed, 0)
-        _whole("epochs", self.epochs, 1, "--epochs")
-        _whole("nproc", self.nproc, 1, "--nproc")
+        _whole("epochs", self.epochs, 1)
+        _whole("nproc", self.nproc, 1)
         if self.train_subset is not None:
-            _whole("train_subset", self.train_subset, 1, "--train-subset")
+            _whole("train_subset", self.train_subset, 1)
         _positive_finite("lr", self.lr)
         if self.sync_bn and self.nproc == 1:
             raise ValueError(
-                "--sync-bn synchronizes batch norm across --nproc processes; add --nproc 2 or more."
+                "sync_bn synchronizes batch norm across the nproc processes of a run; set "
+                "nproc to 2 or more."
             )
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(
-                f"unknown --lr-scaling {self.lr_scaling!r}; choose none or linear "
+                f"unknown lr_scaling {self.lr_scaling!r}; choose none or linear "
                 "(lr times batch size / reference batch, Goyal et al. 2017)."
             )
         if self.lr_reference_batch < 1:
             raise ValueError(
-                "the reference batch of --lr-scaling must be positive; got "
-                f"{self.lr_reference_batch}."
+                "lr_reference_batch, the batch size of lr_scaling's reference, must be "
+                f"positive; got {self.lr_reference_batch}."
             )
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1; got {self.steps}.")
         if self.diagnostics and self.nproc > 1:
-            raise ValueError(
-                "diagnostics probe one-process runs only; drop --nproc or --diagnostics."
-            )
+            raise ValueError("diagnostics probe one-process runs only; drop nproc or diagnostics.")
 
     @property
     def effective_lr(self) -> float:
@@ -248,7 +245,7 @@ def plan_runs(
             before any configuration is built).
     """
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1; got {seeds}.")
+        raise ValueError(f"seeds must be at least 1; got {seeds}.")
     parsed = [parse_norm(spec) for spec in norms]
     axes: dict[str, list[Any]] = {
         "norms": list({format_norm(*norm): norm for norm in parsed}.values()),
@@ -264,9 +261,9 @@ def plan_runs(
         factors = [f"{len(values)} {name}" for name, values in axes.items() if len(values) > 1]
         raise ValueError(
             f"this sweep would train {size:,} runs ({' x '.join([*factors, f'{seeds:,} seeds'])}); "
-            f"one sweep plans at most {max_runs:,}. Use fewer --seeds or shorter lists, or "
-            "split it into several sweeps with the same --out (each skips the runs already "
-            "finished)."
+            f"one sweep plans at most {max_runs:,}. Use fewer seeds or shorter lists, or "
+            "split it into several sweeps into the same results directory (each skips the "
+            "runs already finished)."
         )
     bad = [name for name in axes["optimizers"] if name not in OPTIMIZERS]
     if bad:

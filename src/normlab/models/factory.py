@@ -1,4 +1,4 @@
-"""The user's own model in the lab: ``--model MODULE:FACTORY``.
+"""The user's own model in the lab as ``MODULE:FACTORY`` (``--model`` on the command line).
 
 The contract, one function the user writes::
 
@@ -133,7 +133,7 @@ def check_factory_spec(spec: str) -> None:
     """Raise ModelFactoryError unless ``spec`` reads MODULE:FACTORY (nothing is imported)."""
     if not _SPEC.match(spec):
         raise ModelFactoryError(
-            f"--model {spec!r} is not MODULE:FACTORY: a dotted module name, a colon and the "
+            f"model {spec!r} is not MODULE:FACTORY: a dotted module name, a colon and the "
             "name of a function in it, e.g. mynets:small_resnet for small_resnet in "
             "./mynets.py."
         )
@@ -158,20 +158,20 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
                 if callable(value) and not name.startswith("_")
             )
             raise ModelFactoryError(
-                f"--model {spec}: {getattr(target, '__name__', module_name)!r} has no "
+                f"model {spec!r}: {getattr(target, '__name__', module_name)!r} has no "
                 f"attribute {part!r}. Its public callables: {', '.join(public) or 'none'}."
             )
         target = getattr(target, part)
     if not callable(target):
         raise ModelFactoryError(
-            f"--model {spec} names a {type(target).__name__}, not a callable; it must name "
+            f"model {spec!r} names a {type(target).__name__}, not a callable; it must name "
             f"a function {CONTRACT}."
         )
     try:
         inspect.signature(target).bind(norm=None, num_classes=0, input_shape=())
     except TypeError:
         raise ModelFactoryError(
-            f"--model {spec} must accept the keyword arguments norm, num_classes and "
+            f"model {spec!r} must accept the keyword arguments norm, num_classes and "
             f"input_shape ({CONTRACT}); its signature is {inspect.signature(target)}."
         ) from None
     except ValueError:  # no signature to read (some builtins): the call will tell
@@ -191,11 +191,11 @@ def build_factory_model(
     factory = load_factory(spec)
     shape = tuple(input_shape)
     called = f"norm={norm!r}, num_classes={num_classes}, input_shape={shape}"
-    with user_code(f"--model {spec}: the factory, called with {called},"):
+    with user_code(f"model {spec!r}: the factory, called with {called},"):
         model = factory(norm=norm, num_classes=num_classes, input_shape=shape)
     if not isinstance(model, nn.Module):
         raise ModelFactoryError(
-            f"--model {spec} returned a {type(model).__name__}; the factory must return "
+            f"model {spec!r} returned a {type(model).__name__}; the factory must return "
             f"a torch.nn.Module ({CONTRACT})."
         )
     return model
@@ -233,22 +233,22 @@ def _import_user_module(module_name: str, spec: str) -> ModuleType:
             else f"the module at {found.origin or list(found.submodule_search_locations or [])}"
         )
         raise ModelFactoryError(
-            f"--model {spec}: ./{local.name} is not what Python imports as {top!r}: that "
+            f"model {spec!r}: ./{local.name} is not what Python imports as {top!r}: that "
             f"name is {where}, which normlab or its libraries may use too. Rename "
-            f"./{local.name} and the MODULE part of --model."
+            f"./{local.name} and the MODULE part of the model's spec."
         )
     if local is not None and found is None and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
         importlib.invalidate_caches()
     try:
-        with user_code(f"importing {module_name!r} for --model {spec}"):
+        with user_code(f"importing {module_name!r} for model {spec!r}"):
             return importlib.import_module(module_name)
     except ModelFactoryError as error:
         missing = error.__cause__
         named = getattr(missing, "name", None) or ""
         if isinstance(missing, ModuleNotFoundError) and f"{module_name}.".startswith(f"{named}."):
             raise ModelFactoryError(
-                f"cannot import {module_name!r} for --model {spec}: {missing}. The module "
+                f"cannot import {module_name!r} for model {spec!r}: {missing}. The module "
                 "must be importable from the current directory or sys.path (e.g. ./"
                 f"{module_name.replace('.', '/')}.py); run from its directory or set "
                 "PYTHONPATH."
@@ -284,7 +284,7 @@ def user_code(what: str) -> Iterator[None]:
     except SystemExit as exit_:
         restore()
         hint = (
-            " A module that --model imports must not exit or parse the command line when "
+            " A model's module must not exit or parse the command line when "
             "imported (argparse's parse_args() reads normlab's own arguments): put that "
             "code under `if __name__ == '__main__':`."
             if what.startswith("importing")
