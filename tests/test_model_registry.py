@@ -13,6 +13,7 @@ from torch import nn
 
 from normlab.data import load_dataset, train_subset
 from normlab.experiment import RunConfig, check_runs
+from normlab.experiment.ddp import train_distributed
 from normlab.experiment.executors.pool import ProcessPoolExecutor
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.sweep import run_sweep
@@ -223,11 +224,20 @@ def test_a_registered_model_trains_in_worker_processes(registry, tmp_path):
     assert len(ResultsStore(tmp_path).finished_ids()) == 2
 
 
+@pytest.mark.slow
+def test_a_registered_model_trains_data_parallel(registry):
+    """The ranks of a data-parallel run start without the user's registrations too."""
+    register_model(tiny)
+    record = train_distributed(RunConfig(model="tiny", norm="bn", epochs=1, nproc=2), None)
+    assert record["status"] == "finished"
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 
 def test_a_duplicate_name_is_refused_naming_the_fix(registry):
     register_model(tiny)
+
     def another(norm, num_classes, input_shape):
         return tiny(norm, num_classes, input_shape)
 
@@ -284,3 +294,5 @@ def test_a_model_worker_processes_cannot_be_handed_is_refused_before_any_work(re
         check_shippable("closure")
     with pytest.raises(ValueError, match="top level of a module"):
         ProcessPoolExecutor(jobs=2).check([RunConfig(model="closure")])
+    with pytest.raises(ValueError, match="'closure' is registered in this process"):
+        check_runs([RunConfig(model="closure", nproc=2)], load_dataset("digits"))

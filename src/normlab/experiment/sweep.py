@@ -117,8 +117,10 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     cannot be imported, raises anything (``SystemExit`` too) itself or in its
     model's first forward pass (a layer that cannot take the data's images is
     named, with what to change), returns no module or returns anything but
-    (N, num_classes) logits, and a ``train_subset`` the training split cannot
-    fill, are refused here too.
+    (N, num_classes) logits, a ``train_subset`` the training split cannot
+    fill, and a data-parallel run of a model registered in this process that its
+    processes cannot be handed (see normlab.models.registry.check_shippable), are
+    refused here too.
 
     Raises:
         ModelFactoryError: the factory's problem, as normlab.models.factory says it.
