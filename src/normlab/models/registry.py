@@ -1,6 +1,6 @@
 """The lab's models by name, each registered once with its facts (as timm's
-``register_model``): :func:`normlab.models.build_model`, the stacking code and the CLI
-read them here.
+``register_model``): :func:`normlab.models.build_model`, the stacking code, the
+executors and the CLI's model choices read them here.
 
 A model's builder is called with keywords::
 
@@ -16,8 +16,9 @@ every one of them on every call; ``depth`` (repeat one width: it becomes ``hidde
 ``init`` and ``init_scale`` (re-initialize the built model) are applied by build_model.
 
 Register your own with :func:`register_model`; it then builds by name, and trains in the
-lab as ``model="name"`` (in worker processes too: the pool hands each worker the models
-registered here, so their builders must pickle, i.e. be defined at a module's top level).
+lab as ``model="name"``. Spawned processes (the pool's workers, a data-parallel run's
+ranks) start without it and are handed :func:`user_models`, pickled: there a builder must
+be defined at the top level of a module they can import (:func:`check_shippable`).
 """
 
 from __future__ import annotations
