@@ -65,7 +65,7 @@ def test_run_ids_of_one_process_runs_do_not_change():
     assert "nproc" not in RunConfig().to_dict()
     assert RunConfig(nproc=2).run_id != RunConfig().run_id
     assert RunConfig(nproc=2, sync_bn=True).run_id != RunConfig(nproc=2).run_id
-    with pytest.raises(ValueError, match="--sync-bn"):
+    with pytest.raises(ValueError, match="sync_bn synchronizes"):
         RunConfig(sync_bn=True)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from normlab.data import load_dataset
 from normlab.experiment import RunConfig, check_runs
-from normlab.experiment.train import train_run
+from normlab.experiment.train import build_run_model, train_run
 from normlab.layers import GroupNorm, LayerNorm
 from normlab.models import ModelFactoryError, NormFactory, build_model
 
@@ -87,6 +87,16 @@ def test_the_factory_gets_the_norm_classes_and_shape_and_its_model_trains(user_m
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_a_run_hands_the_factory_its_norms_options(user_module):
+    """``gn(groups=2)`` reaches the factory as NormFactory('gn', {'groups': 2})."""
+    config = RunConfig(model="usernets:small_cnn", norm="gn", norm_options={"groups": 2})
+    data = _tiny()
+    check_runs([config], data)
+    model = build_run_model(config, data)
+    assert isinstance(model[1], GroupNorm) and model[1].num_groups == 2
+    assert sys.modules["usernets"].calls[-1][0] == "gn"
+
+
 def test_norm_builds_a_new_module_per_call_with_the_kinds_options_and_layout():
     norm = NormFactory("gn", {"groups": 2})
     first, second = norm(8), norm(8)
@@ -119,10 +129,10 @@ def test_a_factory_that_cannot_be_used_is_refused_with_the_reason(user_module, s
 
 @pytest.mark.parametrize(
     ("option", "flag"),
-    [({"hidden": [8]}, "--hidden"), ({"cell": "gru"}, "--cell"), ({"placement": "after"}, "")],
+    [({"hidden": [8]}, "hidden"), ({"cell": "gru"}, "cell"), ({"placement": "after"}, "")],
 )
 def test_lab_model_options_are_refused_for_a_factory(user_module, option, flag):
-    with pytest.raises(ModelFactoryError, match=f"{flag or '--placement'}.*Drop them"):
+    with pytest.raises(ModelFactoryError, match=f"{flag or 'placement'}.*Drop them"):
         build_model("usernets:small_cnn", (1, 8, 8), 10, **option)
 
 
@@ -253,7 +263,7 @@ def misbehaving(tmp_path, monkeypatch):
     ],
 )
 def test_a_factory_module_that_exits_when_imported_is_refused(misbehaving, module, message):
-    with pytest.raises(ModelFactoryError, match=f"importing '{module}' for --model .*{message}"):
+    with pytest.raises(ModelFactoryError, match=f"importing '{module}' for model .*{message}"):
         build_model(f"{module}:build", (1, 8, 8), 10, norm="bn")
 
 
@@ -278,7 +288,7 @@ def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, r
 )
 def test_every_error_of_the_factory_is_a_refusal_naming_the_factory(misbehaving, factory, error):
     dtype = torch.get_default_dtype()
-    with pytest.raises(ModelFactoryError, match=f"--model misbehaving:{factory}: .*{error}"):
+    with pytest.raises(ModelFactoryError, match=f"model 'misbehaving:{factory}': .*{error}"):
         build_model(f"misbehaving:{factory}", (1, 8, 8), 10, norm="bn")
     assert torch.get_default_dtype() == dtype
 

@@ -33,6 +33,8 @@ from normlab.experiment.stacked import (
 from normlab.experiment.store import ResultsStore
 from normlab.experiment.sweep import run_sweep
 from normlab.experiment.train import seeded_model, train_model
+from normlab.models import model_info
+from normlab.models.registry import LAB_MODELS
 from normlab.norm_spec import parse_norm
 from normlab.registry import BUILT_IN
 
@@ -44,6 +46,8 @@ TOLERANCE = 1e-10
 # cumulative average (the step count read on the host), batch renormalization's schedule.
 VARIANTS = ("bn(convention=keras)", "bn(momentum=None)", "brn(warmup_steps=2,r_max_steps=5)")
 SPECS = [kind.name for kind in BUILT_IN] + list(VARIANTS)
+STACKING = [name for name in LAB_MODELS if model_info(name).stacks]
+"""The models registered as stacking: each is checked here against its single runs."""
 
 
 def _float64(data: Dataset) -> Dataset:
@@ -128,7 +132,7 @@ def _assert_same_state(single: torch.nn.Module, stacked: torch.nn.Module) -> Non
         torch.testing.assert_close(other[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", STACKING)
 @pytest.mark.parametrize("spec", SPECS)
 def test_each_replica_trains_as_the_single_run_of_its_seed(model, spec, data64, float64):
     configs = _configs(model, spec)
@@ -146,7 +150,7 @@ def test_each_replica_trains_as_the_single_run_of_its_seed(model, spec, data64, 
     assert [seed for seed, _ in epochs] == [0, 1, 2, 0, 1, 2]  # each replica's epochs, told
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", STACKING)
 @pytest.mark.parametrize("spec", ["bn", "bn-scalar", "brn", "switch", "ln", "gn"])
 def test_each_replicas_loss_and_gradients_are_its_own_models(model, spec, data64, float64):
     configs = _configs(model, spec)
@@ -244,6 +248,14 @@ def test_what_cannot_stack_is_refused_with_the_reason(overrides, reason):
     runs = [dataclasses.replace(config, seed=seed) for seed in SEEDS]
     assert seed_groups(runs) == [[run] for run in runs]
     assert stack_refusals(runs) == [(runs[0], stack_refusal(config))]
+
+
+@pytest.mark.parametrize("model", [name for name in LAB_MODELS if name not in STACKING])
+def test_a_model_not_registered_as_stacking_trains_its_seeds_alone(model):
+    config = RunConfig(model=model)
+    assert f"{model!r} is not one of them" in stack_refusal(config)
+    runs = [dataclasses.replace(config, seed=seed) for seed in SEEDS]
+    assert seed_groups(runs) == [[run] for run in runs]
 
 
 def test_only_the_seeds_of_one_configuration_stack():

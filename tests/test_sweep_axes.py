@@ -147,8 +147,8 @@ def test_duplicates_in_a_list_are_planned_once():
     [
         ({"optimizer": ["adam", "adamm"]}, "unknown optimizer 'adamm'"),
         ({"placement": ["before", "inside"]}, "'before' or 'after' the activation; got 'inside'"),
-        ({"weight_decay": [0.1, -1.0]}, "weight-decay must be a finite number >= 0"),
-        ({"weight_decay": [float("nan")]}, "weight-decay must be a finite number >= 0"),
+        ({"weight_decay": [0.1, -1.0]}, "weight_decay must be a finite number >= 0"),
+        ({"weight_decay": [float("nan")]}, "weight_decay must be a finite number >= 0"),
         ({"model_options": [{"dropout": 1.0}]}, r"dropout must be in \[0, 1\)"),
     ],
 )
@@ -221,7 +221,7 @@ def test_depth_without_hidden_repeats_the_first_default_width():
 
 
 def test_depth_with_several_widths_is_refused():
-    with pytest.raises(ValueError, match="give --hidden a single width"):
+    with pytest.raises(ValueError, match="give hidden a single width"):
         build_model("mlp", (1, 8, 8), 10, hidden=[16, 8], depth=3)
 
 

@@ -14,18 +14,15 @@ are shell syntax.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
-
-from normlab.registry import get_kind, make_norm
+from normlab.registry import get_kind
 
 LAB_SET = ("device", "dtype", "process_group", "channel_dim")
 """Options that the lab's models set themselves; a spec cannot give them."""
@@ -191,8 +188,3 @@ def format_norm(kind: str, options: Mapping[str, Any] | None = None) -> str:
     if not options:
         return kind
     return f"{kind}({','.join(f'{k}={_format_value(options[k])}' for k in sorted(options))})"
-
-
-def norm_builder(kind: str, options: Mapping[str, Any] | None = None) -> Callable[[int], nn.Module]:
-    """``num_features -> module``: ``make_norm(kind, num_features, **options)``."""
-    return functools.partial(make_norm, kind, **dict(options or {}))

@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -42,6 +42,7 @@ from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import check_positive, error_text
 from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
 from normlab.experiment.train import EpochMetrics, Partition, save_model, train_model, warm_up
+from normlab.models.registry import ModelInfo, adopt_models, check_shippable, user_models
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a hung collective fails the run instead of hanging
 FAILURE_GRACE = 20.0  # seconds the other ranks get to fail as one rank did, before all end
@@ -70,13 +71,16 @@ def _rank_main(
     connection: Connection,
     parent_pid: int,
     train: Train,
+    models: Sequence[ModelInfo],
 ) -> None:
     """One process of the group: train its share of each run the parent sends (a RunConfig
     as a dict) until it sends None or goes away. Rank 0 sends ("epoch", metrics) after each
     epoch; each run ends with ("finished", record) (rank 0's record; None from the others)
-    or ("failed", text, whether the group is still whole, time.monotonic())."""
+    or ("failed", text, whether the group is still whole, time.monotonic()). ``models``
+    are the user's registered models, which it starts without."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the group on Ctrl-C
+    adopt_models(models)
     torch.set_num_threads(threads)
     try:
         store = dist.TCPStore(HOST, store_port, world, is_master=False, timeout=TIMEOUT)
@@ -183,11 +187,13 @@ class TrainingGroup:
         """Train ``config`` over ``config.nproc`` processes; rank 0's record.
 
         Raises:
-            ValueError: ``config.nproc`` is 1.
+            ValueError: ``config.nproc`` is 1, or its model cannot be handed to the
+                processes (see normlab.models.registry.check_shippable).
             RuntimeError: a process failed (its error is in the message) or died.
         """
         if config.nproc < 2:
             raise ValueError(f"run {config.label} trains in one process; use train_model.")
+        check_shippable(config.model)
         alive = all(rank.process.is_alive() for rank in self._ranks)
         if len(self._ranks) != config.nproc or not alive:
             self._stop(graceful=alive)
@@ -232,7 +238,7 @@ class TrainingGroup:
             arguments = (rank, world, self._store.port, self.threads, self.data_dir)
             # The training function travels with the task, so that ranks run what this
             # module names (a test replaces it to make one rank fail or die).
-            arguments += (self.models_dir, theirs, os.getpid(), train_model)
+            arguments += (self.models_dir, theirs, os.getpid(), train_model, user_models())
             process = context.Process(target=_rank_main, args=arguments, daemon=True)
             with ctrl_c_blocked():  # a Ctrl-C must not reach them before they ignore it
                 process.start()

@@ -53,10 +53,8 @@ from normlab.experiment.train import (
     run_record,
     seeded_model,
 )
+from normlab.models import is_model, list_models, model_info
 from normlab.registry import BUILT_IN
-
-STACKABLE_MODELS = ("mlp", "cnn")
-"""The lab models whose stacked training is checked against single runs."""
 
 _CHECKED_KINDS = frozenset(kind.name for kind in BUILT_IN)
 
@@ -73,9 +71,10 @@ def stack_refusal(config: RunConfig) -> str | None:
         return "diagnostics probe one model at a time"
     if config.model_options.get("dropout", 0.0) > 0:
         return "dropout draws its masks from the global generator in a single run's order"
-    if config.model not in STACKABLE_MODELS:
+    if not (is_model(config.model) and model_info(config.model).stacks):
+        stacking = [name for name in list_models() if model_info(name).stacks]
         return (
-            f"stacking is checked on the models {' and '.join(STACKABLE_MODELS)}; "
+            f"stacking is checked on the models {' and '.join(stacking)}; "
             f"{config.model!r} is not one of them"
         )
     if config.norm not in _CHECKED_KINDS:

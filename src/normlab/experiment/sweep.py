@@ -29,6 +29,7 @@ from normlab.experiment.store import ResultsStore
 from normlab.experiment.train import build_run_model
 from normlab.models import ModelFactoryError, check_logits
 from normlab.models.factory import is_factory_spec, run_factory_model
+from normlab.models.registry import check_shippable
 
 __all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
 
@@ -116,8 +117,10 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
     cannot be imported, raises anything (``SystemExit`` too) itself or in its
     model's first forward pass (a layer that cannot take the data's images is
     named, with what to change), returns no module or returns anything but
-    (N, num_classes) logits, and a ``train_subset`` the training split cannot
-    fill, are refused here too.
+    (N, num_classes) logits, a ``train_subset`` the training split cannot
+    fill, and a data-parallel run of a model registered in this process that its
+    processes cannot be handed (see normlab.models.registry.check_shippable), are
+    refused here too.
 
     Raises:
         ModelFactoryError: the factory's problem, as normlab.models.factory says it.
@@ -135,6 +138,8 @@ def check_runs(runs: Sequence[RunConfig], data: Dataset) -> None:
                 f"batch size {config.batch_size} gives some of the {config.nproc} processes "
                 "no sample; use a batch size of at least `nproc`."
             )
+        if config.nproc > 1:
+            check_shippable(config.model)
         key = (config.model, config.norm_label, config.placement, min(size, 8))
         key += (repr(sorted(config.model_options.items())),)
         if key in seen:

@@ -35,9 +35,8 @@ from normlab.experiment.diagnostics import Diagnostics
 from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
 from normlab.layers.batch_norm import convert_sync_batchnorm
-from normlab.models import build_model
+from normlab.models import NormFactory, build_model
 from normlab.modes import eval_mode
-from normlab.norm_spec import norm_builder
 
 SCHEMA = 1
 EVAL_BATCH = 1024
@@ -238,7 +237,7 @@ def build_run_model(config: RunConfig, data: Dataset) -> nn.Module:
         config.model,
         data.input_shape,
         data.num_classes,
-        norm=norm_builder(config.norm, config.norm_options) if config.norm_options else config.norm,
+        norm=NormFactory(config.norm, config.norm_options),
         placement=config.placement,
         **config.model_options,
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +46,7 @@ from normlab.experiment.executors.lifetime import is_interrupt
 from normlab.experiment.stacked import stack_refusals
 from normlab.experiment.store import check_output_directory
 from normlab.lab.runner import share_cores, train_runs
-from normlab.models.factory import give_factory
+from normlab.models import CONTRACT, list_models, model_info, register_model
 
 Tensors = Sequence[torch.Tensor | np.ndarray]
 ModelFactory = Callable[..., nn.Module]
@@ -121,29 +121,28 @@ def model_options(
     return [dict(zip(given, combo, strict=True)) for combo in itertools.product(*given.values())]
 
 
-def _model_name(model: str | ModelFactory, executor: str, jobs: int | None) -> str:
-    """The name runs record for ``model``; a callable is named by normlab.models.factory
-    and, for worker processes, must pickle."""
+def _model_name(model: str | ModelFactory, executor: str) -> str:
+    """The name runs record for ``model``: a callable is registered as a model under its
+    ``__name__`` (``<lambda>`` as ``lambda``), as ``@register_model`` would, unless it is
+    already (normlab.models.registry)."""
     if isinstance(model, str):
         return model
-    name = give_factory(model)
-    if executor != "processes" or (jobs or 1) > 1:
-        where = "Ray tasks" if executor == "ray" else "worker processes"
-        if executor in ("ray", "torchrun"):
-            raise ValueError(
-                f"a model given as an object trains in this process and its pool's workers, "
-                f"not in {executor}'s processes: give it as 'module:function' (a function at "
-                "the top level of a module those processes import)."
-            )
-        try:
-            pickle.dumps(model)
-        except (pickle.PicklingError, AttributeError, TypeError) as error:
-            raise ValueError(
-                f"the model factory {name} cannot be sent to {where} ({error}): a lambda or "
-                "a function defined inside another does not pickle. Define it at the top "
-                "level of a module (a .py file) and pass it or 'module:function', or train "
-                "in this process (`jobs`=1)."
-            ) from None
+    if not callable(model):
+        raise ValueError(
+            f"`model` must be a lab model's name, 'module:factory' or a callable {CONTRACT}; "
+            f"got a {type(model).__name__}."
+        )
+    if executor in ("ray", "torchrun"):
+        raise ValueError(
+            f"a model given as an object trains in this process and its pool's workers, not "
+            f"in {executor}'s processes: give `model` as 'module:function' (a function at the "
+            "top level of a module those processes import)."
+        )
+    name = re.sub(r"\W", "", getattr(model, "__name__", "") or type(model).__name__)
+    held = next((known for known in list_models() if model_info(known).builder is model), None)
+    if held is not None:
+        return held
+    register_model(model, name=name)
     return name
 
 
@@ -219,9 +218,11 @@ def compare(
             normlab.data.Dataset, or four tensors ``(train_images, train_labels,
             val_images, val_labels)``, images (N, C, H, W) float or uint8.
         data_dir: where a named data set's files are.
-        model: a lab model's name (normlab.models.MODELS), ``"module:factory"``, or a
-            callable ``factory(norm, num_classes, input_shape) -> nn.Module``
-            (normlab.models.factory). With worker processes it must pickle.
+        model: a registered model's name (the lab's: normlab.models.MODELS),
+            ``"module:factory"``, or a callable ``factory(norm, num_classes, input_shape)
+            -> nn.Module`` (normlab.models.factory), which is registered under its
+            ``__name__`` (normlab.models.register_model). With worker processes it must
+            pickle: a function at the top level of a module, not a lambda.
         hidden, depth, dropout, cell: the lab models' options (one value or a list to
             sweep; ``hidden`` one list of widths or a list of them).
         placement: ``"before"`` or ``"after"`` the activation, or both as a list.
@@ -270,7 +271,7 @@ def compare(
         batch_sizes=batch_sizes,
         seeds=seeds,
         dataset=dataset,
-        model=_model_name(model, executor, jobs),
+        model=_model_name(model, executor),
         placement=placement,
         epochs=epochs,
         lr=lr,

@@ -1,5 +1,7 @@
 """The lab's models, each built around one normalization kind from the registry,
-and the user's own through a factory (see normlab.models.factory).
+and the user's own: registered by name with :func:`register_model` (see
+normlab.models.registry, where every model's facts are), or as ``MODULE:FACTORY``
+(see normlab.models.factory).
 
 Every builder takes images of shape (N, C, H, W) and returns logits of shape
 (N, num_classes); ``norm`` is any name ``normlab.make_norm`` accepts, or any
@@ -51,6 +53,14 @@ from normlab.models.common import PLACEMENTS, check_placement
 from normlab.models.factory import CONTRACT, ModelFactoryError, NormFactory
 from normlab.models.feedforward import cnn, mlp
 from normlab.models.recurrent import CELLS, FeaturesAsChannels, RowRNN
+from normlab.models.registry import (
+    MODEL_OPTIONS,
+    ModelInfo,
+    is_model,
+    list_models,
+    model_info,
+    register_model,
+)
 from normlab.models.resnet import BasicBlock, PaddedIdentity, ResNet, resnet20
 from normlab.models.vit import EncoderBlock, PatchEmbedding, VisionTransformer, transformer
 
@@ -75,11 +85,13 @@ __all__ = [
     "DEFAULT_HIDDEN",
     "MODELS",
     "MODEL_CLASSES",
+    "MODEL_OPTIONS",
     "PLACEMENTS",
     "BasicBlock",
     "EncoderBlock",
     "FeaturesAsChannels",
     "ModelFactoryError",
+    "ModelInfo",
     "NormFactory",
     "PaddedIdentity",
     "PatchEmbedding",
@@ -91,7 +103,11 @@ __all__ = [
     "check_model_name",
     "check_placement",
     "cnn",
+    "is_model",
+    "list_models",
     "mlp",
+    "model_info",
+    "register_model",
     "resnet20",
     "transformer",
 ]

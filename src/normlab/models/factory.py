@@ -1,4 +1,4 @@
-"""The user's own model in the lab: ``--model MODULE:FACTORY``.
+"""The user's own model in the lab as ``MODULE:FACTORY`` (``--model`` on the command line).
 
 The contract, one function the user writes::
 
@@ -40,7 +40,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -133,57 +133,14 @@ def check_factory_spec(spec: str) -> None:
     """Raise ModelFactoryError unless ``spec`` reads MODULE:FACTORY (nothing is imported)."""
     if not _SPEC.match(spec):
         raise ModelFactoryError(
-            f"--model {spec!r} is not MODULE:FACTORY: a dotted module name, a colon and the "
+            f"model {spec!r} is not MODULE:FACTORY: a dotted module name, a colon and the "
             "name of a function in it, e.g. mynets:small_resnet for small_resnet in "
             "./mynets.py."
         )
 
 
-_GIVEN: dict[str, Callable[..., nn.Module]] = {}  # factories given as objects, by spec
-
-
-def give_factory(factory: Callable[..., nn.Module]) -> str:
-    """The ``MODULE:FACTORY`` name under which the lab knows ``factory``, a callable given
-    as an object (a lambda, a closure, a function of a notebook), in this process: its
-    module and qualified name, ``<lambda>`` and ``<locals>`` written ``lambda`` and
-    ``locals``. The name goes into run ids, so the same factory given again resumes.
-
-    Raises:
-        ModelFactoryError: ``factory`` is not callable, or another callable already has
-            its name (give one of them another ``__qualname__``).
-    """
-    if not callable(factory):
-        raise ModelFactoryError(
-            f"the model must be a lab model's name, MODULE:FACTORY or a callable {CONTRACT}; "
-            f"got a {type(factory).__name__}."
-        )
-    module = getattr(factory, "__module__", None) or "__main__"
-    qualified = getattr(factory, "__qualname__", None) or type(factory).__qualname__
-    spec = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '', qualified)}"
-    known = _GIVEN.get(spec)
-    if known is not None and known is not factory:
-        raise ModelFactoryError(
-            f"two different model factories are both named {spec}; run ids need one name "
-            "each: give one another name (factory.__qualname__ = 'wide_net')."
-        )
-    _GIVEN[spec] = factory
-    return spec
-
-
-def given_factories(names: Iterable[str]) -> dict[str, Callable[..., nn.Module]]:
-    """Those of ``names`` that name factories given as objects in this process, by name
-    (for worker processes)."""
-    return {name: _GIVEN[name] for name in names if name in _GIVEN}
-
-
-def take_factories(factories: dict[str, Callable[..., nn.Module]]) -> None:
-    """Know ``factories`` (by name) in this process, as the process that was given them."""
-    _GIVEN.update(factories)
-
-
 def load_factory(spec: str) -> Callable[..., nn.Module]:
-    """The callable ``spec`` names: one given as an object (:func:`give_factory`), or
-    ``MODULE`` imported and its ``FACTORY``; checked against the contract.
+    """Import ``MODULE`` and return its callable ``FACTORY``, checked against the contract.
 
     Raises:
         ModelFactoryError: the spec is malformed, the module cannot be imported
@@ -192,11 +149,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """
     check_factory_spec(spec)
     module_name, attribute = spec.split(":")
-    target: Any = _GIVEN.get(spec)
-    if target is not None:
-        _check_signature(target, spec)
-        return target
-    target = _import_user_module(module_name, spec)
+    target: Any = _import_user_module(module_name, spec)
     for part in attribute.split("."):
         if not hasattr(target, part):
             public = sorted(
@@ -205,13 +158,13 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
                 if callable(value) and not name.startswith("_")
             )
             raise ModelFactoryError(
-                f"--model {spec}: {getattr(target, '__name__', module_name)!r} has no "
+                f"model {spec!r}: {getattr(target, '__name__', module_name)!r} has no "
                 f"attribute {part!r}. Its public callables: {', '.join(public) or 'none'}."
             )
         target = getattr(target, part)
     if not callable(target):
         raise ModelFactoryError(
-            f"--model {spec} names a {type(target).__name__}, not a callable; it must name "
+            f"model {spec!r} names a {type(target).__name__}, not a callable; it must name "
             f"a function {CONTRACT}."
         )
     _check_signature(target, spec)
@@ -223,7 +176,7 @@ def _check_signature(target: Callable[..., Any], spec: str) -> None:
         inspect.signature(target).bind(norm=None, num_classes=0, input_shape=())
     except TypeError:
         raise ModelFactoryError(
-            f"--model {spec} must accept the keyword arguments norm, num_classes and "
+            f"model {spec!r} must accept the keyword arguments norm, num_classes and "
             f"input_shape ({CONTRACT}); its signature is {inspect.signature(target)}."
         ) from None
     except ValueError:  # no signature to read (some builtins): the call will tell
@@ -242,11 +195,11 @@ def build_factory_model(
     factory = load_factory(spec)
     shape = tuple(input_shape)
     called = f"norm={norm!r}, num_classes={num_classes}, input_shape={shape}"
-    with user_code(f"--model {spec}: the factory, called with {called},"):
+    with user_code(f"model {spec!r}: the factory, called with {called},"):
         model = factory(norm=norm, num_classes=num_classes, input_shape=shape)
     if not isinstance(model, nn.Module):
         raise ModelFactoryError(
-            f"--model {spec} returned a {type(model).__name__}; the factory must return "
+            f"model {spec!r} returned a {type(model).__name__}; the factory must return "
             f"a torch.nn.Module ({CONTRACT})."
         )
     return model
@@ -284,22 +237,22 @@ def _import_user_module(module_name: str, spec: str) -> ModuleType:
             else f"the module at {found.origin or list(found.submodule_search_locations or [])}"
         )
         raise ModelFactoryError(
-            f"--model {spec}: ./{local.name} is not what Python imports as {top!r}: that "
+            f"model {spec!r}: ./{local.name} is not what Python imports as {top!r}: that "
             f"name is {where}, which normlab or its libraries may use too. Rename "
-            f"./{local.name} and the MODULE part of --model."
+            f"./{local.name} and the MODULE part of the model's spec."
         )
     if local is not None and found is None and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
         importlib.invalidate_caches()
     try:
-        with user_code(f"importing {module_name!r} for --model {spec}"):
+        with user_code(f"importing {module_name!r} for model {spec!r}"):
             return importlib.import_module(module_name)
     except ModelFactoryError as error:
         missing = error.__cause__
         named = getattr(missing, "name", None) or ""
         if isinstance(missing, ModuleNotFoundError) and f"{module_name}.".startswith(f"{named}."):
             raise ModelFactoryError(
-                f"cannot import {module_name!r} for --model {spec}: {missing}. The module "
+                f"cannot import {module_name!r} for model {spec!r}: {missing}. The module "
                 "must be importable from the current directory or sys.path (e.g. ./"
                 f"{module_name.replace('.', '/')}.py); run from its directory or set "
                 "PYTHONPATH."
@@ -335,7 +288,7 @@ def user_code(what: str) -> Iterator[None]:
     except SystemExit as exit_:
         restore()
         hint = (
-            " A module that --model imports must not exit or parse the command line when "
+            " A model's module must not exit or parse the command line when "
             "imported (argparse's parse_args() reads normlab's own arguments): put that "
             "code under `if __name__ == '__main__':`."
             if what.startswith("importing")

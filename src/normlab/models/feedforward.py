@@ -56,7 +56,7 @@ def cnn(
         raise ValueError(
             f"cnn with {len(hidden)} pooling stages needs images of at least "
             f"{2 ** len(hidden)}x{2 ** len(hidden)}; got {height}x{width}. "
-            "Use fewer --hidden widths (or a smaller --depth)."
+            "Use fewer hidden widths (or a smaller depth)."
         )
     make = norm_factory(norm)
     layers: list[nn.Module] = []

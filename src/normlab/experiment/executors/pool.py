@@ -23,6 +23,7 @@ import collections
 import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -38,7 +39,7 @@ from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_paren
 from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.train import EpochMetrics, warm_up
-from normlab.models.factory import given_factories, take_factories
+from normlab.models.registry import ModelInfo, adopt_models, check_shippable, user_models
 
 STOP_SECONDS = 30
 
@@ -49,13 +50,16 @@ def worker_main(
     threads: int,
     data_dir: str | None,
     models_dir: str | None,
+    models: Sequence[ModelInfo] = (),
 ) -> None:
-    """A pool worker: take the sweep's Dataset (its tensors in shared memory), then train
-    each task the sweep sends (a list of RunConfigs as dicts: one run, or the seeds of one
+    """A pool worker: register ``models`` (the user's, which the sweep's process has
+    registered), take the sweep's Dataset (its tensors in shared memory), then train each
+    task the sweep sends (a list of RunConfigs as dicts: one run, or the seeds of one
     configuration to train stacked) until it sends None or goes away; report each run's
     ("started" | "epoch" | "finished" | "failed", run_id, payload)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    adopt_models(models)
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     warm_up("adam")  # torch's lazy imports, paid while the sweep loads its data
@@ -67,22 +71,12 @@ def worker_main(
             return
         if task is None:
             return
-        if isinstance(task, _Setup):
-            data = task.data
-            take_factories(task.factories)
+        if isinstance(task, Dataset):
+            data = task
             continue
         assert data is not None, "the sweep sends its Dataset before the first run"
         runs = [RunConfig.from_dict(config) for config in task]
         train_task(runs, data, _PipeReports(connection), models_dir, data_dir, threads)
-
-
-@dataclass(frozen=True)
-class _Setup:
-    """What a worker needs before its first task: the sweep's dataset (handles to its shared
-    memory) and the model factories the sweep's process was given as objects."""
-
-    data: Dataset
-    factories: dict[str, Any]
 
 
 @dataclass
@@ -147,6 +141,8 @@ class ProcessPoolExecutor(Executor):
         self._workers: list[_Worker] = []  # started by start(), not yet given to run()
 
     def check(self, runs: list[RunConfig]) -> None:
+        for model in {run.model for run in runs}:
+            check_shippable(model)
         if self.jobs > 1 and any(run.nproc > 1 for run in runs):
             raise ValueError(
                 "`jobs` and `nproc` both ask for several processes: with `nproc` each run uses "
@@ -177,15 +173,14 @@ class ProcessPoolExecutor(Executor):
                 data = cached_dataset(todo[0].dataset, self.data_dir)
             for tensor in (data.train_x, data.train_y, data.val_x, data.val_y):
                 tensor.share_memory_()
-            setup = _Setup(data, given_factories({config.model for config in todo}))
             for worker in workers:
-                _hand_out(worker, waiting, setup)
+                _hand_out(worker, waiting, data)
             while any(worker.runs for worker in workers):
                 busy = [worker for worker in workers if worker.runs]
                 wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
                     if _pass_reports(worker, sink):
-                        _hand_out(worker, waiting, setup)
+                        _hand_out(worker, waiting, data)
                 for worker in [w for w in workers if not w.process.is_alive()]:
                     _pass_reports(worker, sink)  # what it sent before it died
                     if worker.runs:
@@ -196,7 +191,7 @@ class ProcessPoolExecutor(Executor):
                     worker.connection.close()
                     if waiting:  # a fresh worker takes its place
                         workers.append(self._start_worker())
-                        _hand_out(workers[-1], waiting, setup)
+                        _hand_out(workers[-1], waiting, data)
             completed = True
         finally:
             if not completed:  # interrupted: keep what finished, end the runs in flight now
@@ -207,6 +202,7 @@ class ProcessPoolExecutor(Executor):
     def _start_worker(self) -> _Worker:
         ours, theirs = self._context.Pipe()
         arguments = (theirs, os.getpid(), self.threads, self.data_dir, self.models_dir)
+        arguments += (user_models(),)  # the user's registered models, which it starts without
         process = self._context.Process(target=worker_main, args=arguments, daemon=True)
         with ctrl_c_blocked():  # a Ctrl-C now must not hit the worker before it ignores them
             process.start()
@@ -214,16 +210,16 @@ class ProcessPoolExecutor(Executor):
         return _Worker(process, ours)
 
 
-def _hand_out(worker: _Worker, waiting: collections.deque[list[RunConfig]], setup: _Setup) -> None:
-    """Send ``worker`` the next waiting task, if any (and first ``setup``, if not yet sent:
-    handles to the data's shared memory, a few hundred bytes, and the model factories)."""
+def _hand_out(worker: _Worker, waiting: collections.deque[list[RunConfig]], data: Dataset) -> None:
+    """Send ``worker`` the next waiting task, if any (and first ``data``, if not yet sent:
+    handles to its shared memory, a few hundred bytes)."""
     if not waiting:
         return
     task = waiting.popleft()
     worker.runs = {config.run_id: config for config in task}
     with contextlib.suppress(OSError):  # a worker that has died fails its run as it dies
         if not worker.has_data:
-            worker.connection.send(setup)
+            worker.connection.send(data)
             worker.has_data = True
         worker.connection.send([config.to_dict() for config in task])
 
