@@ -25,6 +25,14 @@ def small_net(norm, num_classes, input_shape):
     )
 
 
+@pytest.fixture(autouse=True)
+def registry(monkeypatch):
+    """Each test registers its callables in a registry of its own."""
+    from normlab.models import registry
+
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+
+
 @pytest.fixture(scope="module")
 def tensors():
     """The built-in digits as four tensors, as a user's own data arrives."""
@@ -123,15 +131,17 @@ def test_progress_shows_each_run_and_can_be_turned_off(tmp_path, tensors, capsys
     assert "[1/1] none b=32 seed=0: val acc" in capsys.readouterr().out
 
 
-def test_two_different_factories_with_one_name_are_refused(tmp_path, tensors):
-    def make():
-        return lambda norm, num_classes, input_shape: small_net(norm, num_classes, input_shape)
-
-    compare(norms=["none"], seeds=1, model=make(), data=tensors, out=tmp_path, report=False,
+def test_two_different_lambdas_are_not_taken_for_one_model(tmp_path, tensors):
+    wide = lambda norm, num_classes, input_shape: nn.Sequential(  # noqa: E731
+        nn.Flatten(), nn.Linear(64, 32), norm(32), nn.ReLU(), nn.Linear(32, num_classes)
+    )
+    narrow = lambda norm, num_classes, input_shape: small_net(norm, num_classes, input_shape)  # noqa: E731
+    compare(norms=["none"], seeds=1, model=wide, data=tensors, out=tmp_path, report=False,
             progress=False, **SMALL)  # fmt: skip
-    with pytest.raises(ValueError, match=r"both named .*__qualname__"):
-        compare(norms=["none"], seeds=1, model=make(), data=tensors, out=tmp_path,
+    with pytest.raises(ValueError, match=r"named 'lambda' is already registered.*another name"):
+        compare(norms=["none"], seeds=1, model=narrow, data=tensors, out=tmp_path,
                 progress=False, **SMALL)  # fmt: skip
+    assert len(_lines(tmp_path)) == 1
 
 
 def test_a_dataset_object_keeps_its_name(tmp_path):

@@ -47,6 +47,7 @@ from normlab.experiment.stacked import stack_refusals
 from normlab.experiment.store import check_output_directory
 from normlab.lab.runner import share_cores, train_runs
 from normlab.models import CONTRACT, list_models, model_info, register_model
+from normlab.models.registry import check_shippable
 
 Tensors = Sequence[torch.Tensor | np.ndarray]
 ModelFactory = Callable[..., nn.Module]
@@ -286,6 +287,15 @@ def compare(
         lr_reference_batch=lr_reference_batch,
         steps=steps,
     )
+    if jobs is None and executor == "processes" and not isinstance(model, str):
+        try:
+            check_shippable(runs[0].model)
+        except ValueError:  # a lambda, say: the default trains in this process instead
+            jobs = 1
+            console.print(
+                f"model {runs[0].model!r} does not pickle, so no worker process can build it: "
+                "training in this process"
+            )
     store = ResultsStore(out)
     if rank == 0:
         check_output_directory(

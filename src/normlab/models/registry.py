@@ -169,8 +169,15 @@ def _where(builder: Callable[..., Any]) -> str:
 
 def _same_builder(held: ModelInfo, info: ModelInfo) -> bool:
     """Whether ``info`` is ``held``'s builder defined again (a reloaded module, a notebook
-    cell run twice): the same module and qualified name."""
-    return held.builder is info.builder or _where(held.builder) == _where(info.builder)
+    cell run twice): the same module, qualified name and code (two lambdas of one function
+    share a qualified name, not their code)."""
+    if held.builder is info.builder:
+        return True
+    code = [getattr(b, "__code__", None) for b in (held.builder, info.builder)]
+    same_code = None in code or (
+        code[0].co_code == code[1].co_code and code[0].co_consts == code[1].co_consts
+    )
+    return same_code and _where(held.builder) == _where(info.builder)
 
 
 @overload
