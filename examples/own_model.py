@@ -4,13 +4,14 @@
 BatchNorm2d after every convolution and a 1x1 convolution + BatchNorm2d downsample branch
 where a block changes shape, nothing normlab-specific. ``build`` is the lab's factory
 contract, ``factory(norm, num_classes, input_shape) -> nn.Module``: it builds the model and
-swaps its norms for the kind being studied with ``normlab.replace_norms``. The lab's Python
-API then trains it at each kind and batch size, as ``normlab compare`` does:
+swaps its norms for the kind being studied with ``normlab.replace_norms``.
+``normlab.lab.compare`` then trains it at each kind and batch size, as ``normlab compare``
+does:
 
     python examples/own_model.py                                  # digits, built in
     python examples/own_model.py --dataset mnist --data-dir ../shared/data/mnist \\
         --train-subset 5000 --norms bn,gn,ln,bn-scalar --batch-sizes 4,32
-    cd examples && normlab compare --model own_model:build --norms bn,gn,ln   # the CLI's way
+    cd examples && normlab compare --model own_model:small_resnet --norms bn,gn,ln  # the CLI's way
 """
 
 from __future__ import annotations
@@ -19,18 +20,14 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
 
 import normlab
-from normlab.data import load_dataset
-from normlab.experiment import ResultsStore, check_runs, plan_runs, run_sweep
+from normlab.lab import compare
 from normlab.report import summary_table
-
-FACTORY = "own_model:build"
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +71,7 @@ class SmallResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def build(norm, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+def small_resnet(norm, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
     """The lab's factory contract: SmallResNet with every BatchNorm2d swapped for ``norm.kind``."""
     model = SmallResNet(input_shape[0], num_classes)
     example = torch.zeros(2, *input_shape)  # the swap checks every new layer on real shapes
@@ -94,37 +91,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="results (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="results (default: a temp dir)")
     args = parser.parse_args(argv)
     console = Console(width=120)
-    # FACTORY names this file as a module: the lab imports it by name, in this process and
-    # in any worker process, as it would import your own module from the current directory.
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-
-    data = load_dataset(args.dataset, args.data_dir)
-    swapped = normlab.replace_norms(SmallResNet(data.input_shape[0]), "gn", groups=4)
+    swapped = normlab.replace_norms(SmallResNet(1), "gn", groups=4)
     console.print("replace_norms(SmallResNet(), 'gn', groups=4):")
     console.print(swapped.summary())
-
-    runs = plan_runs(
-        norms=args.norms,
-        batch_sizes=args.batch_sizes,
-        seeds=args.seeds,
-        dataset=args.dataset,
-        model=FACTORY,
-        epochs=args.epochs,
-        train_subset=args.train_subset,
-    )
-    check_runs(runs, data)  # an unusable factory or kind is refused before anything trains
     with tempfile.TemporaryDirectory() as scratch:
-        store = ResultsStore(args.out or scratch)
-        outcome = run_sweep(runs, store, data_dir=args.data_dir)
-        for config, error in outcome.failed:
+        result = compare(
+            norms=args.norms,
+            batch_sizes=args.batch_sizes,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            data=args.dataset,
+            data_dir=args.data_dir,
+            model=small_resnet,  # an unusable factory or kind is refused before any training
+            train_subset=args.train_subset,
+            out=args.out or scratch,
+            report=False,
+            console=console,
+        )
+        for config, error in result.failed:
             console.print(f"failed: {config.label}: {error}")
-        console.print(summary_table(store.records()))
-    return 1 if outcome.failed else 0
+        console.print(summary_table(result.records))
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

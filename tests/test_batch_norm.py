@@ -673,7 +673,7 @@ def test_eval_without_running_stats_needs_more_than_one_value_like_torch():
 @pytest.mark.parametrize("convention", ["torch", "keras"])
 @pytest.mark.parametrize("shape", [(1, C), (1, C, 1), (1, C, 1, 1)], ids=str)
 def test_scalar_stats_train_on_one_sample_whose_statistic_sees_c_values(shape, convention):
-    """Issue 18 item 15: bn-scalar's single statistic sees all C values of a (1, C) batch, so it
+    """Bn-scalar's single statistic sees all C values of a (1, C) batch, so it
     trains on it (float64 formula), as the Keras layer does; only a batch with one value in
     all is refused, and a refused batch changes no state."""
     gen = torch.Generator().manual_seed(2)

@@ -1,4 +1,4 @@
-"""Issue 13: every kind reads channels on the last dim with ``channel_dim=-1``.
+"""Every kind reads channels on the last dim with ``channel_dim=-1``.
 
 Oracle: the same kind with the default ``channel_dim=1`` on the input with its
 channels moved to dim 1 (``x.movedim(-1, 1)``), from the same state: outputs,

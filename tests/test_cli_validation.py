@@ -32,7 +32,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(normlab.bench, "bench", work)
 
 
-# --- item 1: a finished record that lost its newline is kept, not retrained ----------
+# --- a finished record that lost its newline is kept, not retrained ----------
 
 
 def test_a_last_record_without_newline_is_kept_and_not_retrained(tmp_path, run_cli):
@@ -52,7 +52,7 @@ def test_a_last_record_without_newline_is_kept_and_not_retrained(tmp_path, run_c
     assert len(ids) == len(set(ids)) == 2
 
 
-# --- item 2: one sweep per output directory -------------------------------------------
+# --- one sweep per output directory -------------------------------------------
 
 
 def test_a_second_sweep_on_a_busy_out_is_refused_before_any_work(tmp_path, run_cli, no_work):
@@ -63,7 +63,7 @@ def test_a_second_sweep_on_a_busy_out_is_refused_before_any_work(tmp_path, run_c
     assert not (tmp_path / "results.jsonl").exists()
 
 
-# --- item 4: every output path is checked before work --------------------------------
+# --- every output path is checked before work --------------------------------
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_bench_checks_its_json_path_before_timing(tmp_path, run_cli, no_work, ca
     assert str(target if case == "directory" else tmp_path / "plain") in stderr
 
 
-# --- item 8: numbers are checked where they enter ------------------------------------
+# --- numbers are checked where they enter ------------------------------------
 
 
 @pytest.mark.parametrize("lr", ["inf", "nan", "-1", "0", "-inf"])
@@ -156,7 +156,7 @@ def test_run_config_accepts_good_numbers(lr, batch_size, epochs, seed):
     assert RunConfig.from_dict(config.to_dict()) == config
 
 
-# --- item 18: which option, what it accepts; ~ in every path --------------------------
+# --- which option, what it accepts; ~ in every path --------------------------
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_tilde_in_out_expands_like_data_dir(tmp_path, run_cli, monkeypatch):
     assert parsed.data_dir == home / "d" and parsed.out == home / "x"
 
 
-# --- item 17: what cannot be read is named; the advice works -------------------------
+# --- what cannot be read is named; the advice works -------------------------
 
 
 def test_a_non_utf8_results_file_names_the_file_and_line(tmp_path, run_cli):
@@ -218,7 +218,7 @@ def test_a_record_the_report_cannot_read_is_refused_before_training_and_the_advi
     assert [json.loads(line)["final"]["val_acc"] for line in path.read_text().splitlines()]
 
 
-# --- issue 16: a TypeError is a bug, not a usage error -------------------------------
+# --- a TypeError is a bug, not a usage error -------------------------------
 
 
 def test_a_type_error_from_a_bug_shows_its_traceback(run_cli, monkeypatch):

@@ -31,7 +31,7 @@ def assert_matches_cifar(dataset, batches) -> None:
     assert dataset.val_y.tolist() == batches["test_batch"][1].tolist()
 
 
-# --- item 12: empty splits are refused when loading, naming the file --------------------
+# --- empty splits are refused when loading, naming the file --------------------
 
 
 @pytest.mark.parametrize("split", ["train", "t10k"])
@@ -73,7 +73,7 @@ def test_a_dataset_with_an_empty_split_is_refused(split) -> None:
         Dataset(name="digits", num_classes=10, source="test", **parts)
 
 
-# --- item 19: every pickle protocol numpy writes, and nothing more ------------------------
+# --- every pickle protocol numpy writes, and nothing more ------------------------
 
 
 def _repickle(directory: Path, protocol: int, layout=np.ascontiguousarray) -> None:

@@ -109,7 +109,7 @@ def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path, ru
         timeout=300,
         env={**os.environ, "KERAS_BACKEND": "torch"},
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, _launch_failure(result)
     assert result.stdout.count("[1/1]") == 1  # rank 1 prints nothing
     spawned = tmp_path / "nproc"
     status, _, stderr = run_cli([*argv, "--nproc", "2", "--sync-bn", "--out", str(spawned)])
@@ -351,3 +351,15 @@ def test_the_ranks_stop_when_their_torchrun_agent_is_killed(tmp_path):
         agent.kill()
         for pid in filter(_running, ranks):
             os.kill(pid, signal.SIGKILL)
+
+
+def _launch_failure(result) -> str:
+    """What a failed torchrun launch said: the lines of its ranks' own errors (a Python
+    traceback's last lines, a C++ abort's `terminate called`, a fatal error), which torchrun's
+    summary at the end of stderr leaves out, then that summary."""
+    lines = result.stderr.splitlines()
+    marks = ("Error", "error", "terminate called", "what()", "Fatal", "Traceback", "Abort")
+    own = [line for line in lines if any(mark in line for mark in marks)]
+    return "\n".join(
+        [*own[:40], "--- stdout ---", result.stdout[-1500:], "--- end ---", result.stderr[-1500:]]
+    )

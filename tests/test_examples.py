@@ -41,7 +41,7 @@ def test_own_model_swaps_a_torchvision_style_resnet_and_trains_it_through_the_la
     assert len(swapped) == 6, out  # stem, 2 per block, the downsample branch's
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {r["config"]["norm"] for r in records} == {"bn", "gn", "ln"}
-    assert {r["config"]["model"] for r in records} == {"own_model:build"}
+    assert {r["config"]["model"] for r in records} == {"small_resnet"}
     assert all(r["data"]["train_size"] == 120 for r in records)
     assert all(0 <= r["final"]["val_acc"] <= 1 for r in records)
     for kind in ("bn", "gn", "ln"):

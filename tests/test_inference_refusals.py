@@ -47,7 +47,7 @@ def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(before[key], value) for key, value in model.state_dict().items())
 
 
-# --- item 6: an empty batch never turns the statistics into NaN ---------------------------
+# --- an empty batch never turns the statistics into NaN ---------------------------
 
 
 @pytest.mark.parametrize("norm", list(NORMS))
@@ -72,7 +72,7 @@ def test_a_failure_midway_leaves_every_statistic_as_it_was(norm):
     assert _unchanged(model, before)
 
 
-# --- item 14: wrong arguments get errors that say what to pass ----------------------------
+# --- wrong arguments get errors that say what to pass ----------------------------
 
 
 def test_eval_parity_of_an_empty_batch_says_so():
@@ -110,7 +110,7 @@ def test_max_batches_counts_batches(limit):
     torch.testing.assert_close(model[1].running_var.double(), seen.var(0))
 
 
-# --- item 7: a Linear + batch norm fold is exact for (N, features) and refused otherwise ----
+# --- a Linear + batch norm fold is exact for (N, features) and refused otherwise ----
 
 
 def _linear_norm(norm: str) -> nn.Sequential:
@@ -176,7 +176,7 @@ def test_a_folded_conv_takes_any_batch_without_a_guard():
     assert [type(m) for m in folded.modules()][1:] == [nn.Conv1d]
 
 
-# --- issue 16: one helper for modes ---------------------------------------------------------
+# --- one helper for modes ---------------------------------------------------------
 
 
 @settings(max_examples=30, deadline=None)

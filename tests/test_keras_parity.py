@@ -1,4 +1,4 @@
-"""Drop-in parity of normlab.keras with the Keras layers it stands in for (issue 15).
+"""Drop-in parity of normlab.keras with the Keras layers it stands in for.
 
 Oracle: Keras' own layers on the torch backend (keras.layers.BatchNormalization, Conv2D,
 Dense), called with the same arguments, masks and weights; the cases come from Keras' own
@@ -62,7 +62,7 @@ MASK_CASES = [
 @pytest.mark.parametrize(("shape", "axis"), MASK_CASES, ids=[f"{s}-axis{a}" for s, a in MASK_CASES])
 def test_mask_means_what_it_means_in_keras_for_every_axis(shape, axis):
     """Training and inference outputs and moving statistics equal Keras' layer with the same
-    (batch, ...) mask, broadcast over the last axis whatever the channel axis (issue 15: axis=1
+    (batch, ...) mask, broadcast over the last axis whatever the channel axis (axis=1
     on (batch, steps, features) crashed)."""
     gen = torch.Generator().manual_seed(len(shape) + 10 * axis)
     mask = torch.rand(shape[:-1], generator=gen) > 0.3
@@ -165,7 +165,7 @@ def test_renorm_true_is_refused_with_the_batch_renormalization_it_maps_to():
 
 
 def test_batch_renormalization_refuses_scalar_statistics():
-    """It keeps per-channel statistics only (as normlab.BatchRenorm); issue 15: stats="scalar"
+    """It keeps per-channel statistics only (as normlab.BatchRenorm); stats="scalar"
     built (1,) statistics that get_config dropped, so a reloaded model's weights did not load."""
     with pytest.raises(ValueError, match=r"per-channel.*BatchNormalization\(stats='scalar'\)"):
         nlk.BatchRenormalization(stats="scalar")

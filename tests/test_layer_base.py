@@ -51,7 +51,7 @@ BAD_EPS = [float("nan"), float("inf"), -1.0, 0.0, "1e-5"]
 @pytest.mark.parametrize("eps", BAD_EPS, ids=repr)
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_every_kind_refuses_an_eps_that_is_not_finite_and_positive(kind, eps):
-    """Issue 18 item 8: eps=nan made every output NaN, eps=inf only the bias; refused at
+    """Eps=nan made every output NaN, eps=inf only the bias; refused at
     construction, naming eps."""
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         nl.make_norm(kind, C, eps=eps, **_options(kind))
@@ -65,7 +65,7 @@ def test_every_kind_with_momentum_refuses_one_outside_0_1(kind, momentum):
 
 
 def test_the_layers_the_issue_names_refuse_bad_arguments():
-    """Issue 15: SwitchableNorm(4, momentum=5.0, eps=-1.0) and FrozenBatchNorm(4, eps=-1.0)
+    """SwitchableNorm(4, momentum=5.0, eps=-1.0) and FrozenBatchNorm(4, eps=-1.0)
     were accepted."""
     with pytest.raises(ValueError, match="momentum"):
         nl.SwitchableNorm(4, momentum=5.0)
@@ -188,7 +188,7 @@ def _without_counter(state: dict, version: int | None) -> dict:
     ],
 )
 def test_a_state_dict_from_before_num_batches_tracked_loads_as_into_torch(build, version):
-    """Issue 18 item 16: torch's BatchNorm2d loads an old state_dict without
+    """Torch's BatchNorm2d loads an old state_dict without
     num_batches_tracked (the count starts at 0); so does every normlab layer that counts."""
     source = build()
     _randomize(source, 1)
@@ -230,7 +230,7 @@ def test_a_checkpoint_saved_by_this_version_loads(kind, tmp_path):
     assert_close(target.eval()(x), source.eval()(x), rtol=0, atol=0)
 
 
-# 5. Empty training batches (issue 18 item 11)
+# 5. Empty training batches
 
 
 EMPTY_CASES = [

@@ -90,7 +90,7 @@ def test_a_module_inside_another_to_replace_is_refused_and_nothing_changes():
 
 
 def test_freeze_a_batch_norm_in_a_container_registered_twice():
-    """Regression (issue 18 item 9): freeze raised KeyError after replacing both places."""
+    """Regression: freeze raised KeyError after replacing both places."""
     model, _ = _twice_registered_container()
     _trained(model)
     x = torch.randn(5, C, 3, 3, generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,4 @@
-"""Issue 15: normlab's torch stand-ins are drop-in replacements for the originals.
+"""Normlab's torch stand-ins are drop-in replacements for the originals.
 
 Each original (torch.nn's BatchNorm1d/2d/3d, SyncBatchNorm, LayerNorm, RMSNorm,
 GroupNorm, InstanceNorm1d/2d/3d; torchvision's FrozenBatchNorm2d as a float64

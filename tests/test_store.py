@@ -26,7 +26,7 @@ def _record(run_id: str, value: float = 0.5) -> dict:
     return {"run_id": run_id, "config": {"seed": 0}, "final": {"val_loss": value}}
 
 
-# --- item 1: a complete last record without its newline is a finished run -----------
+# --- a complete last record without its newline is a finished run -----------
 
 
 @settings(max_examples=30, deadline=None)
@@ -77,7 +77,7 @@ def test_a_sweep_keeps_a_finished_run_whose_newline_was_lost(tmp_path):
     assert [r["run_id"] for r in store.records()] == [run.run_id for run in runs]
 
 
-# --- item 17: what cannot be read is named by file and line -----------------------
+# --- what cannot be read is named by file and line -----------------------
 
 
 def test_a_non_utf8_byte_is_an_error_naming_the_file_and_line(tmp_path):
@@ -90,7 +90,7 @@ def test_a_non_utf8_byte_is_an_error_naming_the_file_and_line(tmp_path):
         store.records()
 
 
-# --- item 2: one writer per directory ----------------------------------------------
+# --- one writer per directory ----------------------------------------------
 
 
 def _hold_lock(directory: str, ready, release) -> None:
@@ -153,7 +153,7 @@ def test_the_lock_file_is_not_inherited_by_child_processes(tmp_path):
                 assert not os.get_inheritable(int(fd))
 
 
-# --- item 4: every output path is checked before work -------------------------------
+# --- every output path is checked before work -------------------------------
 
 
 def test_a_jsonl_path_is_not_a_store_directory(tmp_path):

@@ -157,7 +157,7 @@ def test_a_bad_value_in_any_list_is_refused(options, message):
         plan_runs(norms=["bn"], batch_sizes=[32], seeds=1, **options)
 
 
-# --- the size of a plan (issue 18, item 5) --------------------------------------------------
+# --- the size of a plan -----------------------------------------------------------
 
 
 def test_an_absurd_sweep_is_refused_before_any_configuration_is_built(monkeypatch):

@@ -1,4 +1,4 @@
-"""Issue 15: ``normlab.SyncBatchNorm.convert_sync_batchnorm(module, process_group=None)`` is
+"""``normlab.SyncBatchNorm.convert_sync_batchnorm(module, process_group=None)`` is
 a classmethod, as torch's, so code written for torch calls it on the class.
 
 Oracle: ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` on the same model.
