@@ -282,7 +282,7 @@ def _record(config, value: float, gap: float = 1.0, seconds: float = 1e-3) -> di
         "config": config.to_dict(),
         "status": "finished",
         "history": history,
-        "final": {"val_acc": value / 100, "train_acc": (value + gap) / 100, "steps": 10},
+        "final": {"val_acc": value / 100, "train_acc": min(value + gap, 100.0) / 100, "steps": 10},
         "diagnostics": {
             "layers": ["1", "4", "7"],
             "probe_size": 256,
@@ -615,7 +615,7 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
     from normlab.study import figures, run_study
 
     out, report = tmp_path / "runs", tmp_path / "report"
-    _finished_study(out, lambda run: 2.0 if run.norm == "bn" else 0.0)
+    _finished_study(out, lambda run: -2.0 if run.norm == "bn" else 0.0)  # accuracies <= 100%
     first = run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
     assert first.report == report / "claims.md"
     before = _report_files(report)
@@ -625,10 +625,13 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
     def broken(*args, **kwargs):
         raise RuntimeError("the disk filled up")
 
-    monkeypatch.setattr(figures, "learning_rate", broken)  # after four figures are drawn
+    monkeypatch.setitem(figures.FIGURES, "learning_rate.png", broken)  # after three are drawn
     with pytest.raises(RuntimeError, match="disk filled"):
         run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
-    assert _report_files(report) == before
+    after = _report_files(report)
+    # The records are kept beside the report after every invocation, before it is drawn.
+    assert after.pop("records.jsonl.gz") != before.pop("records.jsonl.gz")
+    assert after == before
     assert sorted(p.name for p in report.iterdir() if not p.is_file()) == []
 
 
