@@ -2,7 +2,7 @@
 
 - :class:`Claim`: what a source says (its statement, its words, the citation). Every claim
   normlab checks is declared once, in normlab.report.catalogue.
-- :class:`ClaimTest`: one contrast of a claim: which groups of runs (its :class:`Arm` s, each
+- :class:`ClaimTest`: one contrast of a claim: which groups of runs (its arms, :class:`Arm`, each
   with a weight and the fields its runs share), the per-run value it compares, which side
   of 0 the claim predicts (or, for an equivalence, the claim's margin), and whether it is
   the claim's primary test. normlab.report.compare_claims declares the tests a

@@ -49,8 +49,6 @@ INCONCLUSIVE = "inconclusive"
 TOO_FEW = "too few runs"
 NOT_RUN = "not run"
 UNDERTRAINED = "not tested (undertrained)"
-VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
-"""The verdicts of a tested claim; the other outcomes say why it was not tested."""
 
 LEVEL = 0.95
 """Confidence level of every interval."""
