@@ -34,8 +34,9 @@ from normlab.report import (
     verdicts,
     verdicts_table,
 )
-from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, NEEDS_SEEDS, SUPPORTED
+from normlab.report.evaluation import CONTRADICTED, INCONCLUSIVE, SUPPORTED, TOO_FEW
 from normlab.report.plots import BATCH_SIZE_FIGSIZE, DPI, curves_figsize
+from normlab.report.tables import evidence, outcome
 from report_fixtures import (
     CORRUPTIONS,
     corrupt,
@@ -56,7 +57,7 @@ NOISY_B = [0.955, 0.985, 0.970]
 
 
 def by_key(found, key):
-    return [verdict for verdict in found if verdict.key == key]
+    return [finding for finding in found if finding.test.id == key]
 
 
 def render_text(table) -> str:
@@ -163,7 +164,7 @@ def test_contrast_interval_contains_estimate_and_widens_with_level(groups, weigh
         (HIGH, LOW, SUPPORTED),
         (LOW, HIGH, CONTRADICTED),
         (NOISY_A, NOISY_B, INCONCLUSIVE),
-        ([0.97], [0.95], NEEDS_SEEDS),
+        ([0.97], [0.95], TOO_FEW),
     ],
 )
 def test_layer_norm_claim_outcomes(ln, none, outcome):
@@ -172,11 +173,11 @@ def test_layer_norm_claim_outcomes(ln, none, outcome):
     )
     assert len(found) == 1
     verdict = found[0]
-    assert verdict.outcome == outcome
-    assert verdict.comparison == "ln \u2212 none at batch 32"
+    assert verdict.verdict == outcome
+    assert verdict.test.comparison == "ln \u2212 none at batch 32"
     assert verdict.estimate == pytest.approx(100 * (np.mean(ln) - np.mean(none)))
     assert verdict.n == (len(ln), len(none))
-    assert (verdict.low is None) == (outcome == NEEDS_SEEDS)
+    assert (verdict.low is None) == (outcome == TOO_FEW)
 
 
 def test_pairwise_claims_give_one_verdict_per_shared_batch_size():
@@ -190,22 +191,35 @@ def test_pairwise_claims_give_one_verdict_per_shared_batch_size():
         }
     )
     found = by_key(verdicts(records), "ln-beats-none")
-    assert [v.comparison for v in found] == [
+    assert [v.test.comparison for v in found] == [
         "ln \u2212 none at batch 16",
         "ln \u2212 none at batch 64",
     ]
 
 
+def test_a_sweep_compares_independent_groups_even_when_seeds_are_shared():
+    # A seed effect shared by both norms: pairing would cancel it, Welch's interval counts it.
+    ln = [0.930, 0.960, 0.990]
+    none = [0.920, 0.951, 0.979]
+    (verdict,) = by_key(verdicts(records_from_values({("ln", 32): ln, ("none", 32): none})),
+                        "ln-beats-none")  # fmt: skip
+    welch = scipy_stats.ttest_ind(
+        [100 * v for v in ln], [100 * v for v in none], equal_var=False
+    ).confidence_interval(0.95)
+    assert (verdict.low, verdict.high) == pytest.approx((welch.low, welch.high))
+    assert not verdict.paired and verdict.verdict == INCONCLUSIVE
+
+
 def test_claims_the_sweep_does_not_cover_are_absent():
     found = verdicts(records_from_values({("none", 32): LOW, ("bn", 32): HIGH}))
-    assert {v.key for v in found} == {"bn-beats-none", "bn-regularizes"}
-    assert by_key(found, "bn-beats-none")[0].outcome == SUPPORTED
+    assert {v.test.id for v in found} == {"bn-beats-none", "bn-regularizes"}
+    assert by_key(found, "bn-beats-none")[0].verdict == SUPPORTED
 
 
 def test_claims_are_defined_in_one_table():
     assert len(CLAIMS) == 7
-    assert len({claim.key for claim in CLAIMS}) == 7
-    assert all(claim.text and claim.source and claim.rule for claim in CLAIMS)
+    assert len({entry.claim.id for entry in CLAIMS}) == 7
+    assert all(entry.claim.statement and entry.claim.source for entry in CLAIMS)
 
 
 def test_batch_norm_small_batch_claim_uses_layer_norm_reference():
@@ -222,29 +236,32 @@ def test_batch_norm_small_batch_claim_uses_layer_norm_reference():
     )
     (verdict,) = by_key(verdicts(records), "bn-small-batch")
     minus = "\u2212"
-    assert verdict.comparison == f"(bn {minus} ln) at batch 4 {minus} (bn {minus} ln) at batch 256"
+    assert (
+        verdict.test.comparison
+        == f"(bn {minus} ln) at batch 4 {minus} (bn {minus} ln) at batch 256"
+    )
     assert verdict.n == (3, 3, 3, 3)
     expected = 100 * (
         (np.mean([0.90, 0.91, 0.905]) - np.mean(LOW)) - (np.mean(HIGH) - np.mean(LOW))
     )
     assert verdict.estimate == pytest.approx(expected)
-    assert verdict.outcome == SUPPORTED
-    assert "reference ln" in verdict.evidence
-    assert "more optimizer steps" in verdict.evidence
+    assert verdict.verdict == SUPPORTED
+    assert "reference ln" in evidence(verdict)
+    assert "more optimizer steps" in evidence(verdict)
 
 
 def test_batch_norm_small_batch_claim_falls_back_to_none_then_to_no_reference():
     base = {("bn", 4): [0.90, 0.91, 0.905], ("bn", 256): HIGH}
     with_none = {**base, ("ln", 4): LOW, ("none", 4): LOW, ("none", 256): LOW}
     (verdict,) = by_key(verdicts(records_from_values(with_none)), "bn-small-batch")
-    assert "(bn \u2212 none)" in verdict.comparison
-    assert "reference none" in verdict.evidence and "ln was not" in verdict.evidence
+    assert "(bn \u2212 none)" in verdict.test.comparison
+    assert "reference none" in evidence(verdict) and "ln was not" in evidence(verdict)
 
     (verdict,) = by_key(verdicts(records_from_values(base)), "bn-small-batch")
-    assert verdict.comparison == "bn at batch 4 \u2212 bn at batch 256"
+    assert verdict.test.comparison == "bn at batch 4 \u2212 bn at batch 256"
     assert verdict.n == (3, 3)
-    assert "no reference" in verdict.evidence
-    assert verdict.outcome == SUPPORTED  # claimed side is < 0
+    assert "no reference" in evidence(verdict)
+    assert verdict.verdict == SUPPORTED  # claimed side is < 0
 
 
 def test_batch_norm_small_batch_claim_needs_two_batch_sizes():
@@ -259,15 +276,15 @@ def test_batch_norm_small_batch_claim_needs_two_batch_sizes():
         ([0.975, 0.976, 0.977], [0.970, 0.971, 0.972], SUPPORTED),  # 0.5 pp: real but within
         ([0.960, 0.961, 0.962], [0.940, 0.941, 0.942], CONTRADICTED),  # 2 pp, tight
         (NOISY_A, NOISY_B, INCONCLUSIVE),  # 0 pp, interval wider than ±1 pp
-        ([0.97], [0.96], NEEDS_SEEDS),
+        ([0.97], [0.96], TOO_FEW),
     ],
 )
 def test_layer_norm_batch_independence_is_an_equivalence_claim(small, large, outcome):
     found = verdicts(records_from_values({("ln", 8): small, ("ln", 128): large}))
     (verdict,) = by_key(found, "ln-batch-independent")
-    assert verdict.outcome == outcome
-    assert verdict.comparison == "ln at batch 8 \u2212 ln at batch 128"
-    assert "margin ±1 pp" in verdict.evidence
+    assert verdict.verdict == outcome
+    assert verdict.test.comparison == "ln at batch 8 \u2212 ln at batch 128"
+    assert "margin ±1 pp" in evidence(verdict)
 
 
 def test_scalar_and_channel_batch_norm_claims_use_smallest_and_largest_shared_batch():
@@ -282,12 +299,12 @@ def test_scalar_and_channel_batch_norm_claims_use_smallest_and_largest_shared_ba
         }
     )
     (stable,) = by_key(verdicts(records), "scalar-stable")
-    assert stable.comparison == "bn-scalar \u2212 bn at batch 8 (smallest)"
-    assert stable.outcome == SUPPORTED
-    assert "std 0.20 pp" in stable.evidence and "0 of 3 diverged" in stable.evidence
+    assert stable.test.comparison == "bn-scalar \u2212 bn at batch 8 (smallest)"
+    assert stable.verdict == SUPPORTED
+    assert "std 0.20 pp" in evidence(stable) and "0 of 3 diverged" in evidence(stable)
     (general,) = by_key(verdicts(records), "channel-generalizes")
-    assert general.comparison == "bn \u2212 bn-scalar at batch 64 (largest)"
-    assert general.outcome == SUPPORTED
+    assert general.test.comparison == "bn \u2212 bn-scalar at batch 64 (largest)"
+    assert general.verdict == SUPPORTED
 
 
 def test_regularization_claim_compares_generalization_gaps():
@@ -299,10 +316,11 @@ def test_regularization_claim_compares_generalization_gaps():
         for seed, (val, gap) in enumerate([(0.96, 0.01), (0.961, 0.012), (0.962, 0.011)])
     ]
     (verdict,) = by_key(verdicts(records), "bn-regularizes")
-    assert verdict.metric == "gap"
-    assert verdict.comparison == "gap: none \u2212 bn at batch 32"
+    assert "generalization gap" in verdict.test.measure
+    assert verdict.test.comparison == "gap: none \u2212 bn at batch 32"
     assert verdict.estimate == pytest.approx(100 * (0.04 - 0.011))
-    assert verdict.outcome == SUPPORTED
+    assert verdict.verdict == SUPPORTED
+    assert evidence(verdict).startswith("gap(none) at batch 32: 4.00 pp")
 
 
 def test_diverged_runs_count_in_means_and_are_flagged():
@@ -314,7 +332,7 @@ def test_diverged_runs_count_in_means_and_are_flagged():
     ]
     (verdict,) = by_key(verdicts(records), "bn-beats-none")
     assert verdict.estimate == pytest.approx(100 * (np.mean([0.97, 0.971, 0.10]) - np.mean(LOW)))
-    assert "1 of 3 diverged" in verdict.evidence
+    assert "1 of 3 diverged" in evidence(verdict)
     text = render_text(summary_table(records))
     (bn_row,) = [line for line in text.splitlines() if " bn " in line]
     assert "1 of 3" in bn_row
@@ -333,7 +351,7 @@ def test_verdicts_are_per_experiment_and_series_are_labelled():
         "none (lr=0.01)",
     }
     found = by_key(verdicts(records), "ln-beats-none")
-    assert [(v.experiment, v.outcome) for v in found] == [
+    assert [(v.test.experiment, v.verdict) for v in found] == [
         ("lr=0.001", SUPPORTED),
         ("lr=0.01", CONTRADICTED),
     ]
@@ -382,9 +400,10 @@ def test_verdicts_table_shows_every_verdict():
     found = verdicts(records)
     text = render_text(verdicts_table(found))
     for verdict in found:
-        assert verdict.comparison in text
-        assert verdict.outcome in text
-    assert "Layer norm improves validation accuracy" in text
+        assert verdict.test.comparison in text
+        assert outcome(verdict) in text
+    assert "Layer norm improves accuracy" in text
+    assert "needs ≥ 2 seeds" in text, "a configuration run with one seed"
 
 
 def test_no_records_give_no_verdicts_and_an_empty_table():

@@ -12,12 +12,24 @@ import statistics
 
 import pytest
 
-from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from normlab.report.claims import Claim, ClaimTest
+from normlab.report.evaluation import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    TOO_FEW,
+    UNDERTRAINED,
+    Adequacy,
+    Finding,
+    Group,
+    adjust,
+    evaluate,
+)
 from normlab.study import BUDGETS, plan
 from normlab.study.claims import sections
-from normlab.study.findings import Check, Group, Runs, adjust, compute
+from normlab.study.findings import Runs
 from normlab.study.plan import all_runs
-from normlab.study.report import render
+from normlab.study.report import format_estimate, render, write_json
 from normlab.study.run import adjust_sections
 from report_fixtures import CORRUPTIONS, corrupt
 
@@ -91,17 +103,14 @@ def test_depth_has_a_he_initialized_baseline_and_group_norm_has_eight_groups():
 # --- the verdict rules, on planted data ------------------------------------------------
 
 
-def _check(values_a, values_b, side="greater", margin=None, seeds=False, primary=True) -> Check:
-    spec = dict(
-        key="k",
-        title="t",
-        quote="q",
-        source="s",
+def _check(values_a, values_b, side="greater", margin=None, seeds=False, primary=True) -> Finding:
+    test = ClaimTest(
+        id="k",
+        claim=Claim("k", "t", "s", quote="q", margin=margin),
         hypothesis="h",
         experiment="e",
         measure="m",
         side=side,
-        margin=margin,
         primary=primary,
     )
     groups = (
@@ -110,13 +119,17 @@ def _check(values_a, values_b, side="greater", margin=None, seeds=False, primary
         Group("b", -1, tuple(values_b), len(values_b), seeds=tuple(range(len(values_b)))
               if seeds else ()),
     )  # fmt: skip
-    return compute(Check(**spec, groups=groups))
+    return evaluate(test, groups)
+
+
+def _secondary(found: Finding) -> Finding:
+    return dataclasses.replace(found, test=dataclasses.replace(found.test, primary=False))
 
 
 def test_verdicts_read_holm_adjusted_p_values():
     clear = _check([10.0, 10.1, 9.9, 10.05], [0.0, 0.1, -0.1, 0.02])
     borderline = _check([1.0, 1.5, 0.5, 1.2], [0.0, 0.6, -0.2, 0.5])  # p between 0.01 and 0.05
-    assert borderline.raw_verdict == SUPPORTED and 0.01 < borderline.p < 0.05
+    assert borderline.unadjusted == SUPPORTED and 0.01 < borderline.p < 0.05
     alone = adjust([borderline])[0]
     assert alone.verdict == SUPPORTED and alone.p_adjusted == pytest.approx(borderline.p)
     crowded = adjust([clear, borderline, _check([0.0, 1.0], [0.5, 0.4])])
@@ -129,7 +142,7 @@ def test_verdicts_read_holm_adjusted_p_values():
 def test_holm_counts_the_primary_tests_only():
     clear = _check([10.0, 10.1, 9.9, 10.05], [0.0, 0.1, -0.1, 0.02])
     borderline = _check([1.0, 1.5, 0.5, 1.2], [0.0, 0.6, -0.2, 0.5])
-    secondary = dataclasses.replace(borderline, primary=False)
+    secondary = _secondary(borderline)
     many_secondaries = [secondary] * 5
     tested = adjust([clear, borderline, *many_secondaries])
     # In a family of two, Holm leaves the larger p as it is; counting the five secondary
@@ -148,10 +161,10 @@ def test_an_equivalence_is_contradicted_only_when_the_interval_lies_outside_the_
     assert same[0].verdict == SUPPORTED
     far = adjust([_check([5.0, 5.1, 4.9], [1.0, 0.9, 1.1], "within", 1.0)])
     assert far[0].verdict == CONTRADICTED and far[0].low > 1.0
-    few = compute(
-        dataclasses.replace(same[0], groups=(same[0].groups[0], Group("b", -1, (1.0,), 1)))
-    )
-    assert few.estimate is None and few.verdict == "too few runs"
+    few = evaluate(same[0].test, (same[0].groups[0], Group("b", -1, (1.0,), 1)))
+    assert few.low is None and few.p is None and few.verdict == TOO_FEW
+    assert format_estimate(few) == "—", "the study shows no estimate without its interval"
+    assert adjust([few])[0].verdict == TOO_FEW
 
 
 def test_the_tost_p_value_rejects_exactly_when_the_90_percent_interval_is_within_the_margin():
@@ -200,16 +213,14 @@ def test_the_minimum_detectable_effect_is_the_80_percent_power_effect_of_the_tes
 
 
 def test_an_undertrained_experiment_gets_no_verdict_and_leaves_the_holm_family():
-    from normlab.study.findings import UNDERTRAINED, Adequacy
-
     clear = _check([10.0, 10.1, 9.9, 10.05], [0.0, 0.1, -0.1, 0.02])
     borderline = _check([1.0, 1.5, 0.5, 1.2], [0.0, 0.6, -0.2, 0.5])
-    short = compute(dataclasses.replace(clear, adequacy=Adequacy(97.5, 91.0, "mlp")))
-    assert short.raw_verdict == UNDERTRAINED and short.estimate is not None
+    short = evaluate(clear.test, clear.groups, Adequacy(97.5, 91.0, "mlp"))
+    assert short.unadjusted == UNDERTRAINED and short.estimate is not None
     tested = adjust([short, borderline])
     assert tested[0].verdict == UNDERTRAINED and tested[0].p_adjusted is None
     assert tested[1].p_adjusted == pytest.approx(borderline.p), "a family of one"
-    enough = compute(dataclasses.replace(clear, adequacy=Adequacy(97.5, 97.6, "mlp")))
+    enough = evaluate(clear.test, clear.groups, Adequacy(97.5, 97.6, "mlp"))
     assert adjust([enough])[0].verdict == SUPPORTED
 
 
@@ -222,8 +233,9 @@ def test_a_run_ending_near_chance_counts_as_diverged_beside_nan():
     nan = {**_record(config, 11.3), "status": "diverged"}
     assert not collapsed(nan), "a NaN run is counted once, as NaN"
     runs = Runs({"lr": [config]}, [_record(config, 11.3)])
-    from normlab.study.findings import describe, group
+    from normlab.study.findings import group
     from normlab.study.measures import val_acc
+    from normlab.study.report import describe
 
     g = group("x", 1, runs.get("lr"), val_acc)
     assert g.collapsed == 1 and "1 diverged: 1 at chance" in describe(g, "pp")
@@ -270,7 +282,7 @@ def _record(config, value: float, gap: float = 1.0, seconds: float = 1e-3) -> di
         "config": config.to_dict(),
         "status": "finished",
         "history": history,
-        "final": {"val_acc": value / 100, "train_acc": (value + gap) / 100, "steps": 10},
+        "final": {"val_acc": value / 100, "train_acc": min(value + gap, 100.0) / 100, "steps": 10},
         "diagnostics": {
             "layers": ["1", "4", "7"],
             "probe_size": 256,
@@ -289,7 +301,7 @@ def _planted(experiments, effect, base=98.6):
 
 def _found(experiments, records, budget=SEEDED):
     return {
-        t.key: t
+        t.test.id: t
         for s in adjust_sections(sections(Runs(experiments, records), budget))
         for t in s.tests
     }
@@ -298,7 +310,7 @@ def _found(experiments, records, budget=SEEDED):
 def test_a_planted_batch_norm_advantage_is_supported_and_its_absence_is_not():
     experiments = plan(SEEDED)
     found = _found(experiments, _planted(experiments, lambda run: 1.0 if run.norm == "bn" else 0))
-    assert found["bn-beats-none"].verdict == SUPPORTED and found["bn-beats-none"].primary
+    assert found["bn-beats-none"].verdict == SUPPORTED and found["bn-beats-none"].test.primary
     assert found["bn-beats-none"].estimate == pytest.approx(1.0, abs=0.2)
     assert found["bn-beats-none"].paired, "runs of one seed share init and data order"
     assert found["ln-beats-none"].verdict == INCONCLUSIVE
@@ -310,9 +322,9 @@ def test_a_planted_batch_norm_advantage_is_supported_and_its_absence_is_not():
     assert found["bn-reduces-ics"].estimate == pytest.approx(math.log10(99.6 / 98.6), abs=0.01)
     nothing = _found(experiments, _planted(experiments, lambda run: 0.0))
     assert not [
-        t.key
+        t.test.id
         for t in nothing.values()
-        if t.primary and t.verdict in (SUPPORTED, CONTRADICTED) and t.side != "within"
+        if t.test.primary and t.verdict in (SUPPORTED, CONTRADICTED) and t.test.side != "within"
     ]
 
 
@@ -324,12 +336,10 @@ def test_every_claim_has_one_primary_test():
     for section in tested:
         if section.key in ("replication", "not-yet-tested", "regularizes", "bn-deep"):
             continue
-        assert sum(t.primary for t in section.tests) == 1, section.key
+        assert sum(t.test.primary for t in section.tests) == 1, section.key
 
 
 def test_an_experiment_short_of_its_threshold_is_not_tested_rather_than_judged():
-    from normlab.study.findings import UNDERTRAINED
-
     experiments = plan(SEEDED)
     short = _found(
         experiments, _planted(experiments, lambda run: 3.0 if run.norm == "bn" else 0, base=90.0)
@@ -356,7 +366,7 @@ def test_the_report_has_every_claim_its_numbers_and_the_1s_2s_correction(tmp_pat
             assert f"]({section.figure})" in text
             assert (tmp_path / section.figure).stat().st_size > 1000
         for test in section.tests:
-            assert f"**{test.key}.**" in text
+            assert f"**{test.test.id}.**" in text
     assert text.count("Holm-adjusted p =") == sum(
         t.p_adjusted is not None for s in tested for t in s.tests
     )
@@ -389,6 +399,118 @@ def test_the_report_is_regenerated_identically_from_the_committed_records(tmp_pa
     assert facts["threshold"] == 97.5 and facts["seeds"] == QUICK.replication_seeds
     assert facts["trained"] is True
     assert facts["best_mean_val_acc"] == pytest.approx(100.6, abs=0.5)
+
+
+def _claims_json(tmp_path) -> dict:
+    """The quick study's claims.json on planted records with no effect."""
+    experiments = plan(QUICK)
+    records = _planted(experiments, lambda run: 0.0)
+    tested = adjust_sections(sections(Runs(experiments, records), QUICK))
+    write_json(tmp_path / "claims.json", tested, QUICK, records)
+    return json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))
+
+
+SHARED_WITH_COMPARE = (
+    "ln-beats-none",
+    "bn-beats-none",
+    "bn-small-batch",
+    "ln-batch-independent",
+    "scalar-stable",
+    "channel-generalizes",
+    "bn-regularizes",
+)
+"""The claims that both the claims study and normlab compare's report test."""
+
+
+def test_the_compare_report_states_each_claim_as_the_study_does(tmp_path):
+    import html
+
+    from normlab.report import render_report
+    from report_fixtures import records_from_values, write_results
+
+    values = {
+        (norm, size): [0.95, 0.951, 0.952]
+        for norm in ("none", "bn", "bn-scalar", "ln")
+        for size in (8, 64)
+    }
+    folder = write_results(tmp_path / "compare", records_from_values(values))
+    page = html.unescape(render_report(folder).html.read_text(encoding="utf-8"))
+    shared = [t for t in _claims_json(tmp_path)["tests"] if t["id"] in SHARED_WITH_COMPARE]
+    assert {t["id"] for t in shared} == set(SHARED_WITH_COMPARE)
+    for test in shared:
+        assert test["claim"] in page, test["id"]
+        assert test["source"] in page, test["id"]
+        if test["margin"] is not None:
+            assert f"within ±{test['margin']:g} pp" in page
+
+
+def test_each_primary_test_states_its_own_claim(tmp_path):
+    primaries = [t for t in _claims_json(tmp_path)["tests"] if t["primary"]]
+    statements = [t["claim"] for t in primaries]
+    repeated = {s for s in statements if statements.count(s) > 1}
+    assert not repeated, f"primary tests of different claims state {repeated}"
+
+
+EVALUATION = (
+    "normlab.report.catalogue",
+    "normlab.report.claims",
+    "normlab.report.compare_claims",
+    "normlab.report.evaluation",
+    "normlab.report.stats",
+    "normlab.study.cells",
+    "normlab.study.claims",
+    "normlab.study.findings",
+    "normlab.study.mechanism_claims",
+    "normlab.study.sections",
+    "normlab.study.training_claims",
+)
+RENDERING = (
+    "normlab.report.html",
+    "normlab.report.plots",
+    "normlab.report.tables",
+    "normlab.study.figures",
+    "normlab.study.report",
+    "normlab.study.tables",
+)
+
+
+def _imports(module: str) -> dict[str, set[str]]:
+    """The modules ``module`` imports from, each with the names it takes."""
+    import ast
+    import importlib.util
+    import pathlib
+
+    origin = importlib.util.find_spec(module).origin
+    tree = ast.parse(pathlib.Path(origin).read_text(encoding="utf-8"))
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.setdefault(node.module, set()).update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                found.setdefault(alias.name, set())
+    return found
+
+
+@pytest.mark.parametrize("module", EVALUATION)
+def test_evaluation_imports_no_rendering(module):
+    drawn = {"rich", "matplotlib", *RENDERING}
+    for imported in _imports(module):
+        assert imported.split(".")[0] not in drawn and imported not in drawn, imported
+
+
+@pytest.mark.parametrize("module", RENDERING)
+def test_rendering_only_reads_evaluated_claims(module):
+    """Rendering reads findings and the records; it computes no contrast or verdict."""
+    import normlab.report.evaluation as evaluation
+
+    imports = _imports(module)
+    assert "normlab.report.stats" not in imports and "normlab.study.findings" not in imports
+    assert "normlab.report.compare_claims" not in imports
+    for name in imports.get("normlab.report.evaluation", ()):
+        assert not callable(getattr(evaluation, name)) or isinstance(
+            getattr(evaluation, name), type
+        ), f"{module} calls normlab.report.evaluation.{name}"
 
 
 @pytest.mark.slow
@@ -493,7 +615,7 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
     from normlab.study import figures, run_study
 
     out, report = tmp_path / "runs", tmp_path / "report"
-    _finished_study(out, lambda run: 2.0 if run.norm == "bn" else 0.0)
+    _finished_study(out, lambda run: -2.0 if run.norm == "bn" else 0.0)  # accuracies <= 100%
     first = run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
     assert first.report == report / "claims.md"
     before = _report_files(report)
@@ -503,10 +625,13 @@ def test_a_failure_while_writing_the_report_leaves_the_previous_report_whole(
     def broken(*args, **kwargs):
         raise RuntimeError("the disk filled up")
 
-    monkeypatch.setattr(figures, "learning_rate", broken)  # after four figures are drawn
+    monkeypatch.setitem(figures.FIGURES, "learning_rate.png", broken)  # after three are drawn
     with pytest.raises(RuntimeError, match="disk filled"):
         run_study(str(tmp_path), out, report, budget=QUICK, jobs=1)
-    assert _report_files(report) == before
+    after = _report_files(report)
+    # The records are kept beside the report after every invocation, before it is drawn.
+    assert after.pop("records.jsonl.gz") != before.pop("records.jsonl.gz")
+    assert after == before
     assert sorted(p.name for p in report.iterdir() if not p.is_file()) == []
 
 

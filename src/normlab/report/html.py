@@ -10,15 +10,18 @@ import base64
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from normlab.report.claims import (
-    CONTRADICTED,
-    INCONCLUSIVE,
-    NEEDS_SEEDS,
-    SUPPORTED,
-    Verdict,
-)
+from normlab.report.catalogue import BN_REGULARIZES, LN_BATCH_INDEPENDENT
+from normlab.report.claims import Claim
+from normlab.report.evaluation import CONTRADICTED, INCONCLUSIVE, SUPPORTED, TOO_FEW, Finding
 from normlab.report.runs import Run, Sweep, format_value
-from normlab.report.tables import SUMMARY_HEADERS, format_interval, summary_rows
+from normlab.report.tables import (
+    SUMMARY_HEADERS,
+    evidence,
+    format_interval,
+    outcome,
+    prediction,
+    summary_rows,
+)
 
 TIMES = "\u00d7"
 
@@ -26,7 +29,7 @@ OUTCOME_CLASSES = {
     SUPPORTED: "supported",
     CONTRADICTED: "contradicted",
     INCONCLUSIVE: "inconclusive",
-    NEEDS_SEEDS: "needs-seeds",
+    TOO_FEW: "needs-seeds",
 }
 
 STYLE = """
@@ -68,13 +71,14 @@ details summary { cursor: pointer; font-weight: 600; margin: 0.5rem 0; }
 HOW_TO_READ = (
     "Each row compares groups of runs that differ only in their seed. The estimate is a "
     "difference of mean final validation accuracies in percentage points (pp); for "
-    "“Batch norm regularizes” it is a difference of generalization gaps (final train "
+    f"“{BN_REGULARIZES.statement}” it is a difference of generalization gaps (final train "
     "accuracy, measured in eval mode, minus validation accuracy). The 95% interval is Welch's "
     "t interval over seeds (unequal variances), so it covers seed-to-seed variation on this "
     "data set and model only. A directional claim is supported when the whole interval lies "
     "on the claimed side of 0, contradicted when it lies on the other side, and inconclusive "
-    "otherwise; with a single seed in some group there is no interval. “Layer norm does not "
-    "depend on batch size” is an equivalence claim with a ±1 pp margin. Epochs are held fixed "
+    "otherwise; with a single seed in some group there is no interval. "
+    f"“{LN_BATCH_INDEPENDENT.statement}” is an equivalence claim with a "
+    f"±{LN_BATCH_INDEPENDENT.margin:g} pp margin. Epochs are held fixed "
     "across batch sizes, so smaller batches take more optimizer steps; the batch-size claim "
     "for batch norm subtracts a reference norm to remove that effect. Diverged runs count in "
     "every mean with the accuracy they reached: a divergence is a real failure."
@@ -172,8 +176,17 @@ def _summary_section(sweep: Sweep) -> str:
     )
 
 
-def _verdict_section(verdicts: Sequence[Verdict]) -> str:
-    if not verdicts:
+def _claim_lines(claim: Claim) -> str:
+    """Who makes the claim, and in which words (its own, or paraphrased)."""
+    lines = f'<div class="source">source: {escape(claim.source)}</div>'
+    if claim.quote:
+        words = f"says: “{claim.quote}”" if claim.verbatim else f"says, paraphrased: {claim.quote}"
+        lines += f'<div class="source">{escape(words)}</div>'
+    return lines
+
+
+def _verdict_section(findings: Sequence[Finding]) -> str:
+    if not findings:
         return (
             '<p class="muted">This sweep covers none of the claims (they compare none, bn, '
             "bn-scalar and ln, some across batch sizes).</p>"
@@ -181,38 +194,38 @@ def _verdict_section(verdicts: Sequence[Verdict]) -> str:
     headers = ("claim", "comparison", "estimate pp", "95% interval", "n", "verdict", "evidence")
     numeric = {2, 3, 4}
     head = "".join(_cell(h, "num" if i in numeric else "", "th") for i, h in enumerate(headers))
-    groups: list[list[Verdict]] = []
-    for verdict in verdicts:
-        same = groups and (groups[-1][0].key, groups[-1][0].experiment) == (
-            verdict.key,
-            verdict.experiment,
+    groups: list[list[Finding]] = []
+    for found in findings:
+        same = groups and (groups[-1][0].test.id, groups[-1][0].test.experiment) == (
+            found.test.id,
+            found.test.experiment,
         )
         if same:
-            groups[-1].append(verdict)
+            groups[-1].append(found)
         else:
-            groups.append([verdict])
+            groups.append([found])
     body = []
     for group in groups:
-        first = group[0]
-        claim = escape(first.claim)
-        if first.experiment:
-            claim += f" <em>[{escape(first.experiment)}]</em>"
+        test = group[0].test
+        claim = escape(test.claim.statement)
+        if test.experiment:
+            claim += f" <em>[{escape(test.experiment)}]</em>"
         claim_cell = (
             f'<td class="claim" rowspan="{len(group)}">{claim}'
-            f'<div class="source">source: {escape(first.source)}</div>'
-            f'<div class="source">predicts: estimate {escape(first.prediction)}</div></td>'
+            + _claim_lines(test.claim)
+            + f'<div class="source">predicts: estimate {escape(prediction(test, " pp"))}</div></td>'
         )
-        for index, verdict in enumerate(group):
-            outcome = OUTCOME_CLASSES.get(verdict.outcome, "")
+        for index, found in enumerate(group):
+            css = OUTCOME_CLASSES.get(found.verdict, "")
             body.append(
                 "<tr>"
                 + (claim_cell if index == 0 else "")
-                + _cell(verdict.comparison, "comparison")
-                + _cell(f"{verdict.estimate:+.2f}", "num")
-                + _cell(format_interval(verdict.low, verdict.high), "num")
-                + _cell(", ".join(str(n) for n in verdict.n), "num")
-                + f'<td><span class="badge {outcome}">{escape(verdict.outcome)}</span></td>'
-                + _cell(verdict.evidence, "evidence")
+                + _cell(found.test.comparison, "comparison")
+                + _cell(f"{found.estimate:+.2f}", "num")
+                + _cell(format_interval(found.low, found.high), "num")
+                + _cell(", ".join(str(n) for n in found.n), "num")
+                + f'<td><span class="badge {css}">{escape(outcome(found))}</span></td>'
+                + _cell(evidence(found), "evidence")
                 + "</tr>"
             )
     return (
@@ -251,7 +264,7 @@ def _figure(png: bytes, alt: str, caption: str) -> str:
 
 def report_html(
     sweep: Sweep,
-    verdicts: Sequence[Verdict],
+    findings: Sequence[Finding],
     curves_png: bytes,
     batch_size_png: bytes | None,
 ) -> str:
@@ -301,7 +314,7 @@ def report_html(
         ]
     parts += [
         "<h2>Claims</h2>",
-        _verdict_section(verdicts),
+        _verdict_section(findings),
         "<h2>Runs</h2>",
         _runs_section(sweep.runs),
         "</body>",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from normlab.experiment.store import results_path
 from normlab.paths import check_output_directory, write_atomically
-from normlab.report.claims import verdicts
+from normlab.report.compare_claims import verdicts
 from normlab.report.html import report_html
 from normlab.report.plots import batch_size_png, curves_png
 from normlab.report.runs import Sweep, check_records

@@ -162,6 +162,18 @@ def equivalence_p_value(result: Contrast, margin: float) -> float | None:
     return max(lower, upper)
 
 
+def outside_margin_p_value(result: Contrast, margin: float) -> float | None:
+    """Two-sided p-value of H0: the contrast lies within ±``margin``, against it lying
+    outside: below α exactly when the (1 − α) interval lies wholly above +margin or wholly
+    below −margin. None without an interval; 0 or 1 when the standard error is 0."""
+    if result.se is None or result.df is None:
+        return None
+    if result.se == 0.0:
+        return 0.0 if abs(result.estimate) > margin else 1.0
+    t = (abs(result.estimate) - margin) / result.se
+    return float(min(1.0, 2.0 * scipy_stats.t.sf(t, result.df)))
+
+
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values (Holm 1979), in the order given.
 

@@ -1,4 +1,5 @@
-"""The summary and verdict tables, as formatted rows and as rich tables.
+"""The summary and verdict tables, as formatted rows and as rich tables, and the words of a
+compare sweep's findings (outcome, prediction, evidence).
 
 The rows are plain strings so that the terminal (rich) and the HTML page
 show exactly the same numbers; rich gets them as Text, never as markup, so
@@ -15,7 +16,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from normlab.report.claims import CONTRADICTED, INCONCLUSIVE, NEEDS_SEEDS, SUPPORTED, Verdict
+from normlab.report.claims import ClaimTest
+from normlab.report.evaluation import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    TOO_FEW,
+    Finding,
+    Group,
+)
 from normlab.report.runs import Sweep
 
 SUMMARY_HEADERS = (
@@ -31,11 +40,15 @@ SUMMARY_HEADERS = (
 )
 VERDICT_HEADERS = ("claim", "comparison", "estimate pp", "95% interval", "n", "verdict")
 
+NEEDS_SEEDS = "needs ≥ 2 seeds"
+"""A compare sweep's words for too few runs: every run of a sweep has a value, so a group
+of fewer than two runs is a configuration run with one seed."""
+
 OUTCOME_STYLES = {
     SUPPORTED: "green",
     CONTRADICTED: "red",
     INCONCLUSIVE: "yellow",
-    NEEDS_SEEDS: "dim",
+    TOO_FEW: "dim",
 }
 
 
@@ -93,25 +106,54 @@ def format_interval(low: float | None, high: float | None) -> str:
     return f"[{low:+.2f}, {high:+.2f}]"
 
 
-def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
-    """One row per verdict; a claim's text is written once above its comparisons.
+def outcome(found: Finding) -> str:
+    """The finding's verdict in a compare report's words."""
+    return NEEDS_SEEDS if found.verdict == TOO_FEW else found.verdict
 
-    With several experiments the claim text names the experiment.
+
+def prediction(test: ClaimTest, unit: str = "") -> str:
+    """What the claim predicts of the estimate: ``> 0``, ``< 0`` or ``within ±1`` and
+    ``unit``."""
+    if test.side == "within":
+        return f"within ±{test.margin or 0.0:g}{unit}"
+    return "> 0" if test.side == "greater" else "< 0"
+
+
+def _describe(g: Group, stability: bool) -> str:
+    """``bn at batch 4: 91.20% (std 0.80 pp, 3 seeds, 1 of 3 diverged)``."""
+    details = [f"std {statistics.stdev(g.values):.2f} pp"] if len(g.values) > 1 else []
+    details.append(f"{g.runs} seed" + ("s" if g.runs != 1 else ""))
+    if g.diverged or stability:
+        details.append(f"{g.diverged} of {g.runs} diverged")
+    return f"{g.label}: {statistics.fmean(g.values):.2f}{g.unit} ({', '.join(details)})"
+
+
+def evidence(found: Finding) -> str:
+    """Each group's mean, spread, seeds and divergences, then the test's notes."""
+    described = [_describe(g, found.test.claim.stability) for g in found.groups]
+    return "; ".join([*described, *found.test.notes]) + "."
+
+
+def verdict_rows(findings: Sequence[Finding]) -> list[tuple[str, ...]]:
+    """One row per finding; a claim's statement is written once above its comparisons.
+
+    With several experiments the statement names the experiment.
     """
     rows = []
     previous = None
-    for verdict in verdicts:
-        claim = verdict.claim
-        if verdict.experiment:
-            claim = f"{claim} [{verdict.experiment}]"
+    for found in findings:
+        test = found.test
+        claim = test.claim.statement
+        if test.experiment:
+            claim = f"{claim} [{test.experiment}]"
         rows.append(
             (
                 claim if claim != previous else "",
-                verdict.comparison,
-                f"{verdict.estimate:+.2f}",
-                format_interval(verdict.low, verdict.high),
-                ", ".join(str(n) for n in verdict.n),
-                verdict.outcome,
+                test.comparison,
+                f"{found.estimate:+.2f}",
+                format_interval(found.low, found.high),
+                ", ".join(str(n) for n in found.n),
+                outcome(found),
             )
         )
         previous = claim
@@ -140,15 +182,15 @@ def summary_table(records: Sequence[Mapping[str, Any]] | Sweep) -> Table:
     return table
 
 
-def verdicts_table(verdicts: Sequence[Verdict]) -> Table:
-    """A rich table of verdicts: claim, comparison, estimate, 95% interval, n, verdict."""
+def verdicts_table(findings: Sequence[Finding]) -> Table:
+    """A rich table of findings: claim, comparison, estimate, 95% interval, n, verdict."""
     table = Table(title="claims checked (estimates in percentage points, Welch 95% intervals)")
     for header in VERDICT_HEADERS:
         justify = "right" if header in ("estimate pp", "95% interval", "n") else "left"
         table.add_column(header, justify=justify, overflow="fold")
-    for verdict, row in zip(verdicts, verdict_rows(verdicts), strict=True):
+    for found, row in zip(findings, verdict_rows(findings), strict=True):
         if row[0]:
             table.add_section()
-        outcome = Text(row[-1], style=OUTCOME_STYLES.get(verdict.outcome, ""))
-        table.add_row(*(Text(cell) for cell in row[:-1]), outcome)
+        verdict = Text(row[-1], style=OUTCOME_STYLES.get(found.verdict, ""))
+        table.add_row(*(Text(cell) for cell in row[:-1]), verdict)
     return table

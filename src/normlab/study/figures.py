@@ -19,12 +19,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from scipy import stats as scipy_stats
 
+from normlab.report.catalogue import TUTORIAL_ACCURACY
 from normlab.study import measures as m
-from normlab.study.claims import batch_records
-from normlab.study.findings import Runs
-from normlab.study.mechanism_claims import GN, gn_records, ics_records
+from normlab.study.cells import (
+    GN,
+    Runs,
+    batch_records,
+    depth_records,
+    dropout_records,
+    gn_records,
+    ics_records,
+    init_records,
+)
 from normlab.study.plan import Budget
-from normlab.study.training_claims import depth_records, dropout_records, init_records
 
 COLORS = {
     "none": "#7f7f7f",
@@ -37,7 +44,6 @@ COLORS = {
     GN: "#d62728",
 }
 DPI = 110
-TUTORIAL = {"none": 97.38, "ln": 97.76}
 
 
 def interval(values: Sequence[float]) -> float:
@@ -105,8 +111,9 @@ def replication(runs: Runs, b: Budget, path: Path) -> None:
     norms = ["none", "bn", "bn-scalar", "ln"]
     for i, norm in enumerate(norms):
         _line(ax, [i], [_values(runs.get("replication", norm=norm), m.val_acc)], norm)
-        if norm in TUTORIAL:
-            ax.scatter([i + 0.15], [TUTORIAL[norm]], marker="*", s=120, color="black", zorder=3)
+        if norm in TUTORIAL_ACCURACY:
+            tutorial = TUTORIAL_ACCURACY[norm]
+            ax.scatter([i + 0.15], [tutorial], marker="*", s=120, color="black", zorder=3)
     ax.scatter([], [], marker="*", s=80, color="black", label="the tutorial (one run)")
     ax.set_xticks(range(len(norms)), norms)
     _finish(

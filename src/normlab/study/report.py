@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from normlab.report.claims import INCONCLUSIVE
-from normlab.study.findings import (
+from normlab.report.claims import ClaimTest, Scale
+from normlab.report.evaluation import (
     ALPHA,
+    INCONCLUSIVE,
+    NOT_RUN,
     UNDERTRAINED,
     Adequacy,
-    Check,
-    describe,
-    format_estimate,
-    format_mde,
-    format_p,
+    Finding,
+    Group,
 )
+from normlab.report.tables import prediction
+from normlab.study.cells import Runs
 from normlab.study.measures import CHANCE_MARGIN, collapsed
-from normlab.study.plan import Budget
-from normlab.study.sections import Section, markdown_table
+from normlab.study.plan import Budget, plan
+from normlab.study.sections import Section
+from normlab.study.tables import TABLES, markdown_table
 
 ONE_S_TWO_S = (
     "**A correction to the tutorials.** The third tutorial presents the single-statistic "
@@ -32,19 +35,69 @@ ONE_S_TWO_S = (
 )
 
 
-def _test_row(number: str, test: Check) -> list[str]:
-    verdict = f"**{test.verdict}**"
+def describe(g: Group, scale: Scale) -> str:
+    """``bn at batch 4: 91.20 (std 0.80, 5 runs, 1 diverged)``: diverged counts runs whose
+    loss became NaN and runs that ended within a few points of chance."""
+    if not g.values:
+        return f"{g.label}: no values ({g.runs} runs)"
+    mean = statistics.fmean(g.values)
+    shown = f"{10**mean:.3g} (geometric mean)" if scale == "log10" else f"{mean:.3g}"
+    parts = [f"std {statistics.stdev(g.values):.2g}"] if len(g.values) > 1 else []
+    parts.append(f"{len(g.values)} runs")
+    if g.diverged or g.collapsed:
+        kinds = [f"{g.diverged} NaN"] * bool(g.diverged) + [
+            f"{g.collapsed} at chance (+{CHANCE_MARGIN:g} pp)"
+        ] * bool(g.collapsed)
+        parts.append(f"{g.diverged + g.collapsed} diverged: {', '.join(kinds)}")
+    return f"{g.label}: {shown} ({', '.join(parts)})"
+
+
+def _estimate(found: Finding) -> float | None:
+    """The estimate, which the study reports only with its interval."""
+    return None if found.low is None else found.estimate
+
+
+def format_estimate(found: Finding) -> str:
+    """The estimate and its 95% interval in the test's unit."""
+    estimate = _estimate(found)
+    if estimate is None:
+        return "—"
+    if found.test.scale == "log10":
+        interval = "" if found.low is None else f" [{10**found.low:.3g}, {10**found.high:.3g}]"
+        return f"{10**estimate:.3g}x{interval}"
+    unit = " pp" if found.test.scale == "pp" else ""
+    interval = "" if found.low is None else f" [{found.low:+.3g}, {found.high:+.3g}]"
+    return f"{estimate:+.3g}{unit}{interval}"
+
+
+def format_mde(found: Finding) -> str:
+    """The minimum detectable effect in the test's unit (a factor on a log10 scale)."""
+    if found.mde is None:
+        return "—"
+    if found.test.scale == "log10":
+        return f"{10**found.mde:.3g}x"
+    return f"{found.mde:.2g}{' pp' if found.test.scale == 'pp' else ''}"
+
+
+def format_p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}" if value < 0.01 else f"{value:.3f}"
+
+
+def _test_row(number: str, found: Finding) -> list[str]:
+    verdict = f"**{found.verdict}**"
     return [
         number,
-        test.key,
-        "primary" if test.primary else "secondary",
-        test.prediction,
-        format_estimate(test),
-        format_mde(test),
-        format_p(test.p),
-        format_p(test.p_adjusted),
+        found.test.id,
+        "primary" if found.test.primary else "secondary",
+        prediction(found.test),
+        format_estimate(found),
+        format_mde(found),
+        format_p(found.p),
+        format_p(found.p_adjusted),
         verdict,
-        test.raw_verdict,
+        found.unadjusted,
     ]
 
 
@@ -70,14 +123,15 @@ def summary(sections: Sequence[Section]) -> str:
     return markdown_table(header, rows)
 
 
-def _test_block(test: Check) -> list[str]:
+def _test_block(found: Finding) -> list[str]:
+    test, claim = found.test, found.test.claim
     quote = (
-        f'> "{test.quote}" — {test.source}'
-        if test.verbatim
-        else f"> Claim (paraphrased): {test.quote} — {test.source}"
+        f'> "{claim.quote}" — {claim.source}'
+        if claim.verbatim
+        else f"> Claim (paraphrased): {claim.quote} — {claim.source}"
     )
     lines = [
-        f"**{test.key}.**",
+        f"**{test.id}.**",
         "",
         quote,
         "",
@@ -86,8 +140,8 @@ def _test_block(test: Check) -> list[str]:
         f"*Experiment.* {test.experiment}.",
         "",
     ]
-    if test.adequacy is not None:
-        a = test.adequacy
+    if found.adequacy is not None:
+        a = found.adequacy
         best = "no finished run" if a.best is None else f"{a.best:.2f}% ({a.best_label})"
         lines += [
             f"*Trained?* The experiment's best configuration must reach {a.threshold:g}% "
@@ -95,44 +149,44 @@ def _test_block(test: Check) -> list[str]:
             f"{'trained' if a.met else '**undertrained**'}.",
             "",
         ]
-    if test.estimate is None:
-        why = test.reason or (
+    if _estimate(found) is None:
+        why = found.reason or (
             "its runs have not finished yet"
-            if test.verdict == "not run"
+            if found.verdict == NOT_RUN
             else "fewer than two finished runs in some group"
         )
-        lines += [f"*Result.* {test.verdict}: {why}.", ""]
+        lines += [f"*Result.* {found.verdict}: {why}.", ""]
         return lines
-    interval = "paired over seeds" if test.paired else "Welch, over seeds"
+    interval = "paired over seeds" if found.paired else "Welch, over seeds"
     adjusted = (
-        f"Holm-adjusted p = {format_p(test.p_adjusted)}"
+        f"Holm-adjusted p = {format_p(found.p_adjusted)}"
         if test.primary
         else "a secondary test, not adjusted"
     )
     detectable = ""
-    if test.verdict in (INCONCLUSIVE, UNDERTRAINED) and test.mde is not None:
+    if found.verdict in (INCONCLUSIVE, UNDERTRAINED) and found.mde is not None:
         detectable = (
-            f" With these runs the test could detect an effect of {format_mde(test)} "
+            f" With these runs the test could detect an effect of {format_mde(found)} "
             "(80% power at alpha = 0.05)."
         )
     lines += [
-        f"*Result.* {test.measure}: **{format_estimate(test)}** (95% interval, {interval}); "
-        f"p = {format_p(test.p)}{_tost(test)}, {adjusted} → **{test.verdict}** "
-        f"(unadjusted interval rule: {test.raw_verdict}).{detectable}",
+        f"*Result.* {test.measure}: **{format_estimate(found)}** (95% interval, {interval}); "
+        f"p = {format_p(found.p)}{_tost(test)}, {adjusted} → **{found.verdict}** "
+        f"(unadjusted interval rule: {found.unadjusted}).{detectable}",
         "",
         "Groups (weight): "
-        + "; ".join(f"{g.label} ({g.weight:+.3g}): " + _group_text(g, test) for g in test.groups)
+        + "; ".join(f"{g.label} ({g.weight:+.3g}): " + _group_text(g, test) for g in found.groups)
         + ".",
         "",
     ]
     return lines
 
 
-def _tost(test: Check) -> str:
+def _tost(test: ClaimTest) -> str:
     return f" (TOST, margin ±{test.margin:g})" if test.side == "within" else ""
 
 
-def _group_text(g: Any, test: Check) -> str:
+def _group_text(g: Group, test: ClaimTest) -> str:
     return describe(g, test.scale).split(": ", 1)[1]
 
 
@@ -224,12 +278,14 @@ def render(
         ONE_S_TWO_S,
         "",
     ]
+    runs = Runs(plan(budget), records)
     shown: dict[str, int] = {}  # a table or figure already shown -> its section's number
     for i, section in enumerate(sections, start=1):
         lines += [f"## {i}. {section.title}", ""]
         for test in section.tests:
             lines += _test_block(test)
-        for table in section.tables:
+        for name in section.tables:
+            table = TABLES[name](runs, budget, section)
             if table in shown:
                 lines += [f"(The table behind these numbers is in section {shown[table]}.)", ""]
             else:
@@ -248,7 +304,7 @@ def render(
     return "\n".join(lines)
 
 
-def _group_json(g: Any) -> dict[str, Any]:
+def _group_json(g: Group) -> dict[str, Any]:
     return {
         "label": g.label,
         "weight": g.weight,
@@ -278,33 +334,34 @@ def write_json(
     """``claims.json``: every test, machine-readable."""
     tests = []
     for section in sections:
-        for test in section.tests:
+        for found in section.tests:
+            test = found.test
             tests.append(
                 {
-                    "id": test.key,
+                    "id": test.id,
                     "section": section.key,
-                    "claim": test.title,
-                    "quote": test.quote,
-                    "source": test.source,
+                    "claim": test.claim.statement,
+                    "quote": test.claim.quote,
+                    "source": test.claim.source,
                     "primary": test.primary,
                     "hypothesis": test.hypothesis,
-                    "prediction": test.prediction if test.side != "within" or test.margin else "",
+                    "prediction": prediction(test) if test.side != "within" or test.margin else "",
                     "measure": test.measure,
-                    "estimate": test.estimate,
-                    "interval": None if test.low is None else [test.low, test.high],
-                    "paired": test.paired,
-                    "p": test.p,
-                    "holm_p": test.p_adjusted,
-                    "verdict": test.verdict,
-                    "unadjusted_verdict": test.raw_verdict,
-                    "minimum_detectable_effect": test.mde,
+                    "estimate": _estimate(found),
+                    "interval": None if found.low is None else [found.low, found.high],
+                    "paired": found.paired,
+                    "p": found.p,
+                    "holm_p": found.p_adjusted,
+                    "verdict": found.verdict,
+                    "unadjusted_verdict": found.unadjusted,
+                    "minimum_detectable_effect": found.mde,
                     "margin": test.margin,
                     "scale": test.scale,
-                    "reason": test.reason or None,
-                    "groups": [_group_json(g) for g in test.groups],
+                    "reason": found.reason or None,
+                    "groups": [_group_json(g) for g in found.groups],
                     "experiment": {
                         "description": test.experiment,
-                        **({} if test.adequacy is None else _adequacy_json(test.adequacy)),
+                        **({} if found.adequacy is None else _adequacy_json(found.adequacy)),
                     },
                 }
             )

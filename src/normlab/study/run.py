@@ -33,11 +33,12 @@ from normlab.experiment.executors.contract import SweepOutcome
 from normlab.experiment.store import check_output_directory
 from normlab.lab.runner import share_cores, train_runs
 from normlab.paths import check_input_directory, write_atomically
+from normlab.report.evaluation import adjust
 from normlab.report.publish import check_replaceable, publish
 from normlab.report.runs import check_records
 from normlab.study import figures
 from normlab.study.claims import sections
-from normlab.study.findings import Runs, adjust
+from normlab.study.findings import Runs
 from normlab.study.plan import BUDGETS, Budget, all_runs, plan
 from normlab.study.report import render, write_json
 
