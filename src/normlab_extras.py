@@ -22,6 +22,7 @@ LAB_PACKAGES = {
     "sklearn": "scikit-learn",
     "matplotlib": "matplotlib",
     "PIL": "pillow",
+    "cloudpickle": "cloudpickle",
 }
 
 INSTALL_LAB = 'pip install "normlab[lab]"'

@@ -58,27 +58,39 @@ def test_a_lambda_on_tensors_trains_in_process_and_the_same_call_resumes(tmp_pat
     assert [r["run_id"] for r in again.records] == [r["run_id"] for r in first.records]
 
 
-def test_worker_processes_train_a_module_level_factory_on_tensors(tmp_path, tensors):
-    result = compare(
-        norms=["bn", "ln"], seeds=1, model=small_net, data=tensors, out=tmp_path, jobs=2,
-        threads=1, report=False, progress=False, **SMALL,
-    )  # fmt: skip
-    assert result.complete and not result.failed and result.files == ()
-    alone = compare(
-        norms=["bn", "ln"], seeds=1, model=small_net, data=tensors, out=tmp_path / "alone",
-        threads=1, report=False, progress=False, **SMALL,
-    )  # fmt: skip
+@pytest.mark.parametrize("factory", ["lambda", "module function"])
+def test_worker_processes_train_a_callable_as_this_process_does(tmp_path, tensors, factory):
+    model = small_net
+    if factory == "lambda":  # travels by value, as a notebook's function does
+        model = lambda norm, num_classes, input_shape: small_net(norm, num_classes, input_shape)  # noqa: E731
+    call = dict(norms=["bn", "ln"], seeds=1, model=model, data=tensors, threads=1, **SMALL)
+    pooled = compare(**call, out=tmp_path, jobs=2, report=False, progress=False)
+    assert pooled.complete and not pooled.failed and pooled.files == ()
+    again = compare(**call, out=tmp_path, jobs=2, report=False, progress=False)
+    assert len(_lines(tmp_path)) == 2 and len(again.records) == 2  # resumed: nothing retrained
+    alone = compare(**call, out=tmp_path / "alone", report=False, progress=False)
     by_id = {r["run_id"]: r["final"] for r in alone.records}  # one thread each: same sums
-    assert {r["run_id"]: r["final"] for r in result.records} == by_id
+    assert {r["run_id"]: r["final"] for r in pooled.records} == by_id
 
 
-def test_a_lambda_for_worker_processes_is_refused_before_any_work(tmp_path, tensors):
-    with pytest.raises(ValueError, match=r"does not pickle.*top level of a module"):
-        compare(
-            norms=["bn"], seeds=1, model=lambda norm, num_classes, input_shape: None,
-            data=tensors, out=tmp_path, jobs=2, progress=False, **SMALL,
-        )  # fmt: skip
+def test_a_model_that_cannot_travel_to_worker_processes_is_refused_before_any_work(
+    tmp_path, tensors
+):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock(norm, num_classes, input_shape):  # a closure over a lock
+        with lock:
+            return small_net(norm, num_classes, input_shape)
+
+    with pytest.raises(ValueError, match=r"cannot be pickled.*lock.*instead of holding it"):
+        compare(norms=["bn"], seeds=1, model=holds_a_lock, data=tensors, out=tmp_path, jobs=2,
+                progress=False, **SMALL)  # fmt: skip
     assert not (tmp_path / "results.jsonl").exists()
+    alone = compare(norms=["bn"], seeds=1, model=holds_a_lock, data=tensors, out=tmp_path,
+                    report=False, progress=False, **SMALL)  # fmt: skip
+    assert alone.complete  # by default it trains in this process
 
 
 def test_other_tensors_are_other_runs(tmp_path, tensors):

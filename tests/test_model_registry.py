@@ -286,13 +286,19 @@ def test_a_builder_that_returns_no_module_is_refused(registry):
 
 
 def test_a_model_worker_processes_cannot_be_handed_is_refused_before_any_work(registry):
+    import threading
+
+    lock = threading.Lock()  # a builder holding a lock cannot travel, by value or not
+    register_model(name="locked")(
+        lambda norm, num_classes, input_shape: lock and tiny(norm, 4, SHAPE)
+    )
     register_model(name="closure")(lambda norm, num_classes, input_shape: tiny(norm, 4, SHAPE))
     register_model(tiny)
-    check_shippable("tiny")
-    check_shippable("mlp")
-    with pytest.raises(ValueError, match=r"'closure' is registered in this process.*pickled"):
-        check_shippable("closure")
-    with pytest.raises(ValueError, match="top level of a module"):
-        ProcessPoolExecutor(jobs=2).check([RunConfig(model="closure")])
-    with pytest.raises(ValueError, match="'closure' is registered in this process"):
-        check_runs([RunConfig(model="closure", nproc=2)], load_dataset("digits"))
+    for name in ("tiny", "mlp", "closure"):  # a lambda travels by value
+        check_shippable(name)
+    with pytest.raises(ValueError, match=r"'locked' is registered in this process.*pickled"):
+        check_shippable("locked")
+    with pytest.raises(ValueError, match="instead of holding it"):
+        ProcessPoolExecutor(jobs=2).check([RunConfig(model="locked")])
+    with pytest.raises(ValueError, match="'locked' is registered in this process"):
+        check_runs([RunConfig(model="locked", nproc=2)], load_dataset("digits"))

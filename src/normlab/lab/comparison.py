@@ -222,8 +222,8 @@ def compare(
         model: a registered model's name (the lab's: normlab.models.MODELS),
             ``"module:factory"``, or a callable ``factory(norm, num_classes, input_shape)
             -> nn.Module`` (normlab.models.factory), which is registered under its
-            ``__name__`` (normlab.models.register_model). With worker processes it must
-            pickle: a function at the top level of a module, not a lambda.
+            ``__name__`` (normlab.models.register_model); worker processes receive it
+            pickled, by value where needed (a lambda, a notebook's function).
         hidden, depth, dropout, cell: the lab models' options (one value or a list to
             sweep; ``hidden`` one list of widths or a list of them).
         placement: ``"before"`` or ``"after"`` the activation, or both as a list.
@@ -290,11 +290,11 @@ def compare(
     if jobs is None and executor == "processes" and not isinstance(model, str):
         try:
             check_shippable(runs[0].model)
-        except ValueError:  # a lambda, say: the default trains in this process instead
+        except ValueError:  # the default trains in this process instead
             jobs = 1
             console.print(
-                f"model {runs[0].model!r} does not pickle, so no worker process can build it: "
-                "training in this process"
+                f"model {runs[0].model!r} cannot be sent to worker processes (it holds "
+                "something that does not pickle): training in this process"
             )
     store = ResultsStore(out)
     if rank == 0:

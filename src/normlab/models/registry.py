@@ -27,7 +27,6 @@ import inspect
 import math
 import pickle
 import re
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -142,6 +141,15 @@ class ModelInfo:
                 f"model {self.name!r}: its builder must accept the keyword arguments "
                 f"{', '.join(keywords)}; its signature is {signature}."
             ) from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with the builder by value where a reference to its module cannot travel
+        (a lambda, a closure, a notebook's function), as Ray ships functions: cloudpickle's
+        bytes, which a spawned worker loads without importing the builder's module."""
+        import cloudpickle
+
+        facts = (self.name, self.options, self.default_hidden, self.stacks, self.cost)
+        return _unpickle_info, (cloudpickle.dumps(self.builder), *facts)
 
     @property
     def passed_options(self) -> tuple[str, ...]:
@@ -291,30 +299,30 @@ def adopt_models(models: Iterable[ModelInfo]) -> None:
         _add(info)
 
 
+def _unpickle_info(builder: bytes, *facts: Any) -> ModelInfo:
+    """A :class:`ModelInfo` from its pickled builder and its facts (see its __reduce__)."""
+    name, options, default_hidden, stacks, cost = facts
+    return ModelInfo(name, pickle.loads(builder), options, default_hidden, stacks, cost)
+
+
 def _stays(info: ModelInfo) -> str | None:
     """Why ``info``'s builder cannot be handed to a spawned process; None when it can."""
-    main = sys.modules.get("__main__")
-    if getattr(info.builder, "__module__", None) == "__main__" and not getattr(
-        main, "__file__", None
-    ):
-        return "it is defined in an interactive session, which a worker cannot import"
     try:
         pickle.dumps(info)
-    except (pickle.PicklingError, TypeError, AttributeError) as error:
-        return f"it cannot be pickled ({error})"
+    except Exception as error:
+        return f"it cannot be pickled ({type(error).__name__}: {error})"
     return None
 
 
 def check_shippable(name: str) -> None:
     """Raise ValueError unless a spawned worker process can be handed the model ``name``
-    with :func:`user_models`: a registered model's builder travels pickled, by reference
-    to its module, which the worker imports. The lab's models and ``MODULE:FACTORY``
-    specs always can.
+    with :func:`user_models`: a registered model's builder travels pickled, by value where
+    needed (a lambda, a closure, a notebook's function). The lab's models and
+    ``MODULE:FACTORY`` specs always can.
 
     Raises:
-        ValueError: the builder does not pickle (a lambda, a function defined inside
-            another), or is defined in an interactive session (a notebook, the REPL) that
-            a worker cannot import; the message says how to make it travel.
+        ValueError: the builder holds something that does not pickle (an open file, a
+            lock, a generator); the message names it and says how to make it travel.
     """
     if name in LAB_MODELS or not is_model(name):
         return
@@ -324,10 +332,8 @@ def check_shippable(name: str) -> None:
         return
     raise ValueError(
         f"model {name!r} is registered in this process; worker processes are handed its "
-        f"builder {_where(info.builder)} pickled, and {reason}: a lambda or a function "
-        "defined inside another does not pickle. Define the builder at the top level of a "
-        "module (a .py file importable from here) and register it there, or train in this "
-        "process (one job)."
+        f"builder {_where(info.builder)} pickled, and {reason}. Let the builder make what "
+        "it needs itself instead of holding it, or train in this process (one job)."
     )
 
 
