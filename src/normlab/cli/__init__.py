@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from normlab.bench_command import add_bench
-from normlab.cli.arguments import as_flags, console
+from normlab.cli.arguments import as_flags
+from normlab.cli.bench import add_bench
 from normlab.cli.compare import add_compare
 from normlab.cli.inspect import add_inspect
 from normlab.cli.norms import add_norms
@@ -16,7 +16,6 @@ from normlab.cli.report import add_report
 from normlab.cli.study import add_study
 from normlab.data import DataError
 from normlab.experiment.executors.lifetime import is_interrupt, terminate_as_interrupt
-from normlab.paths import expand
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(commands)
     add_report(commands)
     add_inspect(commands)
-    add_bench(commands, console, expand)
+    add_bench(commands)
     add_study(commands)
     return parser
 

@@ -6,41 +6,41 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from rich.console import Console
 
+from normlab.cli.arguments import console, positive_int
 from normlab.experiment.store import check_output_file
+from normlab.paths import expand
 
 
 def _bench(args: argparse.Namespace) -> int:
     from normlab.bench import bench, build_cases, results_table, summary_table
 
-    console = args.make_console()
+    out = console()
     if args.json is not None:
         check_output_file(args.json)  # before minutes of timing, not after
     if args.profile:
         from normlab.bench_profile import profile_cases, profile_table
 
         threads = [1] if args.threads is None else args.threads
-        with console.status("profiling"):
+        with out.status("profiling"):
             profiles = profile_cases(
                 build_cases(args.kinds, args.shapes), args.dtype[0], threads, args.profile_steps
             )
-        console.print(profile_table(profiles))
+        out.print(profile_table(profiles))
         if args.json is not None:
             rows = [dataclasses.asdict(p) | {"outside_share": p.outside_share} for p in profiles]
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"profiles": rows}, indent=1) + "\n")
-            console.print(f"wrote {args.json}")
+            out.print(f"wrote {args.json}")
         return 0
-    result = bench(console, args.kinds, args.shapes, args.dtype, args.threads, args.min_run_time)
-    console.print(results_table(result))
-    console.print(summary_table(result))
+    result = bench(out, args.kinds, args.shapes, args.dtype, args.threads, args.min_run_time)
+    out.print(results_table(result))
+    out.print(summary_table(result))
     if args.json is not None:
         result.write_json(args.json)
-        console.print(f"wrote {args.json}")
+        out.print(f"wrote {args.json}")
     return 0
 
 
@@ -68,19 +68,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more; got {text!r}")
-    return int(text)
-
-
-def add_bench(
-    commands: argparse._SubParsersAction,
-    make_console: Callable[[], Console],
-    path: Callable[[str], Path],
-) -> None:
-    """Add ``bench`` to the CLI's subcommands; ``make_console`` and ``path`` are the CLI's
-    console factory and path-option type."""
+def add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench",
         help="time each kind as a ratio to torch's native layer on the same tensor",
@@ -134,16 +122,16 @@ def add_bench(
     )
     bench.add_argument(
         "--profile-steps",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="steps profiled per module and mode with --profile (default 10)",
     )
     bench.add_argument(
         "--json",
-        type=path,
+        type=expand,
         default=None,
         metavar="FILE",
         help="also write the environment, every row and the summary (with --profile: every "
         "phase's figures) here as JSON",
     )
-    bench.set_defaults(run=_bench, make_console=make_console)
+    bench.set_defaults(run=_bench)
