@@ -65,7 +65,7 @@ def test_run_ids_of_one_process_runs_do_not_change():
     assert "nproc" not in RunConfig().to_dict()
     assert RunConfig(nproc=2).run_id != RunConfig().run_id
     assert RunConfig(nproc=2, sync_bn=True).run_id != RunConfig(nproc=2).run_id
-    with pytest.raises(ValueError, match="sync_bn synchronizes"):
+    with pytest.raises(ValueError, match="`sync_bn` synchronizes"):
         RunConfig(sync_bn=True)
 
 
@@ -73,7 +73,7 @@ def test_check_runs_sees_the_per_process_batch(digits):
     with pytest.raises(ValueError, match=r"batch size 2 \(1 per process"):
         check_runs(plan_runs(norms=["bn"], batch_sizes=[2], seeds=1, nproc=2), digits)
     check_runs(plan_runs(norms=["bn"], batch_sizes=[2], seeds=1, nproc=2, sync_bn=True), digits)
-    with pytest.raises(ValueError, match="at least --nproc"):
+    with pytest.raises(ValueError, match="at least `nproc`"):
         check_runs(plan_runs(norms=["ln"], batch_sizes=[2], seeds=1, nproc=3), digits)
 
 

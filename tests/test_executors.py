@@ -106,11 +106,11 @@ def test_ctrl_c_inside_an_executor_is_an_interrupted_outcome_keeping_what_finish
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: executor_for("processes", address="auto"), "--address names a Ray cluster"),
-        (lambda: executor_for("processes", jobs=4, address="auto"), "add --executor ray"),
-        (lambda: executor_for("ray", jobs=2), "with --executor ray the cluster's CPUs"),
+        (lambda: executor_for("processes", address="auto"), "`address` names a Ray cluster"),
+        (lambda: executor_for("processes", jobs=4, address="auto"), "add `executor` ray"),
+        (lambda: executor_for("ray", jobs=2), "with `executor` ray the cluster's CPUs"),
         (lambda: executor_for("torchrun", jobs=2), "under torchrun"),
-        (lambda: executor_for("torchrun", address="auto"), "--address names a Ray cluster"),
+        (lambda: executor_for("torchrun", address="auto"), "`address` names a Ray cluster"),
         (lambda: executor_for("threads"), "unknown executor 'threads'"),
         (lambda: ProcessPoolExecutor(jobs=0), "jobs must be a whole number of at least 1"),
         (lambda: InProcessExecutor(threads=0), "threads must be a whole number of at least 1"),
@@ -124,9 +124,9 @@ def test_an_option_the_executor_would_ignore_or_cannot_take_is_refused(build, me
 
 def test_python_callers_get_the_command_lines_errors_before_any_work(tmp_path, run_cli):
     store = ResultsStore(tmp_path)
-    with pytest.raises(ValueError, match="--jobs and --nproc both"):
+    with pytest.raises(ValueError, match="`jobs` and `nproc` both"):
         run_sweep(_runs(nproc=2), store, jobs=2)
-    with pytest.raises(ValueError, match="--address names a Ray cluster"):
+    with pytest.raises(ValueError, match="`address` names a Ray cluster"):
         run_sweep(_runs(), store, address="auto")
     with pytest.raises(ValueError, match="jobs: give these to the executor's constructor"):
         run_sweep(_runs(), store, executor=_FakeExecutor(), jobs=2)

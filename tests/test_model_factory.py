@@ -272,7 +272,7 @@ def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, r
     argv = ["compare", "--model", f"{module}:build", "--norms", "bn", "--epochs", "1"]
     status, stdout, stderr = run_cli([*argv, "--out", str(misbehaving / "sweep")])
     assert status == 2
-    assert f"importing '{module}' for --model {module}:build" in stderr
+    assert f"importing '{module}' for model '{module}:build'" in stderr
     assert "exited" in stderr and "Traceback" not in stdout + stderr
     assert not (misbehaving / "sweep" / "results.jsonl").exists()
 

@@ -99,7 +99,7 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     assert str(info.value) == INSTALL_MESSAGE
     assert "pip install 'normlab[ray]'" in INSTALL_MESSAGE
     assert isinstance(info.value, ImportError) and isinstance(info.value, ValueError)
-    with pytest.raises(ValueError, match=r"--executor ray needs Ray"):
+    with pytest.raises(ValueError, match=r"`executor` ray needs Ray"):
         _on_ray(_runs(seeds=1), tmp_path)
     assert not (tmp_path / "results.jsonl").exists()
 

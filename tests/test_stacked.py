@@ -271,7 +271,7 @@ def test_only_the_seeds_of_one_configuration_stack():
 
 @pytest.mark.parametrize("executor", ["torchrun", "ray"])
 def test_stack_seeds_is_refused_where_it_cannot_apply(executor):
-    with pytest.raises(ValueError, match="--stack-seeds"):
+    with pytest.raises(ValueError, match="`stack_seeds`"):
         executor_for(executor, stack_seeds=True)
 
 

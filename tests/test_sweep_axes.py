@@ -147,9 +147,9 @@ def test_duplicates_in_a_list_are_planned_once():
     [
         ({"optimizer": ["adam", "adamm"]}, "unknown optimizer 'adamm'"),
         ({"placement": ["before", "inside"]}, "'before' or 'after' the activation; got 'inside'"),
-        ({"weight_decay": [0.1, -1.0]}, "weight_decay must be a finite number >= 0"),
-        ({"weight_decay": [float("nan")]}, "weight_decay must be a finite number >= 0"),
-        ({"model_options": [{"dropout": 1.0}]}, r"dropout must be in \[0, 1\)"),
+        ({"weight_decay": [0.1, -1.0]}, "`weight_decay` must be a finite number >= 0"),
+        ({"weight_decay": [float("nan")]}, "`weight_decay` must be a finite number >= 0"),
+        ({"model_options": [{"dropout": 1.0}]}, r"`dropout` must be in \[0, 1\)"),
     ],
 )
 def test_a_bad_value_in_any_list_is_refused(options, message):

@@ -106,7 +106,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     user = user_format(name)
     if user is not None:
         return USER_FORMATS[user[0]](user[1])
-    if IN_MEMORY.fullmatch(name):
+    if isinstance(name, str) and IN_MEMORY.fullmatch(name):
         raise ValueError(
             f"{name} names tensors that were given in memory; they cannot be loaded by name. "
             "Give the tensors again (normlab.lab.compare(data=...))."
