@@ -156,7 +156,9 @@ def _check_data(data: Any, data_dir: str | None, executor: str) -> Dataset | str
                 "files; choose mnist, fashion-mnist or cifar10 to use the files there."
             )
         if data_dir is not None and user_format(data) is not None:
-            raise ValueError(f"`data_dir` was given, but {data} names its own path; drop `data_dir`.")
+            raise ValueError(
+                f"`data_dir` was given, but {data} names its own path; drop `data_dir`."
+            )
         return data
     if data_dir is not None:
         raise ValueError("`data_dir` is where a named data set's files are; drop it.")
