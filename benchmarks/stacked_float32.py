@@ -1,6 +1,6 @@
 """Stacked seeds against separate runs in float32: the same distribution of final accuracy?
 
-In float64 each stacked replica is its single run up to rounding (tests/test_stacked.py,
+In float64 each stacked replica is its single run up to rounding (tests/experiment/test_stacked.py,
 1e-10). In float32 the two computations round differently (one batched product instead
 of K, a widened or reshaped norm), and training amplifies rounding: Adam moves a
 parameter whose gradient is rounding noise by about lr per step, and a norm that

@@ -21,7 +21,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ACCURACY = re.compile(r"epoch \d+: .*validation accuracy (\d+\.\d+)%")
 FINAL = re.compile(r"validation accuracy after \d+ epochs: (\d+\.\d+)%")
 CONVERSION = re.compile(r"keras -> torch max \|difference\| (\S+), keras -> torch -> keras (\S+)")

@@ -27,7 +27,7 @@ from normlab.experiment.executors.pool import worker_main
 from normlab.experiment.train import Partition, build_run_model, make_optimizer, train_model
 from normlab.models import mlp
 
-KERAS_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "keras_tutorial_mlp.py"
+KERAS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "keras_tutorial_mlp.py"
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from data_fixtures import (
 )
 from normlab.data import DATASETS, DataError, Dataset, dataset_name, load_dataset, read_idx
 
-REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+REAL_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 def scaled(images: np.ndarray, max_value: float = 255.0) -> torch.Tensor:

@@ -381,7 +381,7 @@ def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp
 
 
 def test_the_benchmark_times_stacked_against_separate_seeds(data64, monkeypatch):
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "train_speed.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
     spec = importlib.util.spec_from_file_location("train_speed_stacked", path)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up there
@@ -426,7 +426,7 @@ def test_a_stacked_sweep_saves_each_seeds_model(tmp_path):
 
 def test_the_float32_benchmark_tests_equivalence_of_stacked_and_separate_accuracies(data64):
     """benchmarks/stacked_float32.py, whose figures the README quotes, on a tiny set."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "stacked_float32.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "stacked_float32.py"
     spec = importlib.util.spec_from_file_location("stacked_float32", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 
 from normlab_extras import INSTALL_LAB, LAB_PACKAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAB_MODULES = tuple(LAB_PACKAGES)  # rich, scipy, sklearn, matplotlib, PIL
 LAB_SUBPACKAGES = ("normlab.experiment", "normlab.report", "normlab.study")
 LOADED_ON_FIRST_USE = ("normlab.data", "normlab.models")

@@ -13,7 +13,7 @@ import pytest
 
 from normlab.experiment import ResultsStore, plan_runs, run_sweep
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 pytestmark = [
     pytest.mark.slow,
