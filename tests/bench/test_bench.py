@@ -3,7 +3,7 @@
 No timed assertions: timings are only checked for being positive and for the
 ratio being their quotient. The oracles are torch.nn's own modules (which
 class each case is timed against, and that it computes the same output as
-normlab's layer on the case's tensor) and the issue's list of shapes.
+normlab's layer on the case's tensor) and the benchmark's list of shapes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from spec import CANONICAL_KINDS
 LABELS = [kind for kind in CANONICAL_KINDS if kind != "none"]
 LABELS.insert(LABELS.index("bn") + 1, "bn (keras)")
 BATCH_NORM_LIKE = {"bn", "bn (keras)", "bn-scalar", "brn", "switch", "sync-bn", "frozen-bn"}
-# The issue's shapes, with channels on dim 1.
+# The benchmark's shapes, with channels on dim 1.
 MLP = {(n, c) for n in (32, 256, 4096) for c in (128, 1024)}
 CNN = {
     (size, layout)
@@ -39,7 +39,7 @@ TINY_SHAPES = {
 
 
 def _expected_baseline(label: str, size: tuple[int, ...], channel_dim: int) -> type[nn.Module]:
-    """torch's class for ``label`` on input of ``size``: the issue's table."""
+    """torch's class for ``label`` on input of ``size``: the speed table."""
     ndim = len(size)
     if label in BATCH_NORM_LIKE:
         return nn.BatchNorm2d if ndim == 4 else nn.BatchNorm1d
@@ -53,7 +53,7 @@ def _torch_modules(module: nn.Module) -> list[nn.Module]:
 
 
 def test_default_cases_are_every_kind_on_every_shape_of_the_issue():
-    """11 variants (every kind but none, plus bn (keras)) x 11 shapes, in the issue's sizes."""
+    """11 variants (every kind but none, plus bn (keras)) x 11 shapes, in the benchmark's sizes."""
     cases = bench.build_cases()
     assert [v.label for v in bench.default_variants()] == LABELS
     assert len(cases) == len(LABELS) * (len(MLP) + len(CNN) + 1)
@@ -75,7 +75,7 @@ def test_default_cases_are_every_kind_on_every_shape_of_the_issue():
 
 @pytest.mark.parametrize("label", LABELS)
 def test_each_case_is_timed_against_torchs_module_for_the_same_job(label):
-    """Every case's baseline is torch's module named by the issue, on the same channels and
+    """Every case's baseline is torch's module for its rank, on the same channels and
     dtype, in the case's mode; `in` on (N, C) is skipped with the reason."""
     for case in [c for c in bench.build_cases() if c.variant.label == label]:
         channel_dim = case.options.get("channel_dim", 1)
@@ -207,7 +207,7 @@ def _row(
 
 def test_summary_is_the_median_fwd_bwd_ratio_in_float32_per_thread_count():
     """Only train fwd+bwd rows in float32 enter the medians; the one at the all-threads
-    count is compared with the issue's target."""
+    count is compared with the speed target."""
     rows = [
         *(_row("bn", r) for r in (1.0, 1.2, 0.9)),
         _row("bn", 9.0, dtype="bfloat16"),

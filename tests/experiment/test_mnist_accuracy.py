@@ -1,4 +1,4 @@
-"""The issue's acceptance check on real MNIST: the tutorials' MLP, 5 epochs, batch 32, reaches
+"""The lab's accuracy check on real MNIST: the tutorials' MLP, 5 epochs, batch 32, reaches
 at least 97% validation accuracy with none, bn and ln (the tutorials report 97.38% / 97.76%).
 
 Needs the IDX files in ../shared/data/mnist; skipped when they are absent. Marked slow

@@ -24,7 +24,7 @@ def _block() -> nn.Sequential:
 
 def _twice_registered_container() -> tuple[nn.Sequential, nn.Sequential]:
     """A model whose one block (holding a batch norm) is registered at two places, and the
-    block; the second place is reached through a wrapper, the issue's case."""
+    block; the second place is reached through a wrapper."""
     block = _block()
     return nn.Sequential(block, nn.ReLU(), nn.Sequential(block)), block
 

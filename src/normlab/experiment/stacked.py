@@ -15,7 +15,7 @@ once, so layers that read them on the host (a cumulative-average momentum, batch
 renormalization's schedule) still can.
 
 So each replica's losses, gradients, parameters and running statistics are a single
-run's up to rounding (tests/test_stacked.py checks them to 1e-10 in float64), and each
+run's up to rounding (tests/experiment/test_stacked.py checks them to 1e-10 in float64), and each
 seed gets its own record, in the format and under the run id of a single run. A
 replica whose loss turns NaN or infinite is recorded diverged at that epoch, from its
 state then; the others go on (its slice keeps computing but is ignored: the replicas
