@@ -58,7 +58,7 @@ def test_a_size_the_split_cannot_fill_is_refused_before_training():
     for size in (0, 1438):
         with pytest.raises(ValueError, match="between 1 and the 1437 training samples"):
             train_subset(data, size)
-    with pytest.raises(ValueError, match="--train-subset must be between 1 and the 1437"):
+    with pytest.raises(ValueError, match="`train_subset` must be between 1 and the 1437"):
         check_runs([RunConfig(train_subset=1438)], data)
     with pytest.raises(ValueError, match="`train_subset` must be a whole number of 1 or more"):
         RunConfig(train_subset=0)

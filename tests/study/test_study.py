@@ -675,7 +675,7 @@ def test_a_report_folder_file_normlab_did_not_write_is_refused_before_any_work(
 def test_a_missing_data_dir_is_refused_before_any_work(tmp_path, no_work):
     from normlab.study import run_study
 
-    with pytest.raises(ValueError, match=r"does not exist.*MNIST IDX files \(--data-dir\)"):
+    with pytest.raises(ValueError, match=r"does not exist.*MNIST IDX files \(`data_dir`\)"):
         run_study(str(tmp_path / "mnist"), tmp_path / "runs", tmp_path / "report", budget=QUICK)
     assert sorted(tmp_path.iterdir()) == []
 

@@ -50,7 +50,7 @@ def user_format(name: str) -> tuple[str, str] | None:
     prefix, colon, path = name.partition(":")
     if colon and prefix.strip().lower() in USER_FORMATS:
         if not path.strip():
-            raise ValueError(f"--dataset {name!r} names no path; write {prefix}:PATH.")
+            raise ValueError(f"`data` {name!r} names no path; write {prefix}:PATH.")
         return prefix.strip().lower(), path.strip()
     return None
 

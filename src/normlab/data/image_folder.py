@@ -128,7 +128,7 @@ def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         raise DataError(
-            f"{folder}: no such folder; --dataset folder:PATH needs PATH/train/<class>/*.png "
+            f"{folder}: no such folder; `data` folder:PATH needs PATH/train/<class>/*.png "
             "and PATH/test/<class>/*.png (or .jpg)."
         )
     classes = _class_folders(folder)
@@ -285,7 +285,7 @@ def load_image_folder(root: str | os.PathLike) -> Dataset:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"{root}: no such folder; --dataset folder:PATH needs PATH/train/<class>/*.png "
+            f"{root}: no such folder; `data` folder:PATH needs PATH/train/<class>/*.png "
             "and PATH/test/<class>/*.png (or .jpg)."
         )
     tree = _tree(root)

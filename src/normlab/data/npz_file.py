@@ -132,7 +132,7 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
-            f"{path}: no such file; --dataset npz:PATH needs an .npz with the arrays "
+            f"{path}: no such file; `data` npz:PATH needs an .npz with the arrays "
             f"{', '.join(KEYS)} (numpy.savez)."
         )
     arrays = read_arrays(path, KEYS)

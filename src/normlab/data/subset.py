@@ -27,7 +27,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = SUBSET_SEED) 
     total = len(labels)
     if not 1 <= size <= total:
         raise ValueError(
-            f"--train-subset must be between 1 and the {total} training samples; got {size}."
+            f"`train_subset` must be between 1 and the {total} training samples; got {size}."
         )
     classes, counts = labels.unique(return_counts=True)
     # Integer arithmetic: floating-point quotas break exact ties between remainders.

@@ -107,7 +107,7 @@ def check_study_paths(
     check_replaceable(report_dir, REPORT_FILES)
     _wall_so_far(out)
     check_records(out, COMMAND)
-    check_input_directory(data_dir, "the directory holding the MNIST IDX files (--data-dir)")
+    check_input_directory(data_dir, "the directory holding the MNIST IDX files (`data_dir`)")
 
 
 def portable(record: Mapping[str, Any]) -> dict[str, Any]:
