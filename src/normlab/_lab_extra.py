@@ -1,4 +1,4 @@
-"""Imported first by each package of the lab (experiment, report, study): without the lab
+"""Imported first by each package of the lab (lab, experiment, report, study): without the lab
 extra's packages, importing one raises an ImportError that names the extra, rather than a
 ModuleNotFoundError for one of its packages from deep inside."""
 

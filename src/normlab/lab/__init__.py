@@ -2,6 +2,7 @@
 sizes, seeds and other axes and writes results, plots and a report, as ``normlab compare``
 does (the command builds this call)."""
 
+import normlab._lab_extra  # noqa: F401  (first: names the lab extra if it is missing)
 from normlab.lab.comparison import CompareResult, compare
 
 __all__ = ["CompareResult", "compare"]
