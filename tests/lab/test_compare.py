@@ -161,3 +161,35 @@ def test_a_dataset_object_keeps_its_name(tmp_path):
     result = compare(norms=["none"], seeds=1, data=digits, out=tmp_path, report=False,
                      progress=False, **SMALL)  # fmt: skip
     assert result.records[0]["config"]["dataset"] == "digits"
+
+
+SCRIPT = """
+from torch import nn
+from normlab.data import load_dataset
+from normlab.lab import compare
+
+digits = load_dataset("digits")
+net = lambda norm, num_classes, input_shape: nn.Sequential(
+    nn.Flatten(), nn.Linear(64, 16), norm(16), nn.ReLU(), nn.Linear(16, num_classes))
+result = compare(norms=["bn", "ln"], seeds=1, epochs=1, model=net, jobs=2, report=False,
+                 data=(digits.train_x[:200], digits.train_y[:200], digits.val_x, digits.val_y),
+                 out=OUT, progress=False)
+print("records", len(result.records), "failed", len(result.failed))
+"""
+
+
+def test_a_script_without_a_main_guard_trains_a_lambda_in_worker_processes(tmp_path):
+    """multiprocessing's spawn runs the parent's main script in each child; the lab's workers
+    must not, or a notebook-style script (no `if __name__ == "__main__":`) starts its sweep
+    again in every worker and every run fails as a dead worker."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "notebook.py"
+    script.write_text(f"OUT = {str(tmp_path / 'out')!r}\n" + SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "records 2 failed 0" in done.stdout
+    assert len(_lines(tmp_path / "out")) == 2

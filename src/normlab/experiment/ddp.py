@@ -40,7 +40,7 @@ import torch.distributed as dist
 from normlab.data import Dataset, load_dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import check_positive, error_text
-from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
+from normlab.experiment.executors.lifetime import die_with_parent, starting_worker
 from normlab.experiment.train import EpochMetrics, Partition, save_model, train_model, warm_up
 from normlab.models.registry import ModelInfo, adopt_models, check_shippable, user_models
 
@@ -240,7 +240,7 @@ class TrainingGroup:
             # module names (a test replaces it to make one rank fail or die).
             arguments += (self.models_dir, theirs, os.getpid(), train_model, user_models())
             process = context.Process(target=_rank_main, args=arguments, daemon=True)
-            with ctrl_c_blocked():  # a Ctrl-C must not reach them before they ignore it
+            with starting_worker():  # no Ctrl-C before they ignore it, no main script rerun
                 process.start()
             theirs.close()
             self._ranks.append(_Rank(process, ours))

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from types import FrameType
+from types import FrameType, ModuleType
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL_SECONDS = 1.0
@@ -92,3 +92,21 @@ def ctrl_c_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def starting_worker() -> Iterator[None]:
+    """Around the start of a spawned worker process: Ctrl-C blocked (see
+    :func:`ctrl_c_blocked`), and this process's main script hidden, so that the worker does
+    not run it again. multiprocessing's spawn runs the parent's main script in each child;
+    a worker needs nothing from it (a model defined there reaches it by value, see
+    normlab.models.registry), and a script without an ``if __name__ == "__main__":`` guard
+    would start its whole sweep again in every worker."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = ModuleType("__main__")
+    try:
+        with ctrl_c_blocked():
+            yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main

@@ -35,7 +35,7 @@ import torch.multiprocessing  # registers the reductions that send tensors as sh
 from normlab.data import Dataset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.contract import Executor, RunSink, check_positive
-from normlab.experiment.executors.lifetime import ctrl_c_blocked, die_with_parent
+from normlab.experiment.executors.lifetime import die_with_parent, starting_worker
 from normlab.experiment.executors.training import cached_dataset, train_task
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.train import EpochMetrics, warm_up
@@ -204,7 +204,7 @@ class ProcessPoolExecutor(Executor):
         arguments = (theirs, os.getpid(), self.threads, self.data_dir, self.models_dir)
         arguments += (user_models(),)  # the user's registered models, which it starts without
         process = self._context.Process(target=worker_main, args=arguments, daemon=True)
-        with ctrl_c_blocked():  # a Ctrl-C now must not hit the worker before it ignores them
+        with starting_worker():  # no Ctrl-C before it ignores them, no main script rerun
             process.start()
         theirs.close()
         return _Worker(process, ours)
