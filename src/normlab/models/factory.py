@@ -167,11 +167,6 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             f"model {spec!r} names a {type(target).__name__}, not a callable; it must name "
             f"a function {CONTRACT}."
         )
-    _check_signature(target, spec)
-    return target
-
-
-def _check_signature(target: Callable[..., Any], spec: str) -> None:
     try:
         inspect.signature(target).bind(norm=None, num_classes=0, input_shape=())
     except TypeError:
@@ -181,6 +176,7 @@ def _check_signature(target: Callable[..., Any], spec: str) -> None:
         ) from None
     except ValueError:  # no signature to read (some builtins): the call will tell
         pass
+    return target
 
 
 def build_factory_model(
