@@ -12,6 +12,7 @@ import statistics
 
 import pytest
 
+from normlab.experiment.evaluations import BATCH_SIZES, SHIFTS
 from normlab.report.claims import Claim, ClaimTest
 from normlab.report.evaluation import (
     CONTRADICTED,
@@ -51,6 +52,7 @@ def test_every_experiment_is_planned_with_distinct_runs_on_mnist():
         "width",
         "ics",
         "group-norm",
+        "after-training",
     ]
     for name, runs in experiments.items():
         assert runs, name
@@ -72,6 +74,16 @@ def test_the_replication_is_the_tutorials_experiment_with_ten_seeds_per_norm():
         assert (run.optimizer, run.lr, run.batch_size, run.epochs) == ("adam", 1e-3, 32, 5)
         assert run.train_subset is None and not run.diagnostics
     assert all(len([r for r in runs if r.norm == n]) == 10 for n in ("none", "bn", "ln"))
+
+
+def test_the_after_training_runs_are_the_tutorials_mlp_evaluated_after_training():
+    runs = plan(FULL)["after-training"]
+    replication = {r.run_id: r for r in plan(FULL)["replication"]}
+    assert {run.norm for run in runs} == {"none", "bn", "bn-scalar", "ln"}
+    for run in runs:
+        assert run.evaluations and run.seed < FULL.seeds
+        as_replicated = dataclasses.replace(run, evaluations=False)
+        assert as_replicated.run_id in replication  # the same training, evaluated after it
 
 
 def test_the_batch_experiment_shares_the_replications_runs_and_scales_adams_rate_by_sqrt():
@@ -326,6 +338,46 @@ def test_a_planted_batch_norm_advantage_is_supported_and_its_absence_is_not():
         for t in nothing.values()
         if t.test.primary and t.verdict in (SUPPORTED, CONTRADICTED) and t.test.side != "within"
     ]
+
+
+def _with_evaluations(record: dict, drop: float, sensitivity: float) -> dict:
+    """``record`` with an after-training block: every shift costs ``drop`` pp, and batch
+    statistics at every other batch size cost ``sensitivity`` pp."""
+    clean = record["final"]["val_acc"]
+    record["evaluations"] = {
+        "shifted_val_acc": {name: clean - drop / 100 for name in SHIFTS},
+        "batch1_val_acc": clean,
+        "batch1_samples": 2000,
+        "batch1_train_mode": None,
+        "batch_stats_val_acc": {
+            str(size): clean - (0 if size == 32 else sensitivity / 100) for size in BATCH_SIZES
+        },
+    }
+    return record
+
+
+def test_planted_after_training_effects_are_found_by_the_tests_of_their_claims():
+    experiments = plan(SEEDED)
+    drops = {"none": 5.0, "bn": 8.0, "bn-scalar": 8.0, "ln": 5.0}
+    sensitivities = {"none": 0.0, "bn": 1.0, "bn-scalar": 4.0, "ln": 0.0}
+    rng = random.Random(1)
+    records = [
+        _with_evaluations(
+            record,
+            drops[record["config"]["norm"]] + rng.gauss(0, 0.2),
+            sensitivities[record["config"]["norm"]] + rng.gauss(0, 0.2),
+        )
+        if record["config"].get("evaluations")
+        else record
+        for record in _planted(experiments, lambda run: 0.0)
+    ]
+    found = _found(experiments, records)
+    assert found["bn-input-shift"].verdict == SUPPORTED
+    assert found["bn-input-shift"].estimate == pytest.approx(3.0, abs=0.3)
+    assert found["channel-batch-fluctuation"].verdict == SUPPORTED
+    assert found["channel-batch-fluctuation"].estimate == pytest.approx(3.0, abs=0.3)
+    assert found["ln-online"].verdict == INCONCLUSIVE  # nothing planted at batch 1
+    assert all(found[k].paired for k in ("bn-input-shift", "ln-online"))
 
 
 def test_every_claim_has_one_primary_test():

@@ -64,7 +64,9 @@ class RunConfig:
     normlab.norm_spec). ``model`` is a lab model or the user's
     ``MODULE:FACTORY`` (see normlab.models.factory), recorded as given.
     ``diagnostics`` records the probes of normlab.experiment.diagnostics with the
-    run. ``lr_scaling="linear"`` trains at ``lr * batch_size / lr_reference_batch``
+    run; ``evaluations`` the after-training evaluations of
+    normlab.experiment.evaluations (shifted inputs, batch 1, batch statistics at other
+    batch sizes). ``lr_scaling="linear"`` trains at ``lr * batch_size / lr_reference_batch``
     (see effective_lr). ``steps`` ends the run after that many optimizer steps (an
     equal number of updates at every batch size); ``epochs`` must then be enough
     passes to take them.
@@ -92,6 +94,7 @@ class RunConfig:
     nproc: int = 1
     sync_bn: bool = False
     diagnostics: bool = False
+    evaluations: bool = False
     lr_scaling: str = "none"
     lr_reference_batch: int = 32
     steps: int | None = None
@@ -164,9 +167,9 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready data. ``nproc`` and ``sync_bn`` appear only when
         set, ``norm_options`` only when there are some, ``weight_decay`` and ``train_subset``
-        only when given, ``diagnostics``, the learning-rate scaling and ``steps`` only
-        when set, so runs that do not use them keep the ids they had before those options
-        existed."""
+        only when given, ``diagnostics``, ``evaluations``, the learning-rate scaling and
+        ``steps`` only when set, so runs that do not use them keep the ids they had before
+        those options existed."""
         data = asdict(self)
         if self.nproc == 1:
             del data["nproc"], data["sync_bn"]
@@ -176,6 +179,8 @@ class RunConfig:
             del data["weight_decay"]
         if not self.diagnostics:
             del data["diagnostics"]
+        if not self.evaluations:
+            del data["evaluations"]
         if self.lr_scaling == "none":
             del data["lr_scaling"], data["lr_reference_batch"]
         if self.steps is None:

@@ -32,6 +32,7 @@ import normlab
 from normlab.data import Dataset, train_subset
 from normlab.experiment.config import RunConfig
 from normlab.experiment.diagnostics import Diagnostics
+from normlab.experiment.evaluations import evaluate_after_training
 from normlab.inference import batch_norm_layers, eval_parity
 from normlab.inference.layers import tracks_running_stats
 from normlab.layers.batch_norm import convert_sync_batchnorm
@@ -434,9 +435,12 @@ def run_record(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The record of a run of ``config`` that trained ``model`` on ``data`` (see train_model),
-    its final training-set metrics and train/eval parity measured now; ``clock`` is the
-    ``time.perf_counter()`` of its start, ``extra`` more fields (the diagnostics)."""
+    its final training-set metrics, train/eval parity and (when ``config.evaluations``) the
+    after-training evaluations measured now; ``clock`` is the ``time.perf_counter()`` of
+    its start, ``extra`` more fields (the diagnostics)."""
     history, diverged_epoch = progress.history, progress.diverged_epoch
+    if config.evaluations and diverged_epoch is None:
+        extra = {**extra, "evaluations": evaluate_after_training(model, data.val_x, data.val_y)}
     final_train_loss, final_train_acc = evaluate(model, data.train_x, data.train_y)
     last = history[-1]
     return {

@@ -99,6 +99,11 @@ def gn_cell(norm: str, size: int) -> dict[str, Any]:
     return {"experiment": "group-norm", "norm": kind, "norm_options": options, "batch_size": size}
 
 
+def after_cell(norm: str) -> dict[str, Any]:
+    """The after-training experiment's tutorial MLP with ``norm``."""
+    return {"experiment": "after-training", "norm": norm}
+
+
 def batch_records(runs: Runs, norm: str, size: int) -> list[Any]:
     return runs.select(batch_cell(norm, size))
 
@@ -121,3 +126,7 @@ def ics_records(runs: Runs, b: Budget, norm: str, optimizer: str, deep: bool) ->
 
 def gn_records(runs: Runs, norm: str, size: int) -> list[Any]:
     return runs.select(gn_cell(norm, size))
+
+
+def after_records(runs: Runs, norm: str) -> list[Any]:
+    return runs.select(after_cell(norm))

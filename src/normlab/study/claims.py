@@ -15,6 +15,7 @@ from dataclasses import replace
 from normlab.report import catalogue as c
 from normlab.report.claims import Arm, Claim, ClaimTest
 from normlab.study import measures as m
+from normlab.study.after_training_claims import batch_fluctuation, input_shift, online_inference
 from normlab.study.cells import batch_cell
 from normlab.study.findings import Runs, evaluate_section
 from normlab.study.mechanism_claims import (
@@ -56,6 +57,9 @@ def declared(budget: Budget) -> list[DeclaredSection]:
         landscape(budget),
         width(budget),
         group_norm(budget),
+        input_shift(budget),
+        online_inference(budget),
+        batch_fluctuation(budget),
         not_yet_tested(),
     ]
 

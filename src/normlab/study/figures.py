@@ -19,11 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from scipy import stats as scipy_stats
 
+from normlab.experiment.evaluations import BATCH_SIZES, SHIFTS
 from normlab.report.catalogue import TUTORIAL_ACCURACY
 from normlab.study import measures as m
 from normlab.study.cells import (
     GN,
     Runs,
+    after_records,
     batch_records,
     depth_records,
     dropout_records,
@@ -299,6 +301,43 @@ def group_norm(runs: Runs, b: Budget, path: Path) -> None:
     _save(fig, path)
 
 
+def after_training(runs: Runs, b: Budget, path: Path) -> None:
+    fig, (shifts, one, stats) = plt.subplots(
+        1, 3, figsize=(14, 4.0), gridspec_kw={"width_ratios": [3, 1.2, 2]}
+    )
+    conditions = [("clean", m.val_acc), *((name, m.shifted_acc(name)) for name in SHIFTS)]
+    norms = ("none", "bn", "bn-scalar", "ln")
+    for offset, norm in enumerate(norms):
+        records = after_records(runs, norm)
+        xs = [i + 0.15 * (offset - 1.5) for i in range(len(conditions))]
+        _line(shifts, xs, [_values(records, measure) for _, measure in conditions], norm)
+        _line(one, [offset], [_values(records, m.batch1_acc)], norm)
+    shifts.set_xticks(range(len(conditions)), [name for name, _ in conditions], fontsize=7)
+    _chance(shifts)
+    shifts.set_ylim(0, 100)
+    _finish(shifts, "validation images", "validation accuracy (%)", "Shifted inputs (eval mode)")
+    one.set_xticks(range(len(norms)), norms, fontsize=7)
+    _finish(one, "norm", "validation accuracy (%)", "Batch 1 (eval mode)", zoomed=True)
+    for norm in ("bn", "bn-scalar"):
+        groups = [_values(after_records(runs, norm), m.batch_stats_acc(s)) for s in BATCH_SIZES]
+        _line(stats, list(BATCH_SIZES), groups, norm)
+    _chance(stats)
+    stats.set_xscale("log", base=2)
+    stats.set_xticks(list(BATCH_SIZES), [str(s) for s in BATCH_SIZES])
+    stats.set_ylim(0, 100)
+    _finish(
+        stats,
+        "batch size of the batch statistics (trained at 32)",
+        "validation accuracy (%)",
+        "Batch norms with batch statistics",
+    )
+    fig.suptitle(
+        f"The tutorials' MLP after training, {b.seeds} seeds (mean and 95% CI; dots: seeds)",
+        fontsize=10,
+    )
+    _save(fig, path)
+
+
 FIGURES: dict[str, Callable[[Runs, Budget, Path], None]] = {
     "replication.png": replication,
     "batch_size.png": batch_size,
@@ -311,6 +350,7 @@ FIGURES: dict[str, Callable[[Runs, Budget, Path], None]] = {
     "landscape.png": landscape,
     "width.png": width,
     "group_norm.png": group_norm,
+    "after_training.png": after_training,
 }
 
 

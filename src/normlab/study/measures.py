@@ -1,4 +1,5 @@
-"""What the claims study reads off one run record: accuracies, timing and diagnostics.
+"""What the claims study reads off one run record: accuracies, diagnostics and the
+after-training evaluations.
 
 Each function takes a results record (see normlab.experiment.store) and returns a
 number, or None when the record lacks what it needs (a run without diagnostics, an
@@ -132,3 +133,56 @@ def log10(measure: Measure) -> Measure:
 
     logged.__name__ = f"log10_{getattr(measure, '__name__', 'measure')}"
     return logged
+
+
+def _evaluations(record: Record) -> Mapping[str, Any]:
+    return record.get("evaluations") or {}
+
+
+def shift_drop(record: Record) -> float | None:
+    """Clean validation accuracy minus the mean accuracy under the input shifts of
+    normlab.experiment.evaluations, pp: how much the shifts cost the model."""
+    shifted = _evaluations(record).get("shifted_val_acc")
+    if not shifted:
+        return None
+    return val_acc(record) - 100.0 * statistics.fmean(shifted.values())
+
+
+def shifted_acc(name: str) -> Measure:
+    """Validation accuracy under the input shift ``name``, %."""
+
+    def measure(record: Record) -> float | None:
+        value = (_evaluations(record).get("shifted_val_acc") or {}).get(name)
+        return None if value is None else 100.0 * value
+
+    measure.__name__ = f"shifted_acc {name}"
+    return measure
+
+
+def batch1_acc(record: Record) -> float | None:
+    """Eval-mode validation accuracy with the images fed one at a time, %."""
+    value = _evaluations(record).get("batch1_val_acc")
+    return None if value is None else 100.0 * value
+
+
+def batch_stats_acc(size: int) -> Measure:
+    """Validation accuracy with the batch norms normalizing by each batch of ``size``'s own
+    statistics, %."""
+
+    def measure(record: Record) -> float | None:
+        value = (_evaluations(record).get("batch_stats_val_acc") or {}).get(str(size))
+        return None if value is None else 100.0 * value
+
+    measure.__name__ = f"batch_stats_acc {size}"
+    return measure
+
+
+def batch_sensitivity(record: Record) -> float | None:
+    """Mean |accuracy with batch statistics at batch b - at the training batch| over the
+    other batch sizes evaluated, pp: how much the batch a model sees moves its accuracy."""
+    by_size = dict(_evaluations(record).get("batch_stats_val_acc") or {})
+    trained = by_size.pop(str(record["config"]["batch_size"]), None)
+    others = [value for value in by_size.values() if value is not None]
+    if trained is None or not others:
+        return None
+    return statistics.fmean(100.0 * abs(value - trained) for value in others)

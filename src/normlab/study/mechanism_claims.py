@@ -207,11 +207,6 @@ NOT_YET = (
         "rows before the cell, which tests neither",
     ),
     (c.BN_VARYING_LENGTH, "needs variable-length sequences with padding masks"),
-    (c.BN_INPUT_SHIFT, "needs evaluation under shifted brightness, contrast and noise"),
-    (
-        c.LN_ONLINE,
-        "needs accuracy and latency per sample at batch 1 in eval mode, bn as trained and folded",
-    ),
     (
         c.BN_OVERHEAD,
         "needs isolated microbenchmarks (one thread, nothing else running); step times taken "
@@ -225,10 +220,6 @@ NOT_YET = (
     (
         c.BN_FASTER_WALL,
         "needs time to a fixed accuracy in wall seconds, measured on an idle machine",
-    ),
-    (
-        c.CHANNEL_BATCH_FLUCTUATION,
-        "needs training at one batch size and evaluation in training mode at others",
     ),
 )
 """The claims no experiment tests yet, each with what testing it needs."""

@@ -242,6 +242,16 @@ def plan(budget: Budget) -> dict[str, list[RunConfig]]:
                 train_subset=b.subset,
             )
         ],
+        # The tutorials' MLP evaluated after training: under shifted inputs, at batch 1, and
+        # with batch statistics at other batch sizes (normlab.experiment.evaluations).
+        "after-training": _runs(
+            b.seeds,
+            **mlp,
+            **data,
+            norm=["none", "bn", "bn-scalar", "ln"],
+            batch_size=REFERENCE_BATCH,
+            evaluations=True,
+        ),
     }
 
 

@@ -10,11 +10,13 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from normlab.experiment.evaluations import BATCH_SIZES, SHIFTS
 from normlab.report.catalogue import TUTORIAL_ACCURACY
 from normlab.study import measures as m
 from normlab.study.cells import (
     GN,
     Runs,
+    after_records,
     batch_records,
     depth_records,
     dropout_records,
@@ -215,6 +217,56 @@ def group_norm(runs: Runs, b: Budget, section: Section) -> str:
     return markdown_table(["norm", *(f"batch {s}" for s in b.small_batches)], rows)
 
 
+AFTER_NORMS = ("none", "bn", "bn-scalar", "ln")
+
+
+def input_shift(runs: Runs, b: Budget, section: Section) -> str:
+    measures = [m.val_acc, *(m.shifted_acc(name) for name in SHIFTS), m.shift_drop]
+    rows = [
+        [norm, *(mean_std(values_of(after_records(runs, norm), x)) for x in measures)]
+        for norm in AFTER_NORMS
+    ]
+    return markdown_table(["norm", "clean %", *(f"{s} %" for s in SHIFTS), "mean drop pp"], rows)
+
+
+def _training_forward(records: Sequence[Any]) -> str:
+    """Whether a training-mode forward of one image ran, for every seed or for none."""
+    failures = {(r.get("evaluations") or {}).get("batch1_train_mode") for r in records}
+    if not records:
+        return "—"
+    if failures == {None}:
+        return "runs"
+    return "; ".join(sorted(f"fails: {f}" if f else "runs" for f in failures))
+
+
+def batch_one(runs: Runs, b: Budget, section: Section) -> str:
+    rows = [
+        [
+            norm,
+            mean_std(values_of(after_records(runs, norm), m.val_acc)),
+            mean_std(values_of(after_records(runs, norm), m.batch1_acc)),
+            _training_forward(after_records(runs, norm)),
+        ]
+        for norm in AFTER_NORMS
+    ]
+    header = ["norm", "eval, batches of 1024 %", "eval, batch 1 %", "training-mode forward at 1"]
+    return markdown_table(header, rows)
+
+
+def batch_statistics(runs: Runs, b: Budget, section: Section) -> str:
+    rows = [
+        [norm]
+        + [
+            mean_std(values_of(after_records(runs, norm), m.batch_stats_acc(size)))
+            for size in BATCH_SIZES
+        ]
+        + [mean_std(values_of(after_records(runs, norm), m.batch_sensitivity))]
+        for norm in ("bn", "bn-scalar")
+    ]
+    header = ["norm (trained at 32)", *(f"batch {s} %" for s in BATCH_SIZES), "mean change pp"]
+    return markdown_table(header, rows)
+
+
 TABLES: Mapping[str, Callable[[Runs, Budget, Section], str]] = {
     "replication": replication,
     "replication-verdict": replicates,
@@ -227,5 +279,8 @@ TABLES: Mapping[str, Callable[[Runs, Budget, Section], str]] = {
     "ics": ics,
     "width": width,
     "group-norm": group_norm,
+    "input-shift": input_shift,
+    "batch-1": batch_one,
+    "batch-statistics": batch_statistics,
 }
 """Every table a section can list, by name."""
