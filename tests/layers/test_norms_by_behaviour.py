@@ -134,6 +134,16 @@ class LayerNormThenReLU(WrongEpsLayerNorm):
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps).relu()
 
 
+class LayoutByRank(WrongEpsLayerNorm):
+    """Layer norm over dim 1 of 4-d input and over the last dim otherwise: no one layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.movedim(1, -1)
+        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x.movedim(-1, 1) if x.ndim == 4 else x
+
+
 class CenteredOnly(nn.LayerNorm):
     """An nn.LayerNorm subclass whose own forward only subtracts the mean."""
 
@@ -157,6 +167,7 @@ LOOKALIKES = {
     "unbiased variance": lambda: UnbiasedLayerNorm(C),
     "RMS norm with a bias": lambda: RmsNormWithBias(C),
     "layer norm then ReLU": lambda: LayerNormThenReLU(C),
+    "layout by the input's rank": lambda: LayoutByRank(C),
 }
 
 
@@ -242,11 +253,21 @@ def test_recognizing_runs_no_hook_and_changes_nothing():
     assert torch.equal(module.weight, weight) and torch.equal(module.bias, bias)
 
 
-def test_a_layer_on_the_meta_device_is_recognized():
-    with torch.device("meta"):
-        module = LayerNorm2d(C)
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [("meta", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16)],
+    ids=["meta", "bfloat16", "float16"],
+)
+def test_the_layers_device_and_dtype_do_not_change_what_it_is_known_as(device, dtype):
+    """The probe runs a float64 copy on the CPU: a layer not materialized yet, or held in
+    a low precision, is known as in float32; the new layer takes its dtype."""
+    with torch.device(device):
+        module = LayerNorm2d(C).to(dtype)
     facts = norm_classes.norm_facts(module)
     assert facts is not None and (facts.computes, facts.channel_dim) == ("layer norm", 1)
+    if device == "cpu":
+        new = nl.replace_norms(module, "ln").model
+        assert new.weight.dtype == dtype and new.channel_dim == 1
 
 
 def test_inspect_says_a_channels_first_layer_norm_reads_dim_1():
