@@ -338,13 +338,17 @@ def replace_norms(
     Recognized layers: torch's ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``,
     ``InstanceNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm`` (and
     subclasses that keep their forward); normlab's layers; timm's and
-    torchvision's norm (+ activation) classes; Hugging Face's RMS and T5 norms
-    (see :mod:`normlab.layers.norm_classes` and the README's table). A
-    subclass whose own forward normlab does not know is refused by name.
+    torchvision's norm (+ activation) classes; and the layer and RMS norms
+    that Hugging Face's and other model code write for themselves (Llama's,
+    T5's, Gemma's, ConvNeXt's, Segment Anything's ``LayerNorm2d``), known by
+    what their forward computes (see :mod:`normlab.layers.norm_classes` and
+    the README's table). A subclass whose own forward normlab does not know
+    is refused by name.
 
     Each new layer gets the old one's channel count C and layout: channels on
     dim 1 for the batch, group and instance norms, ``LayerNorm2d`` and
-    ``RmsNorm2d`` (and normlab's layers with ``channel_dim=1``), on the last
+    ``RmsNorm2d``, the channels-first layer norms known by their forward
+    (and normlab's layers with ``channel_dim=1``), on the last
     dim for ``LayerNorm(C)`` and the RMS norms over (N, \\*, C) input (tokens,
     NHWC); the new layer then reads the last dim (``channel_dim=-1``). Its
     device, dtype and train/eval mode are the old layer's; so are its ``eps``
@@ -353,7 +357,7 @@ def replace_norms(
     where the kind takes them and ``options`` do not set them. Every setting
     that still differs is listed in the report. State carried over:
     ``weight`` and ``bias`` where both layers have them with the same shape
-    (Gemma's ``1 + weight`` as such); ``running_mean``, ``running_var`` (and
+    (Gemma's and Nemotron's ``1 + weight`` as such); ``running_mean``, ``running_var`` (and
     ``num_batches_tracked``) between layers that keep running statistics of
     the same shape and meaning (any into ``frozen-bn``). Everything else
     starts fresh and the report says so. A layer whose forward also applies a

@@ -9,6 +9,7 @@ Oracles: torch's own layers in the same tool. timm cannot be imported here: its
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -178,6 +179,30 @@ def test_reports_name_torchs_configuration_as_its_repr_does():
     assert [layer.kind for layer in parity.layers] == ["BatchNorm(channel)"]
     with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm\) is in training mode"):
         nl.inference.fold_batchnorm(model.train())
+
+
+@pytest.mark.parametrize(("kind", "cls"), [("bn", TorchBatchNorm), ("sync-bn", TorchSyncBatchNorm)])
+@pytest.mark.parametrize(
+    ("setting", "value"), [("stats", "scalar"), ("convention", "keras"), ("channel_dim", -1)]
+)
+def test_torchs_configuration_cannot_be_changed_after_construction(kind, cls, setting, value):
+    """The class (torch's _BatchNorm or not) is chosen from these when the layer is built; a
+    layer changed afterwards would still be rebuilt as torch's batch norm by torch's and
+    timm's tools. The error says how to get the layer wanted; assigning the value it has is
+    allowed; copies and pickles keep the rule."""
+    layer = _norm(kind)
+    before = getattr(layer, setting)
+    fix = rf"normlab.make_norm\('{kind}', {C}, {setting}={value!r}\)"
+    if setting != "channel_dim":  # replace_norms takes the layout from the layer it replaces
+        fix += rf".*normlab.replace_norms\(model, '{kind}', {setting}={value!r}\)"
+    with pytest.raises(AttributeError, match=rf"{setting} is fixed when the layer is built.*{fix}"):
+        setattr(layer, setting, value)
+    assert getattr(layer, setting) == before and type(layer) is cls
+    setattr(layer, setting, before)
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(layer)))
+    assert type(copied) is cls and getattr(copied, setting) == before
+    with pytest.raises(AttributeError, match="fixed when the layer is built"):
+        setattr(copied, setting, value)
 
 
 @pytest.mark.parametrize("name", NOT_TORCH)

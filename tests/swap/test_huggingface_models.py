@@ -1,5 +1,6 @@
-"""Hugging Face models (BERT, GPT-2, ViT, T5, Llama) built from tiny configs with random
-weights (nothing downloaded) through replace_norms, freeze and fold.
+"""Hugging Face models (BERT, GPT-2, ViT, T5, Llama, Mistral, Qwen2, Gemma, ConvNeXt,
+ConvNeXt V2) built from tiny configs with random weights (nothing downloaded) through
+replace_norms, freeze and fold.
 
 Oracles: the original model. A swap to the matching kind with the layer's own settings
 (eps included) computes the same function: outputs and gradients in train and eval mode.
@@ -72,9 +73,51 @@ def _llama():
     return transformers.LlamaModel(config)
 
 
-MODELS = {"bert": _bert, "gpt2": _gpt2, "vit": _vit, "t5": _t5, "llama": _llama}
+def _decoder(name: str):
+    """Mistral's, Qwen2's or Gemma's decoder (Gemma's RMS norm scales by 1 + weight)."""
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=50, hidden_size=WIDTH, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=16,
+    )  # fmt: skip
+    return getattr(transformers, f"{name}Model")(config)
+
+
+def _convnext(name: str = "ConvNext"):
+    """ConvNeXt (or V2): channels-first ConvNextLayerNorm in the stem and downsampling,
+    channels-last ones in the blocks, torch's LayerNorm after pooling."""
+    config = getattr(transformers, f"{name}Config")(
+        num_channels=3, patch_size=2, num_stages=2, hidden_sizes=[8, WIDTH], depths=[1, 1],
+        drop_path_rate=0.0,
+    )  # fmt: skip
+    return getattr(transformers, f"{name}Model")(config)
+
+
+MODELS = {
+    "bert": _bert,
+    "gpt2": _gpt2,
+    "vit": _vit,
+    "t5": _t5,
+    "llama": _llama,
+    "mistral": lambda: _decoder("Mistral"),
+    "qwen2": lambda: _decoder("Qwen2"),
+    "gemma": lambda: _decoder("Gemma"),
+    "convnext": _convnext,
+    "convnextv2": lambda: _convnext("ConvNextV2"),
+}
 #: The kind that computes what each model's norms compute.
-MATCHING = {"bert": "ln", "gpt2": "ln", "vit": "ln", "t5": "rms", "llama": "rms"}
+MATCHING = {
+    "bert": "ln",
+    "gpt2": "ln",
+    "vit": "ln",
+    "t5": "rms",
+    "llama": "rms",
+    "mistral": "rms",
+    "qwen2": "rms",
+    "gemma": "rms",
+    "convnext": "ln",
+    "convnextv2": "ln",
+}
+IMAGE_MODELS = {"vit", "convnext", "convnextv2"}
 
 
 class Wrapped(nn.Module):
@@ -100,7 +143,7 @@ def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
                 for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
                     if isinstance(tensor, torch.Tensor):
                         tensor.copy_(torch.randn(tensor.shape, generator=generator))
-    if name == "vit":
+    if name in IMAGE_MODELS:
         x = torch.randn(4, 3, 8, 8, generator=generator)
     else:
         x = torch.randint(0, 50, (4, 6), generator=generator)
@@ -144,6 +187,8 @@ def test_every_kind_replaces_the_norms_and_trains_one_step(name, kind):
     options = {"groups": 2} if kind == "gn" else {}
     if kind == "frozen-bn":
         options["identity_statistics"] = True
+    if kind == "in" and name in IMAGE_MODELS - {"vit"}:
+        options["exclude"] = "model.layernorm"  # on pooled (N, C): no positions to normalize
     nl.replace_norms(model, kind, example_input=x, **options)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loss = model.train()(x).square().mean()
@@ -193,3 +238,34 @@ def test_rms_norm_classes_are_recognized_by_structure_and_swapped_exactly(module
     replaced = nl.replace_norms(copy.deepcopy(norm), "rms", example_input=x)
     assert replaced.model.eps == 1e-5 and replaced.model.channel_dim == -1
     torch.testing.assert_close(replaced.model(x), norm(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "data_format"),
+    [
+        ("convnext", "ConvNextLayerNorm", "channels_first"),
+        ("convnext", "ConvNextLayerNorm", "channels_last"),
+        ("convnextv2", "ConvNextV2LayerNorm", "channels_first"),
+        ("sam", "SamLayerNorm", "channels_first"),
+    ],
+)
+def test_layer_norm_classes_are_recognized_by_behaviour_and_swapped_exactly(
+    module, cls, data_format
+):
+    """nn.LayerNorm subclasses with a forward of their own that reads ``data_format``:
+    recognized by what that forward computes, channels where it reads them, and 'ln'
+    computes the same, to the bit."""
+    norm_cls = getattr(
+        importlib.import_module(f"transformers.models.{module}.modeling_{module}"), cls
+    )
+    norm = norm_cls(WIDTH, eps=1e-5, data_format=data_format)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(WIDTH, generator=generator))
+        norm.bias.copy_(torch.randn(WIDTH, generator=generator))
+    shape = (3, WIDTH, 4, 5) if data_format == "channels_first" else (3, 4, 5, WIDTH)
+    x = torch.randn(shape, generator=generator)
+    replaced = nl.replace_norms(copy.deepcopy(norm), "ln", example_input=x)
+    channel_dim = 1 if data_format == "channels_first" else -1
+    assert replaced.model.eps == 1e-5 and replaced.model.channel_dim == channel_dim
+    assert torch.equal(replaced.model(x), norm(x))

@@ -130,6 +130,57 @@ def test_an_unknown_subclass_that_overrides_forward_is_refused_by_name():
         nl.inference.freeze(model)
 
 
+def test_recalibrate_sets_batchnormact2d_statistics_as_batchnorm2d_and_keeps_the_activation():
+    """Precise BN on two BatchNormAct2d layers: each one's running statistics become the
+    population mean and unbiased variance of its inputs over the calibration data (the
+    second one's inputs through the first normalized with each batch's statistics, then
+    its ReLU), computed in float64; in eval mode both activations still run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        tp.BatchNormAct2d(8, act_layer=nn.ReLU),
+        nn.Conv2d(8, 4, 1),
+        tp.BatchNormAct2d(4, act_layer=nn.SiLU),
+    )
+    _randomized(model)
+    reference = copy.deepcopy(model).double()
+    images = 1.0 + _images(24, 8)
+    batches = images.split(8)
+    steps = [model[i].num_batches_tracked.clone() for i in (1, 3)]
+    nl.inference.recalibrate(model, batches)
+
+    def statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = values.transpose(0, 1).reshape(values.shape[1], -1)
+        return channels.mean(1), channels.var(1)  # the unbiased variance, as torch stores
+
+    def batch_normalized(values: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        mean, var = values.mean((0, 2, 3)), values.var((0, 2, 3), correction=0)
+        shape = (1, -1, 1, 1)
+        scale = layer.weight.view(shape) / (var.view(shape) + layer.eps).sqrt()
+        return (values - mean.view(shape)) * scale + layer.bias.view(shape)
+
+    with torch.no_grad():
+        conv1, norm1, conv2, _ = reference
+        first = [conv1(batch.double()) for batch in batches]
+        second = [conv2(batch_normalized(h, norm1).relu()) for h in first]
+        for layer, inputs in ((model[1], first), (model[3], second)):
+            mean, var = statistics(torch.cat(inputs))
+            torch.testing.assert_close(layer.running_mean.double(), mean, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer.running_var.double(), var, rtol=1e-5, atol=1e-5)
+    assert [model[i].num_batches_tracked for i in (1, 3)] == steps
+    assert isinstance(model[1].act, nn.ReLU) and isinstance(model[3].act, nn.SiLU)
+
+    model.eval()
+    with torch.no_grad():
+        hidden = model[1](model[0](images))
+        expected = nn.functional.batch_norm(
+            model[0](images), model[1].running_mean, model[1].running_var, model[1].weight,
+            model[1].bias, eps=model[1].eps,
+        ).relu()  # fmt: skip
+    assert (hidden == 0).any() and (hidden >= 0).all()
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-6)
+
+
 # --- item: channels-first LayerNorm2d --------------------------------------------------------
 
 

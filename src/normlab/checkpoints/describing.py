@@ -202,7 +202,7 @@ def _module_notes(module: nn.Module) -> list[str]:
     facts = norm_facts(module)
     if facts is not None and facts.library not in ("torch", "normlab"):
         notes.append(f"{facts.library} {facts.computes}")
-        if facts.channel_dim == 1 and shape is not None:
+        if facts.channel_dim == 1 and facts.computes in ("layer norm", "RMS norm"):
             notes.append("channels on dim 1: (N, C, H, W)")
     if facts is not None and facts.weight_offset:
         notes.append(f"scales by {facts.weight_offset:g} + weight")

@@ -76,8 +76,10 @@ class BatchNorm(RunningStatsNorm):
     statistics, Keras' momentum and stored variance, channels last) is not a
     ``_BatchNorm``: those tools would rebuild it as torch's batch norm and
     silently change what it computes, so they leave it alone. The class is
-    chosen when the layer is built; ``stats``, ``convention`` and
-    ``channel_dim`` are not to be changed afterwards. Tools that match exact
+    chosen when the layer is built, so in torch's configuration ``stats``,
+    ``convention`` and ``channel_dim`` cannot be changed afterwards (assigning
+    another value raises AttributeError; build a new layer with
+    ``normlab.make_norm`` or swap with ``normlab.replace_norms``). Tools that match exact
     classes (``torch.ao.quantization.fuse_modules``, ``torch.fx``'s
     ``optimization.fuse``, timm's ``freeze_batch_norm_2d``, which takes
     ``BatchNorm2d`` only) skip every normlab layer, as they skip torch's
@@ -353,7 +355,43 @@ def _synchronized(layer: nn.Module, process_group: Any) -> SyncBatchNorm:
     return sync
 
 
-class TorchBatchNorm(BatchNorm, _BatchNorm):
+#: The settings that choose whether ``BatchNorm(...)`` is also torch's ``_BatchNorm``.
+_CONFIGURATION = ("stats", "convention", "channel_dim")
+_UNSET = object()
+
+
+class _FixedTorchConfiguration(nn.Module):
+    """Refuses a new ``stats``, ``convention`` or ``channel_dim`` once set: the layer's class,
+    torch's ``_BatchNorm`` or not, was chosen from them (see :class:`BatchNorm`)."""
+
+    #: The registry's name for the layer, for the error's fix.
+    _kind = "bn"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        held = self.__dict__.get(name, _UNSET) if name in _CONFIGURATION else _UNSET
+        if held is not _UNSET and (not isinstance(value, type(held)) or value != held):
+            raise AttributeError(_configuration_fixed(self, name, held, value))
+        super().__setattr__(name, value)
+
+
+def _configuration_fixed(layer: nn.Module, name: str, held: object, value: object) -> str:
+    kind, channels = layer._kind, layer.num_features
+    fix = f"build a new layer: normlab.make_norm({kind!r}, {channels}, {name}={value!r})"
+    if name != "channel_dim":  # replace_norms reads the layout from each layer
+        fix += (
+            f", or swap the model's layers, keeping their weights: "
+            f"normlab.replace_norms(model, {kind!r}, {name}={value!r})"
+        )
+    return (
+        f"{layer._get_name()}'s {name} is fixed when the layer is built ({name}={held!r}): in "
+        "torch's configuration (stats='channel', convention='torch', channel_dim=1) the layer "
+        "is also torch's _BatchNorm, which torch's and timm's tools rebuild as torch's batch "
+        f"norm, so changing it in place would make them compute something else. To get "
+        f"{name}={value!r}, {fix}."
+    )
+
+
+class TorchBatchNorm(_FixedTorchConfiguration, BatchNorm, _BatchNorm):
     """:class:`BatchNorm` in torch's configuration (per-channel statistics, torch's
     convention, channels on dim 1), which is also ``torch.nn.modules.batchnorm._BatchNorm``.
 
@@ -362,18 +400,23 @@ class TorchBatchNorm(BatchNorm, _BatchNorm):
     exactly what ``torch.nn.BatchNorm1d/2d/3d`` does, so the tools that rebuild any
     ``_BatchNorm`` from its ``num_features, eps, momentum, affine,
     track_running_stats`` and buffers (torch's and timm's ``convert_sync_batchnorm``)
-    rebuild it faithfully. Its name in reprs and errors is ``BatchNorm``.
+    rebuild it faithfully. Its name in reprs and errors is ``BatchNorm``. Its ``stats``,
+    ``convention`` and ``channel_dim`` cannot be changed: assigning another value raises
+    AttributeError saying how to build the layer wanted.
     """
 
     def _get_name(self) -> str:
         return "BatchNorm"
 
 
-class TorchSyncBatchNorm(SyncBatchNorm, _BatchNorm):
+class TorchSyncBatchNorm(_FixedTorchConfiguration, SyncBatchNorm, _BatchNorm):
     """:class:`SyncBatchNorm` in torch's configuration, also
     ``torch.nn.modules.batchnorm._BatchNorm``, as torch's ``SyncBatchNorm`` is; built by
     ``SyncBatchNorm(...)``, as :class:`TorchBatchNorm` by ``BatchNorm(...)``. Its name in
-    reprs and errors is ``SyncBatchNorm``."""
+    reprs and errors is ``SyncBatchNorm``; its ``stats``, ``convention`` and
+    ``channel_dim`` cannot be changed."""
+
+    _kind = "sync-bn"
 
     def _get_name(self) -> str:
         return "SyncBatchNorm"

@@ -2,10 +2,11 @@
 
 The one place that answers "is this module a normalization layer, which kind, and what
 does it compute?": normlab's own layers, torch's, timm's and torchvision's (by class
-name and base class, as those libraries write them), and Hugging Face's RMS and T5
-norms (by structure: a ``weight`` parameter, an ``eps`` or ``variance_epsilon``, and a
-forward that computes RMS norm, checked on a probe input, so a new model family's copy
-of the class is covered too).
+name and base class, as those libraries write them), and the layer and RMS norms that
+Hugging Face and other model code write for themselves (``LlamaRMSNorm``, ``GemmaRMSNorm``,
+``ConvNextLayerNorm``, Segment Anything's ``LayerNorm2d``, ...), by what their forward
+computes on a probe input (see :mod:`normlab.layers._by_behaviour`), so a new model
+family's copy of such a class is covered too.
 
 :func:`norm_facts` says what a layer computes; the predicates below answer the tools'
 yes/no questions from the same table:
@@ -28,7 +29,6 @@ ranks torch's batch-norm classes take (the Keras converter, ``normlab bench``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from normlab.layers._by_behaviour import behaviour, number_attribute
 from normlab.layers.base import NormBase, RunningStatsNorm
 from normlab.layers.batch_renorm import BatchRenorm
 from normlab.layers.switchable_norm import SwitchableNorm
@@ -115,7 +116,8 @@ class NormFacts:
     """What one normalization layer computes.
 
     Attributes:
-        library: "normlab", "torch", "timm", "torchvision" (or both) or "Hugging Face".
+        library: "normlab", "torch", "timm", "torchvision" (or both), "Hugging Face", or
+            the top-level package of another class known by what its forward computes.
         computes: one of :data:`COMPUTES` ("batch norm", "layer norm", ...).
         statistics: "batch", "fixed" or "sample" (see :data:`COMPUTES`).
         channels: C, or None where it cannot be read (``problem`` says why).
@@ -125,7 +127,7 @@ class NormFacts:
         momentum: its running-statistics momentum (batch statistics only).
         has_running_stats: it keeps running statistics.
         weight_offset: the forward scales by ``weight_offset + weight`` (1 for
-            Gemma's RMS norm, 0 for every other).
+            Gemma's RMS norm and Nemotron's ``LayerNorm1P``, 0 for every other).
         after: what the forward applies after normalizing, in order, as
             (attribute, module): timm's drop and activation (identities left out).
         problem: why the tools cannot rebuild it as another layer, or "".
@@ -161,8 +163,11 @@ def norm_facts(module: nn.Module) -> NormFacts | None:
     if entry is not None and isinstance(module, entry.base):
         return _third_party_facts(module, entry)
     if isinstance(module, TORCH_NORM_CLASSES):
-        return _torch_facts(module)
-    return _rms_by_structure(module)
+        facts = _torch_facts(module)
+        if facts.problem and isinstance(module, nn.LayerNorm):  # a forward of its own
+            return _facts_by_behaviour(module) or facts
+        return facts
+    return _facts_by_behaviour(module)
 
 
 # --- the tools' questions -------------------------------------------------------------
@@ -240,13 +245,8 @@ def torch_batch_norm_for_rank(rank: int) -> type[_BatchNorm] | None:
     return next((cls for cls, ranks in TORCH_BATCH_NORM_RANKS.items() if rank in ranks), None)
 
 
-def _number(module: nn.Module, name: str) -> float | None:
-    value = getattr(module, name, None)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _momentum(module: nn.Module) -> float | None:
-    return _number(module, "momentum")
+    return number_attribute(module, "momentum")
 
 
 def _own_forward_problem(module: nn.Module, known: type[nn.Module]) -> str:
@@ -274,7 +274,7 @@ def _normlab_facts(module: NormBase) -> NormFacts:
         computes,
         module.num_features,
         module.channel_dim,
-        _number(module, "eps"),
+        number_attribute(module, "eps"),
         _momentum(module) if isinstance(module, RunningStatsNorm) else None,
         tracks_running_stats(module),
         problem=_own_forward_problem(module, NormBase),
@@ -315,7 +315,7 @@ def _torch_facts(module: nn.Module) -> NormFacts:
         computes,
         channels,
         channel_dim,
-        _number(module, "eps"),
+        number_attribute(module, "eps"),
         _momentum(module) if batch else None,
         tracks_running_stats(module),
         problem=problem or _own_forward_problem(module, known),
@@ -351,7 +351,7 @@ def _third_party_facts(module: nn.Module, entry: ThirdPartyClass) -> NormFacts:
         entry.computes,
         channels,
         entry.channel_dim,
-        _number(module, "eps"),
+        number_attribute(module, "eps"),
         _momentum(module) if batch else None,
         tracks_running_stats(module),
         after=after,
@@ -359,53 +359,21 @@ def _third_party_facts(module: nn.Module, entry: ThirdPartyClass) -> NormFacts:
     )
 
 
-# --- Hugging Face's RMS norms, by structure ------------------------------------------
+# --- layer and RMS norms known by what their forward computes -----------------------
 
 
-def _rms_by_structure(module: nn.Module) -> NormFacts | None:
-    """Facts for an RMS norm over the last dim known only by its structure and behaviour:
-    exactly one parameter, a (C,) ``weight``; no buffers or children; an ``eps`` or
-    ``variance_epsilon``; and a forward that gives ``x / sqrt(mean(x^2) + eps) * w`` with
-    w = weight or 1 + weight (Gemma) on a probe input. None for anything else."""
-    weight = getattr(module, "weight", None)
-    if (
-        not isinstance(weight, nn.Parameter)
-        or weight.dim() != 1
-        or not weight.is_floating_point()
-        or len(list(module.parameters())) != 1
-        or list(module.buffers())
-        or list(module.children())
-    ):
+def _facts_by_behaviour(module: nn.Module) -> NormFacts | None:
+    """Facts for a module whose forward computes layer or RMS norm (see
+    :func:`normlab.layers._by_behaviour.behaviour`); None for any other module."""
+    found = behaviour(module)
+    if found is None:
         return None
-    eps = _number(module, "variance_epsilon")
-    eps = _number(module, "eps") if eps is None else eps
-    if eps is None or not math.isfinite(eps) or eps < 0:
-        return None
-    offset = _probe_rms(module, weight, eps)
-    if offset is None:
-        return None
-    return NormFacts("Hugging Face", "RMS norm", weight.shape[0], -1, eps, weight_offset=offset)
-
-
-def _probe_rms(module: nn.Module, weight: torch.Tensor, eps: float) -> float | None:
-    """0.0 or 1.0 where ``module``'s forward is RMS norm scaled by ``offset + weight``;
-    None otherwise. The forward runs once on a (2, C + 1, C) probe, without hooks."""
-    channels = weight.shape[0]
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(2, channels + 1, channels, generator=generator, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            output = type(module).forward(module, probe.to(weight.device, weight.dtype))
-    except Exception:  # any forward that cannot take the probe is not an RMS norm
-        return None
-    if not isinstance(output, torch.Tensor) or output.shape != probe.shape:
-        return None
-    normalized = probe * (probe.square().mean(-1, keepdim=True) + eps).rsqrt()
-    got = output.detach().to("cpu", torch.float64)
-    scale = weight.detach().to("cpu", torch.float64)
-    tolerance = 50 * torch.finfo(weight.dtype).eps
-    for offset in (0.0, 1.0):
-        expected = normalized * (offset + scale)
-        if torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
-            return offset
-    return None
+    package = type(module).__module__.split(".")[0]
+    return NormFacts(
+        "Hugging Face" if package == "transformers" else package,
+        found.computes,
+        module.weight.shape[0],
+        found.channel_dim,
+        found.eps,
+        weight_offset=found.weight_offset,
+    )
