@@ -409,7 +409,7 @@ def test_the_report_has_every_claim_its_numbers_and_the_1s_2s_correction(tmp_pat
     runs = Runs(experiments, records)
     tested = adjust_sections(sections(runs, QUICK))
     figures.write_all(runs, QUICK, tmp_path)
-    text = render(tested, QUICK, "normlab study claims ...", records, len(records) + 3)
+    text = render(tested, QUICK, "normlab study claims ...", runs, len(records) + 3)
     assert "not the full study" in text and "3 planned runs have not finished yet" in text
     assert "Ioffe & Szegedy 2015" in text and "per-channel '2s' variant" in text
     assert "97.38" in text and "97.76" in text, "the tutorial's numbers beside the replication"

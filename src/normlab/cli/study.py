@@ -18,7 +18,12 @@ def _study(args: argparse.Namespace) -> int:
     args.out = default_out() if args.out is None else args.out
     args.report = args.out / "report" if args.report is None else args.report
     command = f"normlab study claims --data-dir DIR --budget {args.budget} --report {args.report}"
-    if args.report_only:
+    if args.cost:
+        from normlab.study.cost import measure, write_cost
+
+        console.print("timing the cost microbenchmarks at one thread (keep the machine idle)")
+        console.print(f"wrote {write_cost(args.report, measure())}")
+    if args.report_only or args.cost:
         console.print(f"wrote {render_from_records(args.report, args.budget, command)}")
         return 0
     if args.data_dir is None:
@@ -57,6 +62,11 @@ def add_study(commands: argparse._SubParsersAction) -> None:
     study.add_argument(
         "--report-only", action="store_true",
         help="regenerate the report from the records kept in --report, training nothing",
+    )  # fmt: skip
+    study.add_argument(
+        "--cost", action="store_true",
+        help="time the cost claims' microbenchmarks (one thread, about 30 s; keep the machine "
+        "idle) into --report's cost.json, then regenerate the report, training nothing",
     )  # fmt: skip
     study.add_argument("--out", type=expand, help="where the runs go (default runs/<timestamp>)")
     study.add_argument(

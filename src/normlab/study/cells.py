@@ -12,13 +12,19 @@ from normlab.study.plan import TUTORIAL_HIDDEN, Budget
 
 
 class Runs:
-    """The study's records, looked up through the plan: ``get("batch", norm="bn")``."""
+    """The study's records, looked up through the plan: ``get("batch", norm="bn")``; and
+    measurements that are not training runs (the cost microbenchmarks), by experiment name,
+    each a record whose ``config`` holds the fields an arm selects it by."""
 
     def __init__(
-        self, experiments: Mapping[str, Sequence[RunConfig]], records: Sequence[Mapping[str, Any]]
+        self,
+        experiments: Mapping[str, Sequence[RunConfig]],
+        records: Sequence[Mapping[str, Any]],
+        measured: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.experiments = experiments
         self.by_id = {record["run_id"]: record for record in records}
+        self.measured = dict(measured or {})
 
     def planned(self, experiment: str) -> bool:
         return experiment in self.experiments
@@ -40,6 +46,12 @@ class Runs:
         first of several that plans such runs) and the fields they share."""
         match = dict(where)
         experiments = match.pop("experiment")
+        if isinstance(experiments, str) and experiments in self.measured:
+            return [
+                sample
+                for sample in self.measured[experiments]
+                if all(sample["config"].get(k) == v for k, v in match.items())
+            ]
         for experiment in (experiments,) if isinstance(experiments, str) else experiments:
             if self.configs(experiment, **match):
                 return self.get(experiment, **match)

@@ -17,6 +17,7 @@ from normlab.report.claims import Arm, Claim, ClaimTest
 from normlab.study import measures as m
 from normlab.study.after_training_claims import batch_fluctuation, input_shift, online_inference
 from normlab.study.cells import batch_cell
+from normlab.study.cost_claims import overhead, scalar_cheaper
 from normlab.study.findings import Runs, evaluate_section
 from normlab.study.mechanism_claims import (
     covariate_shift,
@@ -60,6 +61,8 @@ def declared(budget: Budget) -> list[DeclaredSection]:
         input_shift(budget),
         online_inference(budget),
         batch_fluctuation(budget),
+        overhead(),
+        scalar_cheaper(),
         not_yet_tested(),
     ]
 

@@ -208,16 +208,6 @@ NOT_YET = (
     ),
     (c.BN_VARYING_LENGTH, "needs variable-length sequences with padding masks"),
     (
-        c.BN_OVERHEAD,
-        "needs isolated microbenchmarks (one thread, nothing else running); step times taken "
-        "inside runs on a shared machine measure the machine's load",
-    ),
-    (
-        c.SCALAR_CHEAPER,
-        "needs microbenchmarks of 1s and 2s through matched implementations (both torch's "
-        "fused kernel), so the verdict separates the algorithm from this implementation",
-    ),
-    (
         c.BN_FASTER_WALL,
         "needs time to a fixed accuracy in wall seconds, measured on an idle machine",
     ),

@@ -21,7 +21,7 @@ from normlab.report.evaluation import (
 from normlab.report.tables import prediction
 from normlab.study.cells import Runs
 from normlab.study.measures import CHANCE_MARGIN, collapsed
-from normlab.study.plan import Budget, plan
+from normlab.study.plan import Budget
 from normlab.study.sections import Section
 from normlab.study.tables import TABLES, markdown_table
 
@@ -205,11 +205,12 @@ def render(
     sections: Sequence[Section],
     budget: Budget,
     command: str,
-    records: Sequence[Mapping[str, Any]],
+    runs: Runs,
     planned: int,
 ) -> str:
     """The whole report as markdown (figures referenced by file name, next to it), from
-    ``records`` alone: the same records always give the same text."""
+    ``runs``' records and measurements alone: the same ones always give the same text."""
+    records = list(runs.by_id.values())
     diverged = sum(r.get("status") == "diverged" for r in records)
     at_chance = sum(collapsed(r) for r in records)
     tests = [t for s in sections for t in s.tests]
@@ -278,7 +279,6 @@ def render(
         ONE_S_TWO_S,
         "",
     ]
-    runs = Runs(plan(budget), records)
     shown: dict[str, int] = {}  # a table or figure already shown -> its section's number
     for i, section in enumerate(sections, start=1):
         lines += [f"## {i}. {section.title}", ""]

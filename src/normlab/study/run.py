@@ -38,6 +38,7 @@ from normlab.report.publish import check_replaceable, publish
 from normlab.report.runs import check_records
 from normlab.study import figures
 from normlab.study.claims import sections
+from normlab.study.cost import COST_FILE, read_cost
 from normlab.study.findings import Runs
 from normlab.study.plan import BUDGETS, Budget, all_runs, plan
 from normlab.study.report import render, write_json
@@ -47,7 +48,7 @@ JSON_FILE = "claims.json"
 RECORDS_FILE = "records.jsonl.gz"
 STATE_FILE = "study.json"
 COMMAND = "normlab study claims"
-REPORT_FILES = (REPORT_FILE, JSON_FILE, RECORDS_FILE, *figures.FILES)
+REPORT_FILES = (REPORT_FILE, JSON_FILE, RECORDS_FILE, COST_FILE, *figures.FILES)
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,9 @@ def render_from_records(report_dir: Path, budget: Budget | str, command: str) ->
     experiments = plan(budget)
     planned = {run.run_id for run in all_runs(experiments)}
     records = [r for r in read_committed(report_dir) if r["run_id"] in planned]
-    lookup = Runs(experiments, records)
+    lookup = Runs(experiments, records, {"cost": read_cost(report_dir)})
     tested = adjust_sections(sections(lookup, budget))
-    text = render(tested, budget, command, records, len(planned))
+    text = render(tested, budget, command, lookup, len(planned))
 
     def draw(staging: Path) -> None:
         figures.write_all(lookup, budget, staging)

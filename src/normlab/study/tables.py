@@ -267,6 +267,31 @@ def batch_statistics(runs: Runs, b: Budget, section: Section) -> str:
     return markdown_table(header, rows)
 
 
+def cost(runs: Runs, b: Budget, section: Section) -> str:
+    """Each microbenchmark variant's median time per call over its rounds, in µs."""
+    samples = runs.measured.get("cost") or []
+    if not samples:
+        return "Not measured yet: `normlab study claims --cost --report DIR` on an idle machine."
+    by_variant: dict[str, list[float]] = {}
+    for sample in samples:
+        c = sample["config"]
+        if c["measure"] == "step":
+            label = f"training step of the tutorials' MLP with {c['norm']}"
+        else:
+            label = f"{c['stats']} ({c['implementation']}) at {tuple(c['shape'])}"
+        by_variant.setdefault(label, []).append(1e6 * sample["seconds"])
+    rows = [
+        [
+            label,
+            f"{statistics.median(times):.1f}",
+            f"{min(times):.1f} to {max(times):.1f}",
+            len(times),
+        ]
+        for label, times in by_variant.items()
+    ]
+    return markdown_table(["variant", "median µs", "range over rounds", "rounds"], rows)
+
+
 TABLES: Mapping[str, Callable[[Runs, Budget, Section], str]] = {
     "replication": replication,
     "replication-verdict": replicates,
@@ -282,5 +307,6 @@ TABLES: Mapping[str, Callable[[Runs, Budget, Section], str]] = {
     "input-shift": input_shift,
     "batch-1": batch_one,
     "batch-statistics": batch_statistics,
+    "cost": cost,
 }
 """Every table a section can list, by name."""
