@@ -367,3 +367,31 @@ class RmsViTBlock(nn.Module):
         y = self.norm1(tokens)
         tokens = tokens + self.attn(y, y, y, need_weights=False)[0]
         return self.head(self.norm2(tokens).mean(1))
+
+
+def randomized(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial affine and running statistics in every norm (fixed-statistics ones too)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("weight", "bias", "running_mean"):
+                tensor = getattr(module, name, None)
+                if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
+            var = getattr(module, "running_var", None)
+            if isinstance(var, torch.Tensor):
+                var.copy_(torch.rand(var.shape, generator=generator) + 0.5)
+    return model
+
+
+#: Models shaped like timm's and torchvision's, by name: (builder, the kind that computes what
+#: their norms compute with the options it needs, or None where they mix kinds).
+MODELS = {
+    "efficientnet (BatchNormAct2d)": (EfficientNetBlock, "bn", {}),
+    "resnetv2 (GroupNormAct)": (ResNetV2Block, "gn", {"groups": 4}),
+    "convnext (LayerNorm2d, LayerNorm)": (ConvNeXtBlock, "ln", {}),
+    "detection backbone (FrozenBatchNorm2d, FrozenBatchNormAct2d)": (
+        FrozenBackbone, "frozen-bn", {}
+    ),
+    "vit (RmsNorm, RmsNorm2d, LayerNormAct)": (RmsViTBlock, None, {}),
+}  # fmt: skip

@@ -16,6 +16,7 @@ from torch import nn
 
 import normlab as nl
 import thirdparty_standins as tp
+from model_parity import max_difference
 from spec import CANONICAL_KINDS
 
 
@@ -29,52 +30,6 @@ def _one_thread():
 
 def _images(n: int = 4, size: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _randomized(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial affine and running statistics in every norm (fixed-statistics ones too)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name in ("weight", "bias", "running_mean"):
-                tensor = getattr(module, name, None)
-                if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
-                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
-            var = getattr(module, "running_var", None)
-            if isinstance(var, torch.Tensor):
-                var.copy_(torch.rand(var.shape, generator=generator) + 0.5)
-    return model
-
-
-def _parameter_grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameter gradients by name, a NormAct's ``.norm`` level left out of the name."""
-    grads = {}
-    for name, parameter in model.named_parameters():
-        if parameter.grad is not None:
-            grads[name] = parameter.grad
-    return grads
-
-
-def _same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    """Largest |a - b| over train and eval outputs, input gradients and the gradients of
-    the parameters both hold (by name, a NormAct's ``.norm`` level left out)."""
-    worst = 0.0
-    for training in (True, False):
-        outputs = []
-        for model in (a, b):
-            model.train(training)
-            model.zero_grad()
-            xi = x.clone().requires_grad_(True)
-            out = model(xi)
-            out.square().sum().backward()
-            grads = {n.replace(".norm.", ".") if n not in dict(a.named_parameters()) else n: g
-                     for n, g in _parameter_grads(model).items()}  # fmt: skip
-            outputs.append((out.detach(), xi.grad, grads))
-        (out_a, gx_a, g_a), (out_b, gx_b, g_b) = outputs
-        assert set(g_a) == set(g_b)
-        pairs = [(out_a, out_b), (gx_a, gx_b), *((g_a[n], g_b[n]) for n in g_a)]
-        worst = max([worst, *((p - q).abs().max().item() for p, q in pairs)])
-    return worst
 
 
 # --- item: a norm + activation layer keeps its activation ---------------------------------
@@ -100,15 +55,15 @@ def test_batchnormact_swapped_keeps_its_activation_and_summary_says_so():
 )
 def test_norm_act_models_swap_to_the_matching_kind_exactly(build, kind, options):
     """Outputs and gradients in train and eval: 0.0 difference."""
-    model = _randomized(build())
+    model = tp.randomized(build())
     x = _images()
     swapped = copy.deepcopy(model)
     nl.replace_norms(swapped, kind, example_input=x, **options)
-    assert _same_function(model, swapped, x) == 0.0
+    assert max_difference(model, swapped, x) == 0.0
 
 
 def test_freeze_and_fold_keep_the_activation_of_a_norm_act_layer():
-    model = _randomized(tp.EfficientNetBlock()).eval()
+    model = tp.randomized(tp.EfficientNetBlock()).eval()
     x = _images()
     expected = model(x)
     frozen = nl.inference.freeze(copy.deepcopy(model))
@@ -142,7 +97,7 @@ def test_recalibrate_sets_batchnormact2d_statistics_as_batchnorm2d_and_keeps_the
         nn.Conv2d(8, 4, 1),
         tp.BatchNormAct2d(4, act_layer=nn.SiLU),
     )
-    _randomized(model)
+    tp.randomized(model)
     reference = copy.deepcopy(model).double()
     images = 1.0 + _images(24, 8)
     batches = images.split(8)
@@ -188,20 +143,20 @@ def test_recalibrate_sets_batchnormact2d_statistics_as_batchnorm2d_and_keeps_the
 def test_layernorm2d_is_swapped_reading_channels_on_dim_1(width):
     """timm's/torchvision's LayerNorm2d normalizes dim 1; with W == C a last-dim reading
     was silently wrong, otherwise refused with the wrong fix."""
-    model = _randomized(nn.Sequential(nn.Conv2d(3, 8, 1), tp.LayerNorm2d(8)))
+    model = tp.randomized(nn.Sequential(nn.Conv2d(3, 8, 1), tp.LayerNorm2d(8)))
     x = torch.randn(2, 3, 4, width, generator=torch.Generator().manual_seed(3))
     swapped = copy.deepcopy(model)
     replaced = nl.replace_norms(swapped, "ln", example_input=x)
     assert replaced.replacements[0].layout == "(N, C, *)"
-    assert _same_function(model, swapped, x) == 0.0
+    assert max_difference(model, swapped, x) == 0.0
 
 
 def test_convnext_swaps_to_layer_norm_exactly():
-    model = _randomized(tp.ConvNeXtBlock())
+    model = tp.randomized(tp.ConvNeXtBlock())
     x = _images()
     swapped = copy.deepcopy(model)
     nl.replace_norms(swapped, "ln", example_input=x)
-    assert _same_function(model, swapped, x) == 0.0
+    assert max_difference(model, swapped, x) == 0.0
 
 
 # --- item: frozen-bn from a layer without running statistics ---------------------------------
@@ -236,7 +191,7 @@ def test_eps_and_momentum_are_carried_and_every_changed_setting_is_listed():
 
 
 def test_convert_sync_batchnorm_converts_a_norm_act_subclass_keeping_its_activation():
-    model = _randomized(tp.EfficientNetBlock()).eval()
+    model = tp.randomized(tp.EfficientNetBlock()).eval()
     x = _images()
     expected = model(x)
     converted = nl.convert_sync_batchnorm(model)
@@ -247,22 +202,11 @@ def test_convert_sync_batchnorm_converts_a_norm_act_subclass_keeping_its_activat
 # --- every stand-in class: recognized, swapped to each kind, described -----------------------
 
 
-STANDIN_MODELS = {
-    "efficientnet (BatchNormAct2d)": (tp.EfficientNetBlock, "bn", {}),
-    "resnetv2 (GroupNormAct)": (tp.ResNetV2Block, "gn", {"groups": 4}),
-    "convnext (LayerNorm2d, LayerNorm)": (tp.ConvNeXtBlock, "ln", {}),
-    "detection backbone (FrozenBatchNorm2d, FrozenBatchNormAct2d)": (
-        tp.FrozenBackbone, "frozen-bn", {}
-    ),
-    "vit (RmsNorm, RmsNorm2d, LayerNormAct)": (tp.RmsViTBlock, None, {}),
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", CANONICAL_KINDS)
-@pytest.mark.parametrize("name", list(STANDIN_MODELS))
+@pytest.mark.parametrize("name", list(tp.MODELS))
 def test_every_kind_replaces_every_standin_class_and_trains_one_step(name, kind):
-    build, _, _ = STANDIN_MODELS[name]
-    model = _randomized(build())
+    build, _, _ = tp.MODELS[name]
+    model = tp.randomized(build())
     x = _images()
     options = {"groups": 2} if kind == "gn" else {}
     if kind == "frozen-bn":
@@ -316,8 +260,8 @@ def test_inspect_notes_that_torchvisions_frozen_batch_norms_are_frozen():
 )
 def test_real_timm_models_swap_to_the_matching_kind_exactly(name, kind, options):
     timm = pytest.importorskip("timm")
-    model = _randomized(timm.create_model(name, pretrained=False, num_classes=10))
+    model = tp.randomized(timm.create_model(name, pretrained=False, num_classes=10))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     swapped = copy.deepcopy(model)
     nl.replace_norms(swapped, kind, example_input=x, **options)
-    assert _same_function(model, swapped, x) == 0.0
+    assert max_difference(model, swapped, x) == 0.0

@@ -1,0 +1,35 @@
+"""How far two models compute apart: the oracle of every "the swap to the matching kind is
+exact" test, and of benchmarks/third_party_models.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def max_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """Largest |a - b| over train and eval outputs, the input's gradient (for floating
+    input) and the gradients of the parameters both hold, by name (a NormAct's ``.norm``
+    level left out of ``b``'s names), for the loss mean(output^2)."""
+    worst = 0.0
+    names_a = dict(a.named_parameters())
+    for training in (True, False):
+        results = []
+        for model in (a, b):
+            model.train(training).zero_grad()
+            xi = x.clone().requires_grad_(True) if x.is_floating_point() else x
+            out = model(xi)
+            out.square().mean().backward()
+            grads = {
+                (name if name in names_a else name.replace(".norm.", ".")): p.grad
+                for name, p in model.named_parameters()
+                if p.grad is not None
+            }
+            results.append((out.detach(), xi.grad if x.is_floating_point() else None, grads))
+        (out_a, gx_a, grads_a), (out_b, gx_b, grads_b) = results
+        assert set(grads_a) == set(grads_b), set(grads_a) ^ set(grads_b)
+        pairs = [(out_a, out_b), *((grads_a[n], grads_b[n]) for n in grads_a)]
+        if gx_a is not None:
+            pairs.append((gx_a, gx_b))
+        worst = max([worst, *((p - q).abs().max().item() for p, q in pairs)])
+    return worst
