@@ -61,8 +61,10 @@ def _line(
     xs: Sequence[Any],
     groups: Sequence[Sequence[float]],
     label: str,
+    joined: bool = True,
 ) -> None:
-    """Means with 95% intervals joined by a line, and every run as a faint dot."""
+    """Means with 95% intervals joined by a line (not for categories: ``joined=False``), and
+    every run as a faint dot."""
     color = COLORS.get(label)
     kept = [(x, g) for x, g in zip(xs, groups, strict=True) if g]
     if not kept:
@@ -71,7 +73,7 @@ def _line(
     errors = [interval(g) for _, g in kept]
     line = ax.errorbar(
         [x for x, _ in kept], means, yerr=errors, marker="o", capsize=3, color=color,
-        label=label, linewidth=1.6,
+        label=label, linewidth=1.6, linestyle="-" if joined else "none",
     )  # fmt: skip
     color = line[0].get_color()
     for x, values in kept:
@@ -310,7 +312,8 @@ def after_training(runs: Runs, b: Budget, path: Path) -> None:
     for offset, norm in enumerate(norms):
         records = after_records(runs, norm)
         xs = [i + 0.15 * (offset - 1.5) for i in range(len(conditions))]
-        _line(shifts, xs, [_values(records, measure) for _, measure in conditions], norm)
+        groups = [_values(records, measure) for _, measure in conditions]
+        _line(shifts, xs, groups, norm, joined=False)
         _line(one, [offset], [_values(records, m.batch1_acc)], norm)
     shifts.set_xticks(range(len(conditions)), [name for name, _ in conditions], fontsize=7)
     _chance(shifts)
