@@ -39,13 +39,17 @@ def test_the_matched_implementation_is_batch_norm_in_float64(stats, shape):
 
 
 def _cost_sections():
-    return [s for s in declared(QUICK) if s.key in ("bn-overhead", "scalar-cheaper")]
+    keys = ("bn-overhead", "scalar-cheaper", "bn-faster-wall")
+    return [s for s in declared(QUICK) if s.key in keys]
 
 
 def test_every_arm_of_the_cost_tests_selects_one_sample_per_round():
-    measured = cost.measure(rounds=2, min_run_time=0.001)
+    from normlab.data import load_dataset
+
+    measured = cost.measure(rounds=2, min_run_time=0.001, data=load_dataset("digits"), seeds=2)
     samples = measured["samples"]
-    assert measured["threads"] == 1 and all(s["seconds"] > 0 for s in samples)
+    assert measured["threads"] == 1
+    assert all(s["seconds"] is None or s["seconds"] > 0 for s in samples)
     runs = Runs(plan(QUICK), [], {"cost": samples})
     for section in _cost_sections():
         for declared_test in section.tests:
@@ -63,11 +67,18 @@ def _planted(slower: dict[tuple, float]) -> list[dict]:
             key = (fields["measure"], fields.get("norm") or fields["stats"])
             seconds = 1e-4 * slower.get(key, 1.0) * (1 + rng.gauss(0, 0.01))
             samples.append({"config": {**fields, "seed": round_}, "seconds": seconds})
+    for seed in range(5):
+        for norm in cost.STEP_NORMS:
+            seconds = 10.0 * slower.get(("time-to-accuracy", norm), 1.0) * (1 + rng.gauss(0, 0.01))
+            config = {"measure": "time-to-accuracy", "norm": norm, "seed": seed}
+            samples.append({"config": config, "seconds": seconds})
     return samples
 
 
 def test_planted_costs_get_the_verdicts_of_their_claims():
-    samples = _planted({("step", "bn"): 1.3, ("layer", "1s"): 0.8})
+    samples = _planted(
+        {("step", "bn"): 1.3, ("layer", "1s"): 0.8, ("time-to-accuracy", "none"): 1.5}
+    )
     runs = Runs(plan(QUICK), [], {"cost": samples})
     found = {t.test.id: t for s in _cost_sections() for t in evaluate_section(s, runs).tests}
     assert found["bn-overhead"].verdict == SUPPORTED
@@ -77,6 +88,7 @@ def test_planted_costs_get_the_verdicts_of_their_claims():
     assert found["bn-overhead"].paired
     assert found["bn-overhead (ln / none)"].verdict == INCONCLUSIVE
     assert found["scalar-cheaper"].verdict == SUPPORTED
+    assert found["bn-faster-wall"].verdict == SUPPORTED and found["bn-faster-wall"].paired
     nothing = Runs(plan(QUICK), [], {"cost": _planted({})})
     found = {t.test.id: t for s in _cost_sections() for t in evaluate_section(s, nothing).tests}
     assert found["bn-overhead"].verdict == INCONCLUSIVE
@@ -110,17 +122,30 @@ def test_write_cost_publishes_the_file_read_cost_reads(tmp_path):
 
 
 def test_the_cost_flag_measures_writes_and_regenerates_the_report(tmp_path, run_cli, monkeypatch):
+    from data_fixtures import mnist_arrays, write_mnist_idx
+
     planted = {"threads": 1, "rounds": 10, "samples": _planted({("step", "bn"): 1.3})}
     calls = []
-    monkeypatch.setattr(cost, "measure", lambda: calls.append(1) or planted)
+    monkeypatch.setattr(cost, "measure", lambda data: calls.append(len(data.train_x)) or planted)
+    write_mnist_idx(tmp_path / "mnist", mnist_arrays(0, n_train=20, n_val=10))
     report = tmp_path / "report"
-    status, _, err = run_cli(
-        ["study", "claims", "--budget", "quick", "--cost", "--report", str(report)]
-    )
+    argv = ["study", "claims", "--budget", "quick", "--cost", "--report", str(report)]
+    status, _, err = run_cli(argv)
+    assert status != 0 and "--data-dir" in err and calls == []
+    status, _, err = run_cli([*argv, "--data-dir", str(tmp_path / "mnist")])
     assert status == 0, err
-    assert calls == [1] and cost.read_cost(report) == planted["samples"]
+    assert calls == [20] and cost.read_cost(report) == planted["samples"]
     text = (report / "claims.md").read_text()
-    assert (
-        "| bn-overhead | primary |" in text
-        and "batch norm adds computational overhead" in text.lower()
-    )
+    assert "| bn-overhead | primary |" in text
+    assert "batch norm adds computational overhead" in text.lower()
+
+
+def test_time_to_accuracy_counts_training_steps_until_the_target_and_none_beyond(monkeypatch):
+    from normlab.data import load_dataset
+
+    digits = load_dataset("digits")
+    monkeypatch.setattr(cost, "CHECK_EVERY", 5)
+    reached = cost.time_to_accuracy("bn", 0, digits, target=0.5)
+    assert reached is not None and reached > 0
+    monkeypatch.setattr(cost, "MAX_EPOCHS", 1)
+    assert cost.time_to_accuracy("bn", 0, digits, target=1.01) is None

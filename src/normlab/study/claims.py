@@ -17,7 +17,7 @@ from normlab.report.claims import Arm, Claim, ClaimTest
 from normlab.study import measures as m
 from normlab.study.after_training_claims import batch_fluctuation, input_shift, online_inference
 from normlab.study.cells import batch_cell
-from normlab.study.cost_claims import overhead, scalar_cheaper
+from normlab.study.cost_claims import faster_wall, overhead, scalar_cheaper
 from normlab.study.findings import Runs, evaluate_section
 from normlab.study.mechanism_claims import (
     covariate_shift,
@@ -63,6 +63,7 @@ def declared(budget: Budget) -> list[DeclaredSection]:
         batch_fluctuation(budget),
         overhead(),
         scalar_cheaper(),
+        faster_wall(),
         not_yet_tested(),
     ]
 

@@ -22,12 +22,19 @@ Variants:
   (32, 32, 28, 28).
 - ``layer``, implementation ``normlab``: normlab's ``bn`` and ``bn-scalar`` as shipped,
   forward and backward in training mode, at (32, 128).
+
+With MNIST at hand, also ``time-to-accuracy``: the wall seconds of training steps (the
+lab's loop: Adam 1e-3, batch 32, the tutorials' MLP, one thread) until the validation
+accuracy, checked every :data:`CHECK_EVERY` steps and not timed, first reaches
+:data:`TARGET_ACCURACY`; one sample per norm (none, bn, ln) and seed, in turn, ``None``
+for a seed that does not reach it within :data:`MAX_EPOCHS` epochs.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +43,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
-from normlab.experiment.train import make_optimizer
+from normlab.data import Dataset
+from normlab.experiment.config import RunConfig
+from normlab.experiment.train import evaluate, make_optimizer, seeded_model
 from normlab.models import mlp
 from normlab.registry import make_norm
 from normlab.report.publish import publish
 
 COST_FILE = "cost.json"
+TARGET_ACCURACY = 0.97
+CHECK_EVERY = 100
+MAX_EPOCHS = 5
+TIME_SEEDS = 5
 ROUNDS = 10
 MIN_RUN_TIME = 0.2
 """Seconds each variant is timed for in each round."""
@@ -121,8 +134,42 @@ def variants() -> list[tuple[dict[str, Any], Variant]]:
     return found
 
 
-def measure(rounds: int = ROUNDS, min_run_time: float = MIN_RUN_TIME) -> dict[str, Any]:
-    """Time every variant in ``rounds`` interleaved rounds at one thread.
+def time_to_accuracy(
+    norm: str, seed: int, data: Dataset, target: float = TARGET_ACCURACY
+) -> float | None:
+    """Wall seconds of the tutorials' MLP's training steps with ``norm`` (Adam 1e-3, batch
+    32, initialized as the lab seeds a run, a fresh permutation of the data each epoch)
+    until its validation accuracy, checked every :data:`CHECK_EVERY` steps outside the
+    clock, reaches ``target``; None when it does not within :data:`MAX_EPOCHS` epochs."""
+    config = RunConfig(
+        dataset="mnist", norm=norm, seed=seed, batch_size=32, model_options={"hidden": [128, 64]}
+    )
+    model = seeded_model(config, data).train()
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3, None)
+    generator = torch.Generator().manual_seed(seed)
+    elapsed, steps = 0.0, 0
+    for _ in range(MAX_EPOCHS):
+        order = torch.randperm(len(data.train_x), generator=generator)
+        for batch in order.split(32):
+            clock = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data.train_x[batch]), data.train_y[batch]).backward()
+            optimizer.step()
+            elapsed += time.perf_counter() - clock
+            steps += 1
+            if steps % CHECK_EVERY == 0 and evaluate(model, data.val_x, data.val_y)[1] >= target:
+                return elapsed
+    return None
+
+
+def measure(
+    rounds: int = ROUNDS,
+    min_run_time: float = MIN_RUN_TIME,
+    data: Dataset | None = None,
+    seeds: int = TIME_SEEDS,
+) -> dict[str, Any]:
+    """Time every variant in ``rounds`` interleaved rounds at one thread, and with ``data``
+    (MNIST) the time to accuracy of ``seeds`` seeds per norm.
 
     Returns:
         ``{"machine": ..., "torch": ..., "threads": 1, "samples": [record, ...]}``: one
@@ -139,6 +186,11 @@ def measure(rounds: int = ROUNDS, min_run_time: float = MIN_RUN_TIME) -> dict[st
                 timer = benchmark.Timer("variant()", globals={"variant": variant}, num_threads=1)
                 seconds = timer.blocked_autorange(min_run_time=min_run_time).median
                 config = {**fields, "seed": round_}
+                samples.append({"config": config, "seconds": seconds, "status": "finished"})
+        for seed in range(seeds if data is not None else 0):
+            for norm in STEP_NORMS:
+                seconds = time_to_accuracy(norm, seed, data)
+                config = {"measure": "time-to-accuracy", "norm": norm, "seed": seed}
                 samples.append({"config": config, "seconds": seconds, "status": "finished"})
     finally:
         torch.set_num_threads(previous)
@@ -175,11 +227,16 @@ def read_cost(report_dir: Path) -> list[dict[str, Any]]:
         return []
     try:
         samples = json.loads(path.read_text(encoding="utf-8"))["samples"]
-        if not all(isinstance(s["config"], dict) and s["seconds"] > 0 for s in samples):
-            raise ValueError("a sample without a config or a positive time")
+        if not all(isinstance(s["config"], dict) and _time(s["seconds"]) for s in samples):
+            raise ValueError("a sample without a config or a positive time (or null)")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"{path} cannot be read as the cost microbenchmarks ({error}); measure them again "
             "on an idle machine with `normlab study claims --cost --report DIR`."
         ) from None
     return samples
+
+
+def _time(seconds: object) -> bool:
+    """A sample's time: positive seconds, or None for a target never reached."""
+    return seconds is None or (isinstance(seconds, int | float) and seconds > 0)

@@ -207,10 +207,6 @@ NOT_YET = (
         "rows before the cell, which tests neither",
     ),
     (c.BN_VARYING_LENGTH, "needs variable-length sequences with padding masks"),
-    (
-        c.BN_FASTER_WALL,
-        "needs time to a fixed accuracy in wall seconds, measured on an idle machine",
-    ),
 )
 """The claims no experiment tests yet, each with what testing it needs."""
 

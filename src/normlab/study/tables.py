@@ -277,6 +277,10 @@ def cost(runs: Runs, b: Budget, section: Section) -> str:
         c = sample["config"]
         if c["measure"] == "step":
             label = f"training step of the tutorials' MLP with {c['norm']}"
+        elif c["measure"] == "time-to-accuracy":
+            label = f"training to the target accuracy with {c['norm']}"
+            if sample["seconds"] is None:
+                continue
         else:
             label = f"{c['stats']} ({c['implementation']}) at {tuple(c['shape'])}"
         by_variant.setdefault(label, []).append(1e6 * sample["seconds"])
