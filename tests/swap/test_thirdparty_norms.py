@@ -9,6 +9,7 @@ layer's own settings computes the same function), and the layer's documented for
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -265,3 +266,18 @@ def test_real_timm_models_swap_to_the_matching_kind_exactly(name, kind, options)
     swapped = copy.deepcopy(model)
     nl.replace_norms(swapped, kind, example_input=x, **options)
     assert max_difference(model, swapped, x) == 0.0
+
+
+def test_a_swapped_norm_act_layer_folds_into_the_conv_before_it_keeping_its_activation():
+    """replace_norms turns BatchNormAct2d into NormAct(bn, drop, act); fold_batchnorm folds
+    that bn as it folds the original's and keeps the activation where the norm was."""
+    model = tp.randomized(tp.EfficientNetBlock()).eval()
+    nl.replace_norms(model, "bn")
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a norm left unfolded warns
+        folded = nl.inference.fold_batchnorm(copy.deepcopy(model))
+    assert not [m for m in folded.modules() if nl.inference.batch_norm_layers(m)]
+    assert [type(m) for m in folded.modules() if isinstance(m, nn.SiLU | nn.ReLU)]
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from normlab.layers.norm_act import NormAct
 from normlab.layers.norm_classes import (
     is_batch_norm,
     is_batch_or_frozen_norm,
@@ -257,7 +258,9 @@ def _layer_problem(layer: nn.Module, layer_name: str, norm: nn.Module) -> str | 
 
 
 class _LayerTracer(fx.Tracer):
-    """torch.fx tracer that keeps normlab's layers and the given norms as single calls.
+    """torch.fx tracer that keeps normlab's layers and the given norms as single calls,
+    but traces through a NormAct, whose norm is one of them and whose drop and activation
+    must stay after the folded norm.
 
     The norms are found before tracing: while it traces, torch.fx records every parameter
     a module's attributes are read for, so is_leaf_module must not read them."""
@@ -269,7 +272,7 @@ class _LayerTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
             id(m) in self.norms
-            or type(m).__module__.startswith("normlab.layers")
+            or (type(m).__module__.startswith("normlab.layers") and not isinstance(m, NormAct))
             or super().is_leaf_module(m, module_qualified_name)
         )
 
