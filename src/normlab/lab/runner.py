@@ -106,12 +106,11 @@ def train_runs(
                 f"(a write interrupted mid-line, {len(dropped)} characters); its run is redone"
             )
         check_records(store.directory)  # a record the report cannot read fails now
-        finished = store.finished_ids()
-        for record in known:
-            if record["run_id"] in steps and record["run_id"] not in finished:
-                store.append(dict(record))
-                finished.add(record["run_id"])
     finished = store.finished_ids()
+    for record in known if writes else ():
+        if record["run_id"] in steps and record["run_id"] not in finished:
+            store.append(dict(record))
+            finished.add(record["run_id"])
     already = sum(run.run_id in finished for run in runs)
     todo_steps = sum(steps[run.run_id] for run in runs if run.run_id not in finished)
     if keep_small_in_process:
