@@ -1,7 +1,7 @@
 """The one path from planned runs to records, which ``compare`` and the claims study share:
 how many runs train at once and on how many threads, the results folder repaired and its
 records checked, a small sweep kept in this process, progress shown, every unfinished run
-trained (normlab.experiment.run_sweep).
+trained (normlab.experiment.sweep.run_sweep_locked).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 from rich.console import Console
 
 from normlab.data import Dataset
-from normlab.experiment import ResultsStore, run_sweep
+from normlab.experiment import ResultsStore
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.choose import in_process_if_small
 from normlab.experiment.executors.contract import Executor, SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.stacked import seed_groups
+from normlab.experiment.sweep import run_sweep_locked
 from normlab.experiment.train import batch_slices, planned_steps
 
 
@@ -128,4 +129,4 @@ def train_runs(
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
-        return run_sweep(runs, store, executor=executor, listener=progress, data=data)
+        return run_sweep_locked(runs, store, executor, listener=progress, data=data)
