@@ -21,6 +21,7 @@ from normlab.experiment.progress import SweepProgress
 from normlab.experiment.stacked import seed_groups
 from normlab.experiment.sweep import run_sweep_locked
 from normlab.experiment.train import batch_slices, planned_steps
+from normlab.models import is_model, model_info
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ def planned_step_counts(runs: Sequence[RunConfig], data: Dataset) -> dict[str, i
     }
 
 
+def mlp_steps(runs: Sequence[RunConfig], steps: Mapping[str, int]) -> float:
+    """The time ``runs`` take, in optimizer steps of ``mlp``: each run's ``steps`` (by run
+    id) weighted by its model's cost (normlab.models.ModelInfo.cost). A ``MODULE:FACTORY``
+    model states no cost and counts as ``mlp``."""
+    return sum(
+        steps[run.run_id] * (model_info(run.model).cost if is_model(run.model) else 1.0)
+        for run in runs
+    )
+
+
 def train_runs(
     runs: Sequence[RunConfig],
     store: ResultsStore,
@@ -92,8 +103,9 @@ def train_runs(
         known: records finished elsewhere (e.g. committed beside a report): those of
             ``runs`` that ``store`` lacks are appended first and not trained again.
         keep_small_in_process: train in this process instead when the unfinished runs take
-            too few optimizer steps to repay the pool's worker processes
-            (normlab.experiment.executors.choose.in_process_if_small), ``threads`` threads.
+            too few optimizer steps to repay the pool's worker processes, each model's steps
+            weighted by its cost (:func:`mlp_steps`;
+            normlab.experiment.executors.choose.in_process_if_small), ``threads`` threads.
         describe: a line printed before training (the sweep's description).
     """
     from normlab.report.runs import check_records  # loads scipy
@@ -113,14 +125,18 @@ def train_runs(
             store.append(dict(record))
             finished.add(record["run_id"])
     already = sum(run.run_id in finished for run in runs)
-    todo_steps = sum(steps[run.run_id] for run in runs if run.run_id not in finished)
+    todo = [run for run in runs if run.run_id not in finished]
     if keep_small_in_process:
-        alone = in_process_if_small(executor, todo_steps, threads or available_cores())
+        weighted = mlp_steps(todo, steps)
+        alone = in_process_if_small(executor, round(weighted), threads or available_cores())
         if alone is not None:
             executor = alone
+            total = sum(steps[run.run_id] for run in todo)
             console.print(
-                f"{todo_steps} training steps in all: too few to repay starting worker "
-                "processes; training in this process (`jobs` of 2 or more starts workers anyway)"
+                f"{total} training steps in all"
+                + (f" (as long as about {weighted:.0f} of mlp's)" if weighted != total else "")
+                + ": too few to repay starting worker processes; training in this process "
+                "(`jobs` of 2 or more starts workers anyway)"
             )
     if describe:
         console.print(describe)
