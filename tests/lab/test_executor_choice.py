@@ -4,9 +4,12 @@ data-parallel runs, as ``normlab.lab.compare`` chooses them."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 import normlab.lab.runner
 from console_capture import printed, recording_console
@@ -16,8 +19,10 @@ from normlab.experiment.executors.choose import SMALL_SWEEP_STEPS
 from normlab.experiment.executors.contract import SweepOutcome
 from normlab.experiment.executors.in_process import InProcessExecutor
 from normlab.experiment.executors.pool import ProcessPoolExecutor
+from normlab.lab import compare
 from normlab.lab.runner import train_runs
 from normlab.models import model_info
+from process_tree import spawned_children
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +71,55 @@ def test_the_small_sweep_fallback_weighs_each_models_steps_by_its_cost(
     assert isinstance(alone, InProcessExecutor)
     weighted = f"{2 * fewer} training steps in all (as long as about {2 * fewer * cost:.0f} of"
     assert weighted in said
+
+
+LINUX_PROC = pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="finds worker processes through Linux /proc"
+)
+
+
+@LINUX_PROC
+def test_compares_default_jobs_trains_a_small_sweep_in_its_own_process_and_says_so(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("normlab.lab.runner.available_cores", lambda: 4)  # the default: 4 workers
+    console = recording_console()
+    result = compare(norms=["none", "bn"], seeds=1, epochs=1, hidden=[16], out=tmp_path,
+                     report=False, console=console)  # fmt: skip
+    assert result.complete and result.failed == []
+    said = printed(console)
+    assert "too few to repay starting worker processes; training in this process" in said
+    assert len(ResultsStore(tmp_path).records()) == 2 and spawned_children() == []
+
+
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+def test_compare_with_nproc_writes_the_usual_results(tmp_path):
+    out, console = tmp_path / "sweep", recording_console()
+    call = {"norms": ["bn"], "seeds": 1, "epochs": 1, "hidden": [16], "nproc": 2, "out": out}
+    result = compare(sync_bn=True, console=console, **call)
+    assert "2 processes per run with batch norm synchronized" in printed(console)
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["config"]["nproc"] == 2 and record["status"] == "finished"
+    assert result.records == [record] and (out / "report.html").exists()
+    with pytest.raises(ValueError, match="drop `jobs`"):
+        compare(jobs=2, progress=False, **call)
+
+
+@pytest.mark.slow  # three comparisons, one of them with worker processes
+def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp_path):
+    call = {"norms": ["bn"], "stack_seeds": True, "dropout": [0, 0.2], "epochs": 1}
+    call |= {"hidden": [16], "train_subset": 200, "seeds": 2, "report": False}
+    console = recording_console()
+    compare(out=tmp_path / "stacked", console=console, **call)
+    said = printed(console)
+    assert said.count("trains its seeds as separate runs") == 1
+    assert "mlp bn b=32 trains its seeds as separate runs: dropout" in said
+    records = ResultsStore(tmp_path / "stacked").records()
+    assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
+    compare(jobs=2, out=tmp_path / "jobs", progress=False, **call)
+    records = ResultsStore(tmp_path / "jobs").records()
+    assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"`stack_seeds` .* does not combine with `executor`"):
+        compare(executor="torchrun", out=tmp_path / "t", progress=False, **call)
