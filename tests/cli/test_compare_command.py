@@ -1,8 +1,12 @@
-"""`normlab compare` and `normlab report` from the command line: outputs, resuming, killing,
-and errors that say what to do."""
+"""`normlab compare` and `normlab report` from the command line: each flag reaches
+normlab.lab.compare (whose behaviour tests/lab/ specifies), the results and the library's
+errors are printed with the flags' names and the right exit status; and the installed
+command as a process: killed, interrupted, its workers dying, then run again."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import signal
@@ -13,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import cifar_arrays, mnist_arrays, write_cifar_bin, write_mnist_idx
 from holding_model import holders, release, write_holding_model
+from normlab.experiment import RunConfig
+from normlab.lab import CompareResult, compare
 from process_tree import alive_in_session
+from report_fixtures import make_record, write_results
 
 SCRIPT = Path(sys.executable).with_name("normlab")
 SMALL = ["--epochs", "1", "--hidden", "16", "--jobs", "1"]
@@ -25,77 +31,206 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def test_compare_writes_results_plots_and_report(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "none,bn", "--batch-sizes", "32,128", "--seeds", "2"]
-    status, stdout, stderr = run_cli([*argv, *SMALL, "--out", str(out)])
+# --- each flag reaches compare; what compare returns is printed -------------------------
+
+
+class FakeCompare:
+    """Stands in for normlab.lab.compare in the command: keeps the keywords of each call and
+    returns ``result`` (made from the call's ``out``) or raises ``error``."""
+
+    def __init__(self, result=None, error: BaseException | None = None) -> None:
+        self.calls: list[dict] = []
+        self.result, self.error = result, error
+
+    def __call__(self, **options):
+        self.calls.append(options)
+        if self.error is not None:
+            raise self.error
+        out = Path(options["out"] or "runs/now")
+        return self.result(out) if self.result else CompareResult(out, [], [])
+
+
+@pytest.fixture
+def fake_compare(monkeypatch):
+    """Install a FakeCompare in the command; the test may set its ``result`` or ``error``."""
+    fake = FakeCompare()
+    monkeypatch.setattr(importlib.import_module("normlab.cli.compare"), "compare", fake)
+    return fake
+
+
+FLAG_FAMILIES = {
+    "data": (
+        ["--dataset", "mnist", "--data-dir", "/data/mnist", "--train-subset", "100"],
+        {"data": "mnist", "data_dir": Path("/data/mnist"), "train_subset": 100},
+    ),
+    "model": (
+        [
+            *("--model", "rnn", "--hidden", "8,4", "--hidden", "16", "--depth", "1,2"),
+            *("--dropout", "0,0.5", "--cell", "gru,lstm", "--placement", "before,after"),
+        ],
+        {
+            "model": "rnn",
+            "hidden": [[8, 4], [16]],
+            "depth": [1, 2],
+            "dropout": [0.0, 0.5],
+            "cell": ["gru", "lstm"],
+            "placement": ["before", "after"],
+        },
+    ),
+    "norms": (["--norms", "bn,gn(groups=2,eps=1e-3)"], {"norms": ["bn", "gn(groups=2,eps=1e-3)"]}),
+    "sweep": (
+        [
+            *("--batch-sizes", "4,8", "--seeds", "2", "--epochs", "3", "--lr", "0.1,0.01"),
+            *("--optimizer", "sgd,adam", "--weight-decay", "0,0.1", "--steps", "7"),
+        ],
+        {
+            "batch_sizes": [4, 8],
+            "seeds": 2,
+            "epochs": 3,
+            "lr": [0.1, 0.01],
+            "optimizer": ["sgd", "adam"],
+            "weight_decay": [0.0, 0.1],
+            "steps": 7,
+        },
+    ),
+    "lr scaling": (
+        ["--lr-scaling", "linear", "--lr-reference-batch", "64"],
+        {"lr_scaling": "linear", "lr_reference_batch": 64},
+    ),
+    "records": (["--diagnostics", "--save-models"], {"diagnostics": True, "save_models": True}),
+    "output": (["--out", "/runs/mine"], {"out": Path("/runs/mine")}),
+    "processes": (["--jobs", "3", "--threads", "2"], {"jobs": 3, "threads": 2}),
+    "data-parallel": (["--nproc", "2", "--sync-bn"], {"nproc": 2, "sync_bn": True}),
+    "ray": (["--executor", "ray", "--address", "auto"], {"executor": "ray", "address": "auto"}),
+    "stacking": (["--stack-seeds"], {"stack_seeds": True}),
+}
+
+
+@pytest.mark.parametrize("family", FLAG_FAMILIES)
+def test_each_flag_reaches_compare_as_its_argument(run_cli, fake_compare, family):
+    argv, expected = FLAG_FAMILIES[family]
+    status, _, stderr = run_cli(["compare", *argv])
     assert status == 0, stderr
-    records = [json.loads(line) for line in _lines(out / "results.jsonl")]
-    assert len(records) == 8
-    assert {(r["config"]["norm"], r["config"]["batch_size"]) for r in records} == {
-        ("none", 32),
-        ("none", 128),
-        ("bn", 32),
-        ("bn", 128),
+    (call,) = fake_compare.calls
+    assert {name: call[name] for name in expected} == expected
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, tuple | list) else [value]
+
+
+def test_without_flags_compare_gets_its_own_defaults(run_cli, fake_compare):
+    """The command's defaults are the library's: a flag left out changes nothing."""
+    status, _, stderr = run_cli(["compare"])
+    assert status == 0, stderr
+    (call,) = fake_compare.calls
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(compare).parameters.items()
+        if name not in ("console", "report", "progress")
     }
-    for name in ("curves.png", "batch_size.png", "report.html"):
-        assert (out / name).stat().st_size > 0, name
+    assert set(call) == {*defaults, "console"}
+    for name, default in defaults.items():
+        given = call[name]
+        same = given == default if default is None or given is None else None
+        assert same is not False, name
+        if same is None:
+            assert _as_list(given) == _as_list(default), name
+
+
+def test_what_compare_prints_reaches_the_terminal_unwrapped(run_cli, fake_compare):
+    line = "a line that compare prints, " * 8
+
+    def speaks(out):
+        fake_compare.calls[-1]["console"].print(line)
+        return CompareResult(out, [], [])
+
+    fake_compare.result = speaks
+    status, stdout, _ = run_cli(["compare"])
+    assert status == 0 and line in stdout
+
+
+def test_compare_prints_the_summary_and_each_report_file(tmp_path, run_cli, fake_compare):
+    out = write_results(tmp_path / "sweep", [make_record(n, 32, 0, 0.9) for n in ("none", "bn")])
+    names = ("curves.png", "batch_size.png", "report.html")
+    fake_compare.result = lambda out: CompareResult(
+        out, [], [], files=tuple(out / name for name in names)
+    )
+    status, stdout, stderr = run_cli(["compare", "--out", str(out)])
+    assert status == 0, stderr
+    for name in names:
         assert f"wrote {out / name}" in stdout.replace("\n", "")
-    assert "[8/8]" in stdout
-    assert "8 runs: digits" in stdout
+    assert "none" in stdout and "bn" in stdout  # the summary table
 
 
-@pytest.mark.parametrize("model", ["cnn", "rnn"])
-def test_the_lab_trains_on_cifar10_and_mnist_files(tmp_path, run_cli, model):
-    """The tutorials' CNN on 32x32x3 CIFAR-10 and the row-by-row RNN on 28x28 MNIST, read from
-    small files in the published formats."""
-    cifar = write_cifar_bin(tmp_path, cifar_arrays(seed=0, n=8))
-    mnist = tmp_path / "mnist"
-    write_mnist_idx(mnist, mnist_arrays(seed=0, n_train=40, n_val=10), gz=True)
-    for dataset, data_dir in (("cifar10", cifar), ("mnist", mnist)):
-        out = tmp_path / f"{dataset}-{model}"
-        argv = ["compare", "--dataset", dataset, "--data-dir", str(data_dir), "--model", model]
-        argv += [
-            "--norms",
-            "bn,ln",
-            "--batch-sizes",
-            "8",
-            "--seeds",
-            "1",
-            *SMALL,
-            "--out",
-            str(out),
-        ]
-        status, _, stderr = run_cli(argv)
-        assert status == 0, stderr
-        records = [json.loads(line) for line in _lines(out / "results.jsonl")]
-        assert [r["config"]["norm"] for r in records] == ["bn", "ln"]
-        assert all(r["status"] == "finished" for r in records)
-        assert records[0]["data"]["input_shape"] == (
-            [3, 32, 32] if dataset == "cifar10" else [1, 28, 28]
-        )
+def test_failed_runs_are_listed_and_the_status_is_1(tmp_path, run_cli, fake_compare):
+    failed = [(RunConfig(norm="bn", seed=1), "the worker process training it died")]
+    fake_compare.result = lambda out: CompareResult(out, [], [], failed=failed)
+    status, stdout, _ = run_cli(["compare", "--out", str(tmp_path)])
+    assert status == 1
+    assert "failed: bn b=32 seed=1: the worker process training it died" in stdout
+    assert "1 run(s) failed; run the same command to retry them." in stdout
 
 
-def test_the_same_command_again_resumes_and_changes_nothing(tmp_path, run_cli):
+def test_an_interrupted_compare_exits_130_with_the_resume_line(tmp_path, run_cli, fake_compare):
     out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "ln", "--seeds", "2", *SMALL, "--out", str(out)]
-    assert run_cli(argv)[0] == 0
-    before = (out / "results.jsonl").read_bytes()
-    status, stdout, _ = run_cli(argv)
-    assert status == 0
-    assert "2 runs already finished, skipped" in stdout
-    assert (out / "results.jsonl").read_bytes() == before
-    status, stdout, _ = run_cli([*argv[:4], "3", *argv[5:]])  # one more seed
-    assert status == 0
-    assert "2 runs already finished" in stdout
-    assert (out / "results.jsonl").read_bytes().startswith(before)
-    assert len(_lines(out / "results.jsonl")) == 3
+    fake_compare.result = lambda out: CompareResult(out, [], [], interrupted=True)
+    status, stdout, _ = run_cli(["compare", "--out", str(out)])
+    assert status == 130
+    assert f"Run the same command with --out {out} to resume." in stdout
+
+
+def test_ctrl_c_that_escapes_compare_exits_130_without_a_traceback(run_cli, fake_compare):
+    fake_compare.error = KeyboardInterrupt()
+    status, stdout, stderr = run_cli(["compare"])
+    assert status == 130 and "normlab compare: interrupted" in stderr
+    assert "Traceback" not in stdout + stderr
+
+
+def test_a_runtime_error_that_is_no_interrupt_shows_its_traceback(run_cli, fake_compare):
+    fake_compare.error = RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(["compare"])
+
+
+# --- the library's refusals, in the flags' words -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--norms", "none,bnn"], "Did you mean 'bn'"),
+        (["--optimizer", "adamm"], "invalid choice"),
+        (["--batch-sizes", "0,32"], "--batch-sizes"),
+        (["--seeds", "0"], "--seeds"),
+        (["--data-dir", "/tmp"], "--data-dir was given, but the digits data set is built in"),
+        (["--lr=inf"], "--lr must be a finite number above 0"),
+        (["--address", "auto"], "--address names a Ray cluster; add --executor ray."),
+        (["--nproc", "2", "--jobs", "2"], "drop --jobs"),
+        (["--executor", "ray", "--stack-seeds"], "--stack-seeds trains the seeds"),
+        (["--dataset", "mnist"], "train-images-idx3-ubyte"),
+    ],
+)
+def test_bad_options_fail_before_training_naming_the_flag(
+    tmp_path, run_cli, monkeypatch, argv, message
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    small = ["--epochs", "1", "--hidden", "16"]
+    status, stdout, stderr = run_cli(["compare", *argv, *small, "--out", str(tmp_path)])
+    assert status == 2
+    assert message in stderr
+    assert "Traceback" not in stdout + stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+# --- normlab report ---------------------------------------------------------------------------
 
 
 def test_report_rerenders_everything_from_results_alone(tmp_path, run_cli):
     out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "none,ln", "--seeds", "2", *SMALL, "--out", str(out)]
-    assert run_cli(argv)[0] == 0
+    compare(norms=["none", "ln"], seeds=2, epochs=1, hidden=[16], jobs=1, out=out,
+            progress=False)  # fmt: skip
     for name in ("curves.png", "report.html"):
         (out / name).unlink()
     status, stdout, stderr = run_cli(["report", str(out)])
@@ -111,33 +246,7 @@ def test_report_of_a_directory_without_results_says_so(tmp_path, run_cli):
     assert "no finished runs" in stderr and "results.jsonl" in stderr
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--norms", "none,bnn"], "Did you mean 'bn'"),
-        (["--norms", "bn", "--batch-sizes", "1"], "batch size 1 cannot train"),
-        (["--norms", "in"], "(N, C, L)"),
-        (["--dataset", "mnsit"], "'mnist'"),
-        (["--optimizer", "adamm"], "invalid choice"),
-        (["--batch-sizes", "0,32"], "--batch-sizes"),
-        (["--seeds", "0"], "--seeds"),
-        (["--data-dir", "/tmp"], "the digits data set is built in"),
-    ],
-)
-def test_bad_options_fail_before_training_with_a_clear_message(tmp_path, run_cli, argv, message):
-    status, stdout, stderr = run_cli(["compare", *argv, *SMALL, "--out", str(tmp_path)])
-    assert status == 2
-    assert message in stderr
-    assert "Traceback" not in stdout + stderr
-    assert not (tmp_path / "results.jsonl").exists()
-
-
-def test_missing_mnist_files_say_which_files_to_put_where(tmp_path, run_cli, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    status, _, stderr = run_cli(["compare", "--dataset", "mnist", *SMALL])
-    assert status == 2
-    assert "train-images-idx3-ubyte" in stderr and "--data-dir" in stderr
+# --- the installed command as a process ---------------------------------------------------
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
@@ -286,31 +395,6 @@ def test_a_worker_that_dies_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert len(ids) == len(set(ids)) == 12
 
 
-def test_saved_models_reload_to_the_recorded_accuracy(tmp_path, run_cli):
-    """--save-models writes each run's state_dict; rebuilt from the record's config and loaded
-    with weights_only=True, the model scores the recorded validation accuracy."""
-    import torch
-
-    from normlab.data import load_dataset
-    from normlab.experiment import RunConfig
-    from normlab.experiment.train import build_run_model, evaluate
-
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "none,bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
-    status, _, stderr = run_cli([*argv, "--jobs", "2", "--save-models", "--out", str(out)])
-    assert status == 0, stderr
-    data = load_dataset("digits")
-    records = [json.loads(line) for line in _lines(out / "results.jsonl")]
-    assert len(records) == 2
-    for record in records:
-        assert record["model_file"] == f"models/{record['run_id']}.pt"
-        model = build_run_model(RunConfig.from_dict(record["config"]), data)
-        model.load_state_dict(torch.load(out / record["model_file"], weights_only=True))
-        _, accuracy = evaluate(model, data.val_x, data.val_y)
-        assert accuracy == record["final"]["val_acc"]
-    assert not list((out / "models").glob("*.partial"))
-
-
 # --- interruptions: SIGTERM as Ctrl-C, workers that die with the sweep, Ctrl-C at any point ----
 
 
@@ -347,78 +431,6 @@ def test_sigterm_stops_the_sweep_as_ctrl_c_does(tmp_path):
     _assert_none_left(process.pid)
     kept = [json.loads(line) for line in _lines(out / "results.jsonl")]
     assert 1 <= len(kept) <= 8  # the held runs cannot have finished
-
-
-def _interrupt(*_args, **_kwargs):
-    raise KeyboardInterrupt
-
-
-def test_ctrl_c_while_loading_the_data_exits_130_with_the_resume_line(
-    tmp_path, run_cli, monkeypatch
-):
-    import normlab.lab.comparison
-
-    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", _interrupt)
-    out = tmp_path / "sweep"
-    status, stdout, _ = run_cli(
-        ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
-    )
-    assert status == 130
-    assert f"interrupted: 0 of 2 runs are saved in {out / 'results.jsonl'}" in stdout
-    assert f"--out {out} to resume" in stdout
-
-
-def _interrupt_inside_a_class_body(*_args, **_kwargs):
-    """A Ctrl-C while a module defines a class, as in matplotlib's import: Python 3.11 hands
-    it on wrapped in a RuntimeError ("Error calling __set_name__")."""
-
-    class Descriptor:
-        def __set_name__(self, owner, name):
-            raise KeyboardInterrupt
-
-    class Owner:
-        attribute = Descriptor()
-
-
-def test_ctrl_c_that_python_wraps_during_an_import_exits_130_with_the_resume_line(
-    tmp_path, run_cli, monkeypatch
-):
-    import normlab.lab.comparison
-
-    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", _interrupt_inside_a_class_body)
-    out = tmp_path / "sweep"
-    status, stdout, _ = run_cli(
-        ["compare", "--norms", "bn", "--seeds", "2", *SMALL, "--out", str(out)]
-    )
-    assert status == 130
-    assert f"--out {out} to resume" in stdout
-
-
-def test_a_runtime_error_that_is_no_interrupt_is_not_taken_for_one(tmp_path, run_cli, monkeypatch):
-    import normlab.lab.comparison
-
-    def broken(*_args, **_kwargs):
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", broken)
-    with pytest.raises(RuntimeError, match="a bug"):
-        run_cli(["compare", "--norms", "bn", *SMALL, "--out", str(tmp_path / "sweep")])
-
-
-def test_ctrl_c_while_rendering_the_report_exits_130_with_the_resume_line(
-    tmp_path, run_cli, monkeypatch
-):
-    import normlab.report
-
-    monkeypatch.setattr(normlab.report, "render_report", _interrupt)
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "none", "--seeds", "1", *SMALL, "--out", str(out)]
-    status, stdout, _ = run_cli(argv)
-    assert status == 130
-    assert f"interrupted: 1 of 1 runs are saved in {out / 'results.jsonl'}" in stdout
-    monkeypatch.undo()
-    status, stdout, _ = run_cli(argv)  # the same command renders what was saved
-    assert status == 0 and "1 runs already finished" in stdout and (out / "report.html").exists()
 
 
 # --- fault injection: signals at each stage of a sweep, then a rerun ----------------------

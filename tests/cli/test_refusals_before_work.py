@@ -1,11 +1,10 @@
 """The command line refuses what it cannot do before any work starts, says which option was
-wrong and what it accepts, keeps every finished result, and lets real bugs show a traceback."""
+wrong and what it accepts, and lets real bugs show a traceback (compare's own refusals, as
+normlab.lab.compare makes them: tests/lab/test_refusals.py and tests/lab/test_resume.py)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from hypothesis import strategies as st
 
 import normlab.bench
 import normlab.cli
-import normlab.lab.comparison
 import normlab.norms_table
 from normlab.experiment import ResultsStore, RunConfig
 
@@ -23,81 +21,15 @@ SMALL = ["--epochs", "1", "--hidden", "8", "--jobs", "1", "--batch-sizes", "128"
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Make any work (loading data, timing layers) fail the test: a refusal must come first."""
+    """Make timing layers fail the test: a refusal must come first."""
 
     def work(*args, **kwargs):
         raise AssertionError("work started before the refusal")
 
-    monkeypatch.setattr(normlab.lab.comparison, "load_dataset", work)
     monkeypatch.setattr(normlab.bench, "bench", work)
 
 
-# --- a finished record that lost its newline is kept, not retrained ----------
-
-
-def test_a_last_record_without_newline_is_kept_and_not_retrained(tmp_path, run_cli):
-    out = tmp_path / "R"
-    argv = ["compare", "--norms", "bn", *SMALL, "--out", str(out)]
-    status, _, stderr = run_cli([*argv, "--seeds", "1"])
-    assert status == 0, stderr
-    results = out / "results.jsonl"
-    first = results.read_bytes()
-    results.write_bytes(first[:-1])  # truncate -s -1
-    status, stdout, stderr = run_cli([*argv, "--seeds", "2"])
-    assert status == 0, stderr
-    assert "removed" not in stdout and "1 runs already finished" in stdout
-    text = results.read_bytes()
-    assert text.startswith(first)
-    ids = [json.loads(line)["run_id"] for line in text.splitlines()]
-    assert len(ids) == len(set(ids)) == 2
-
-
-# --- one sweep per output directory -------------------------------------------
-
-
-def test_a_second_sweep_on_a_busy_out_is_refused_before_any_work(tmp_path, run_cli, no_work):
-    with ResultsStore(tmp_path).lock():
-        status, _, stderr = run_cli(["compare", *SMALL, "--out", str(tmp_path)])
-    assert status == 2
-    assert "in use by another sweep" in stderr and f"pid {os.getpid()}" in stderr
-    assert not (tmp_path / "results.jsonl").exists()
-
-
-# --- every output path is checked before work --------------------------------
-
-
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("file", "is a file"),
-        ("under-a-file", "lies under the file"),
-        ("jsonl", "names a .jsonl file"),
-        ("results-is-a-directory", "results.jsonl is a directory"),
-        ("report-is-a-directory", "report.html is a directory"),
-        ("models-is-a-file", "models is not a directory"),
-    ],
-)
-def test_an_unusable_out_is_refused_before_any_work(tmp_path, run_cli, no_work, case, message):
-    out = tmp_path / "out"
-    extra = []
-    if case == "file":
-        out.write_text("x")
-    elif case == "under-a-file":
-        (tmp_path / "plain").write_text("x")
-        out = tmp_path / "plain" / "out"
-    elif case == "jsonl":
-        out = tmp_path / "out.jsonl"
-    elif case == "results-is-a-directory":
-        (out / "results.jsonl").mkdir(parents=True)
-    elif case == "report-is-a-directory":
-        (out / "report.html").mkdir(parents=True)
-    else:
-        out.mkdir()
-        (out / "models").write_text("x")
-        extra = ["--save-models"]
-    status, stdout, stderr = run_cli(["compare", *SMALL, *extra, "--out", str(out)])
-    assert status == 2, stdout + stderr
-    assert message in stderr and "Traceback" not in stderr
+# --- every output path is checked before work (compare's: tests/lab/test_refusals.py) ----
 
 
 @pytest.mark.parametrize("case", ["directory", "under-a-file"])
@@ -112,14 +44,7 @@ def test_bench_checks_its_json_path_before_timing(tmp_path, run_cli, no_work, ca
 
 
 # --- numbers are checked where they enter ------------------------------------
-
-
-@pytest.mark.parametrize("lr", ["inf", "nan", "-1", "0", "-inf"])
-def test_a_bad_lr_is_a_usage_error_before_any_work(tmp_path, run_cli, no_work, lr):
-    status, _, stderr = run_cli(["compare", *SMALL, f"--lr={lr}", "--out", str(tmp_path)])
-    assert status == 2
-    assert "--lr" in stderr and "finite number above 0" in stderr
-    assert not (tmp_path / "results.jsonl").exists()
+# (compare's refusal of a bad lr, naming `lr`: tests/lab/test_refusals.py)
 
 
 _BAD = {
@@ -197,25 +122,6 @@ def test_a_non_utf8_results_file_names_the_file_and_line(tmp_path, run_cli):
     status, _, stderr = run_cli(["report", str(tmp_path)])
     assert status == 2
     assert f"{store.path} line 2" in stderr and "UTF-8" in stderr
-
-
-def test_a_record_the_report_cannot_read_is_refused_before_training_and_the_advice_works(
-    tmp_path, run_cli
-):
-    argv = ["compare", "--norms", "none", *SMALL, "--out", str(tmp_path), "--seeds"]
-    assert run_cli([*argv, "1"])[0] == 0
-    path = tmp_path / "results.jsonl"
-    record = json.loads(path.read_text())
-    del record["final"]["val_acc"]
-    path.write_text(json.dumps(record) + "\n")
-    status, _, stderr = run_cli([*argv, "2"])
-    assert status == 2
-    assert f"{path} line 1" in stderr and "delete its line" in stderr
-    assert len(path.read_text().splitlines()) == 1  # nothing trained
-    path.write_text("")  # follow the advice: delete the line, run compare again
-    status, _, stderr = run_cli([*argv, "1"])
-    assert status == 0, stderr
-    assert [json.loads(line)["final"]["val_acc"] for line in path.read_text().splitlines()]
 
 
 # --- a TypeError is a bug, not a usage error -------------------------------

@@ -19,6 +19,7 @@ from PIL import Image
 import normlab.data.image_folder as image_folder
 from normlab.data import DataError, dataset_name, load_dataset
 from normlab.experiment import RunConfig
+from normlab.lab import compare
 
 # --- npz ----------------------------------------------------------------------------------
 
@@ -222,13 +223,12 @@ def test_each_bad_npz_gets_its_own_message_naming_the_file_and_the_array(tmp_pat
         assert "unpickling" not in text
 
 
-def test_compare_refuses_npz_data_of_one_class_before_any_run(tmp_path, run_cli):
+def test_compare_refuses_npz_data_of_one_class_before_any_run(tmp_path):
     path = _npz_case(tmp_path, "one class")
     out = tmp_path / "sweep"
-    argv = ["compare", "--dataset", f"npz:{path}", "--norms", "bn", "--seeds", "1"]
-    argv += ["--epochs", "1", "--hidden", "8", "--batch-sizes", "4", "--jobs", "1"]
-    status, _, stderr = run_cli([*argv, "--out", str(out)])
-    assert status == 2 and "one class only" in stderr and "Traceback" not in stderr
+    with pytest.raises(DataError, match="one class only"):
+        compare(data=f"npz:{path}", norms=["bn"], seeds=1, epochs=1, hidden=[8],
+                batch_sizes=[4], jobs=1, out=out, progress=False)  # fmt: skip
     assert not (out / "results.jsonl").exists()
 
 
@@ -242,18 +242,18 @@ def test_a_user_data_set_is_named_by_its_absolute_path(tmp_path, monkeypatch):
         dataset_name("folder:")
 
 
-def test_compare_trains_on_an_npz_and_refuses_a_data_dir_beside_it(tmp_path, run_cli):
+def test_compare_trains_on_an_npz_and_refuses_a_data_dir_beside_it(tmp_path):
     path = _save(tmp_path, _arrays(n_train=40, n_test=10))
     out = tmp_path / "sweep"
-    argv = ["compare", "--dataset", f"npz:{path}", "--norms", "bn,ln", "--seeds", "1"]
-    argv += ["--epochs", "1", "--hidden", "8", "--batch-sizes", "8", "--jobs", "1"]
-    status, _, stderr = run_cli([*argv, "--out", str(out)])
-    assert status == 0, stderr
+    call = {"data": f"npz:{path}", "norms": ["bn", "ln"], "seeds": 1, "epochs": 1}
+    call |= {"hidden": [8], "batch_sizes": [8], "jobs": 1, "out": out, "progress": False}
+    result = compare(**call)
+    assert result.complete and result.failed == []
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["config"]["dataset"] for r in records] == [f"npz:{path.resolve()}"] * 2
     assert records[0]["data"]["input_shape"] == [3, 5, 6] and records[0]["data"]["num_classes"] == 3
-    status, _, stderr = run_cli([*argv, "--data-dir", str(tmp_path), "--out", str(out)])
-    assert status == 2 and "drop --data-dir" in stderr
+    with pytest.raises(ValueError, match="names its own path; drop `data_dir`"):
+        compare(**call, data_dir=tmp_path)
 
 
 # --- image folders --------------------------------------------------------------------------
@@ -396,12 +396,9 @@ def test_a_missing_split_or_folder_is_refused(tmp_path):
         load_dataset(f"folder:{tmp_path / 'data'}")
 
 
-def test_compare_trains_on_a_folder_and_its_workers_read_the_cache(tmp_path, run_cli, _cache):
+def test_compare_trains_on_a_folder_and_its_workers_read_the_cache(tmp_path, _cache):
     _write_tree(tmp_path / "data", per_class=(6, 2), size=(8, 8))
     out = tmp_path / "sweep"
-    argv = ["compare", "--dataset", f"folder:{tmp_path / 'data'}", "--model", "cnn"]
-    argv += ["--norms", "bn,gn(groups=2)", "--seeds", "1", "--epochs", "1", "--hidden", "4"]
-    argv += ["--batch-sizes", "4", "--jobs", "1", "--out", str(out)]
     decodes = []
     original = image_folder._decode
 
@@ -411,10 +408,12 @@ def test_compare_trains_on_a_folder_and_its_workers_read_the_cache(tmp_path, run
 
     image_folder._decode = counting
     try:
-        status, _, stderr = run_cli(argv)
+        result = compare(data=f"folder:{tmp_path / 'data'}", model="cnn",
+                         norms=["bn", "gn(groups=2)"], seeds=1, epochs=1, hidden=[4],
+                         batch_sizes=[4], jobs=1, out=out, progress=False)  # fmt: skip
     finally:
         image_folder._decode = original
-    assert status == 0, stderr
+    assert result.complete and result.failed == []
     assert decodes == [1]  # two runs, one decode
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[0]["data"]["input_shape"] == [1, 8, 8]

@@ -14,6 +14,7 @@ from normlab.data import load_dataset
 from normlab.experiment import RunConfig, check_runs, plan_runs
 from normlab.experiment.ddp import train_distributed
 from normlab.experiment.train import train_run
+from normlab.lab import compare
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -77,20 +78,7 @@ def test_check_runs_sees_the_per_process_batch(digits):
         check_runs(plan_runs(norms=["ln"], batch_sizes=[2], seeds=1, nproc=3), digits)
 
 
-def test_compare_with_nproc_writes_the_usual_results(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
-    status, stdout, stderr = run_cli([*argv, "--nproc", "2", "--sync-bn", "--out", str(out)])
-    assert status == 0, stderr
-    assert "2 processes per run with batch norm synchronized" in stdout
-    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert record["config"]["nproc"] == 2 and record["status"] == "finished"
-    assert (out / "report.html").exists()
-    status, _, stderr = run_cli([*argv, "--nproc", "2", "--jobs", "2", "--out", str(out)])
-    assert status == 2 and "drop --jobs" in stderr
-
-
-def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path, run_cli):
+def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path):
     """`torchrun --nproc-per-node 2 normlab compare ...` trains each run over torchrun's two
     processes; only rank 0 writes, and the records equal those of `--nproc 2`."""
     import os
@@ -112,8 +100,8 @@ def test_a_torchrun_launch_of_the_lab_trains_the_same_runs_as_nproc(tmp_path, ru
     assert result.returncode == 0, _launch_failure(result)
     assert result.stdout.count("[1/1]") == 1  # rank 1 prints nothing
     spawned = tmp_path / "nproc"
-    status, _, stderr = run_cli([*argv, "--nproc", "2", "--sync-bn", "--out", str(spawned)])
-    assert status == 0, stderr
+    compare(norms=["bn"], seeds=1, epochs=1, hidden=[16], nproc=2, sync_bn=True, out=spawned,
+            report=False, progress=False)  # fmt: skip
     (ours,) = [json.loads(line) for line in (launched / "results.jsonl").read_text().splitlines()]
     (theirs,) = [json.loads(line) for line in (spawned / "results.jsonl").read_text().splitlines()]
     assert ours["run_id"] == theirs["run_id"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from normlab.data import load_dataset
-from normlab.experiment import RunConfig, read_results, train_run
+from normlab.experiment import RunConfig, train_run
 from normlab.experiment.diagnostics import Diagnostics, model_layers
 from normlab.experiment.train import make_optimizer
 
@@ -196,41 +196,6 @@ def test_runs_without_the_new_options_keep_their_ids():
     for options in ({"diagnostics": True}, {"lr_scaling": "linear"}, {"steps": 5}):
         assert RunConfig(**options).run_id != RunConfig().run_id
         assert RunConfig.from_dict(RunConfig(**options).to_dict()) == RunConfig(**options)
-
-
-def test_compare_records_diagnostics_and_scaled_rates(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "bn", "--batch-sizes", "16,64", "--seeds", "1", "--epochs", "2"]
-    options = ["--hidden", "16", "--jobs", "1", "--diagnostics", "--lr-scaling", "linear"]
-    status, _, stderr = run_cli([*argv, *options, "--steps", "40", "--out", str(out)])
-    assert status == 0, stderr
-    records = read_results(out)
-    assert sorted(r["config"]["batch_size"] for r in records) == [16, 64]
-    for record in records:
-        config = RunConfig.from_dict(record["config"])
-        assert (
-            config.lr_scaling == "linear" and config.effective_lr == 1e-3 * config.batch_size / 32
-        )
-        assert record["final"]["steps"] == 40
-        assert len(record["diagnostics"]["probes"]) == record["final"]["epochs_run"] + 1
-
-
-def test_compare_refuses_steps_that_the_epochs_cannot_hold(tmp_path, run_cli):
-    argv = ["compare", "--norms", "bn", "--batch-sizes", "64", "--hidden", "16", "--epochs", "1"]
-    status, _, stderr = run_cli([*argv, "--steps", "1000", "--jobs", "1", "--out", str(tmp_path)])
-    assert status == 2
-    assert "raise epochs to at least" in stderr
-    assert not (tmp_path / "results.jsonl").exists()
-
-
-def test_compare_refuses_steps_that_the_train_subsets_epochs_cannot_hold(tmp_path, run_cli):
-    """320 samples at batch 64 are 5 batches an epoch; the full split's 23 would hold 10."""
-    argv = ["compare", "--norms", "bn", "--batch-sizes", "64", "--hidden", "16", "--epochs", "1"]
-    argv += ["--train-subset", "320", "--steps", "10", "--jobs", "1"]
-    status, _, stderr = run_cli([*argv, "--out", str(tmp_path)])
-    assert status == 2
-    assert "1 epochs of 5 batches hold only 5" in stderr
-    assert not (tmp_path / "results.jsonl").exists()
 
 
 def test_records_with_and_without_diagnostics_both_load(digits):

@@ -122,7 +122,7 @@ def test_an_option_the_executor_would_ignore_or_cannot_take_is_refused(build, me
         build()
 
 
-def test_python_callers_get_the_command_lines_errors_before_any_work(tmp_path, run_cli):
+def test_python_callers_get_the_command_lines_errors_before_any_work(tmp_path):
     store = ResultsStore(tmp_path)
     with pytest.raises(ValueError, match="`jobs` and `nproc` both"):
         run_sweep(_runs(nproc=2), store, jobs=2)
@@ -130,10 +130,6 @@ def test_python_callers_get_the_command_lines_errors_before_any_work(tmp_path, r
         run_sweep(_runs(), store, address="auto")
     with pytest.raises(ValueError, match="jobs: give these to the executor's constructor"):
         run_sweep(_runs(), store, executor=_FakeExecutor(), jobs=2)
-    assert not store.path.exists()
-    argv = ["compare", "--norms", "bn", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)]
-    status, _, stderr = run_cli([*argv, "--address", "auto"])
-    assert status == 2 and "--address names a Ray cluster; add --executor ray." in stderr
     assert not store.path.exists()
 
 
@@ -299,15 +295,3 @@ def test_a_sweep_too_small_to_repay_starting_workers_gets_an_in_process_executor
     assert (alone.data_dir, alone.models_dir) == (pool.data_dir, pool.models_dir)
     assert in_process_if_small(pool, SMALL_SWEEP_STEPS, threads=3) is None
     assert in_process_if_small(InProcessExecutor(), 1, threads=3) is None
-
-
-@LINUX_PROC
-def test_compares_default_jobs_trains_a_small_sweep_in_its_own_process_and_says_so(
-    tmp_path, run_cli, monkeypatch
-):
-    monkeypatch.setattr("normlab.lab.runner.available_cores", lambda: 4)  # the default: 4 workers
-    argv = ["compare", "--norms", "none,bn", "--seeds", "1", "--epochs", "1", "--hidden", "16"]
-    status, stdout, _ = run_cli([*argv, "--out", str(tmp_path)])
-    assert status == 0
-    assert "too few to repay starting worker processes; training in this process" in stdout
-    assert len(ResultsStore(tmp_path).records()) == 2 and spawned_children() == []

@@ -362,24 +362,6 @@ def test_a_stacked_digits_sweep_matches_separate_runs_on_the_whole_set(tmp_path)
             assert _float32_close("val_loss", a["val_loss"], b["val_loss"], single)
 
 
-@pytest.mark.slow  # compare commands with their reports: about a minute on a loaded machine
-def test_compare_stack_seeds_writes_every_seed_and_says_what_it_cannot_stack(tmp_path, run_cli):
-    small = ["--epochs", "1", "--hidden", "16", "--train-subset", "200", "--seeds", "2"]
-    argv = ["compare", "--norms", "bn", "--stack-seeds", "--dropout", "0,0.2", *small]
-    status, text, _ = run_cli([*argv, "--out", str(tmp_path / "stacked")])
-    assert status == 0
-    assert text.count("trains its seeds as separate runs") == 1
-    assert "mlp bn b=32 trains its seeds as separate runs: dropout" in text
-    records = ResultsStore(tmp_path / "stacked").records()
-    assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
-    status, _, _ = run_cli([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
-    assert status == 0
-    records = ResultsStore(tmp_path / "jobs").records()
-    assert sorted(r["config"]["seed"] for r in records) == [0, 0, 1, 1]
-    status, _, err = run_cli([*argv, "--executor", "torchrun", "--out", str(tmp_path / "t")])
-    assert status == 2 and "--stack-seeds" in err
-
-
 def test_the_benchmark_times_stacked_against_separate_seeds(data64, monkeypatch):
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
     spec = importlib.util.spec_from_file_location("train_speed_stacked", path)

@@ -14,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from normlab.experiment import ResultsStore, plan_runs, run_sweep
+from normlab.experiment.executors.in_process import InProcessExecutor
 from normlab.experiment.store import (
     ResultsError,
     StoreBusyError,
     check_output_directory,
     read_results,
 )
+from normlab.experiment.sweep import run_sweep_locked
 
 
 def _record(run_id: str, value: float = 0.5) -> dict:
@@ -118,17 +120,22 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         pass
 
 
-def test_the_lock_is_refused_to_another_store_in_the_same_process_and_reentrant_in_one(tmp_path):
+def test_the_lock_is_taken_once_and_refused_to_another_store_or_the_same_one_again(tmp_path):
+    """One entry takes the lock for a whole sweep (compare, the study, run_sweep); a layer
+    below that asked for it again would be a second owner, so it is refused too."""
     store = ResultsStore(tmp_path)
     with store.lock():
-        with store.lock():  # the CLI holds it, run_sweep takes it again
+        assert store.holds_lock
+        with pytest.raises(StoreBusyError, match=f"pid {os.getpid()}"), store.lock():
             pass
+        assert store.holds_lock  # the refusal leaves the holder's lock as it was
         with (
             pytest.raises(StoreBusyError, match=f"pid {os.getpid()}"),
             ResultsStore(tmp_path).lock(),
         ):
             pass
         store.append(_record("a"))
+    assert not store.holds_lock
     with ResultsStore(tmp_path).lock():
         pass
 
@@ -138,6 +145,18 @@ def test_run_sweep_is_refused_while_another_writer_holds_the_directory(tmp_path)
     with ResultsStore(tmp_path).lock(), pytest.raises(StoreBusyError):
         run_sweep(runs, ResultsStore(tmp_path))
     assert read_results(tmp_path) == []
+
+
+def test_the_sweep_under_a_held_lock_refuses_a_caller_that_does_not_hold_it(tmp_path):
+    runs = plan_runs(norms=["none"], batch_sizes=[128], seeds=1, epochs=1)
+    store = ResultsStore(tmp_path)
+    with pytest.raises(RuntimeError, match=r"holds .*lock\(\)"):
+        run_sweep_locked(runs, store, InProcessExecutor())
+    assert not store.path.exists()
+    with store.lock():
+        outcome = run_sweep_locked(runs, store, InProcessExecutor())
+    assert [record["run_id"] for record in read_results(tmp_path)] == [runs[0].run_id]
+    assert outcome.records == read_results(tmp_path)
 
 
 def test_the_lock_file_is_not_inherited_by_child_processes(tmp_path):

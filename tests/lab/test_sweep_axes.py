@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 import normlab.experiment.config as config_module
+from console_capture import printed, recording_console
 from normlab.experiment import RunConfig, plan_runs
 from normlab.experiment.train import make_optimizer
+from normlab.lab import compare
 from normlab.models import build_model
 from normlab.report import Sweep, summary_table
 from report_fixtures import make_record
@@ -77,19 +79,18 @@ def test_options_at_their_default_do_not_change_the_run_id():
     assert RunConfig(model_options={"depth": 4}).run_id != _old_run_id()
 
 
-def test_an_old_results_directory_resumes_when_the_same_values_are_listed(tmp_path, run_cli):
+def test_an_old_results_directory_resumes_when_the_same_values_are_listed(tmp_path):
     """A sweep run with single values, then again with lists that contain them, trains only
     the runs that are new."""
     out = tmp_path / "sweep"
-    small = ["--norms", "ln", "--seeds", "1", "--epochs", "1", "--hidden", "8", "--jobs", "1"]
-    assert run_cli(["compare", *small, "--out", str(out)])[0] == 0
+    small = {"norms": ["ln"], "seeds": 1, "epochs": 1, "hidden": [8], "jobs": 1, "out": out}
+    compare(**small, report=False, progress=False)
     before = (out / "results.jsonl").read_text()
-    status, stdout, stderr = run_cli(
-        ["compare", *small, "--lr", "0.001,0.01", "--dropout", "0,0.25", "--out", str(out)]
-    )
-    assert status == 0, stderr
-    assert "(1 runs already finished, skipped)" in stdout
-    assert "lr 0.001 / 0.01, dropout 0.0 / 0.25" in stdout
+    console = recording_console()
+    compare(**small, lr=[0.001, 0.01], dropout=[0, 0.25], report=False, console=console)
+    said = printed(console)
+    assert "(1 runs already finished, skipped)" in said
+    assert "lr 0.001 / 0.01, dropout 0.0 / 0.25" in said
     after = (out / "results.jsonl").read_text()
     assert after.startswith(before) and len(after.splitlines()) == 4
 
@@ -185,12 +186,11 @@ def test_the_bound_counts_every_axis():
         plan_runs(**axes, seeds=5, max_runs=59)
 
 
-def test_compare_refuses_an_absurd_sweep_before_any_work(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    status, stdout, stderr = run_cli(["compare", "--seeds", "100000000", "--out", str(out)])
-    assert status == 2
-    assert "300,000,000 runs" in stderr and "at most" in stderr
-    assert stdout == "" and not out.exists()
+def test_compare_refuses_an_absurd_sweep_before_any_work(tmp_path):
+    out, console = tmp_path / "sweep", recording_console()
+    with pytest.raises(ValueError, match=r"300,000,000 runs .* at most"):
+        compare(seeds=100_000_000, out=out, console=console)
+    assert printed(console) == "" and not out.exists()
 
 
 # --- the models' new options ---------------------------------------------------------
@@ -286,13 +286,12 @@ def test_the_report_groups_and_labels_by_every_varying_axis():
     assert rows == list(sweep.series)
 
 
-def test_compare_sweeps_the_product_and_names_what_varies(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    argv = ["compare", "--norms", "ln", "--lr", "1e-3,1e-2", "--depth", "1,2", "--hidden", "8"]
-    argv += ["--seeds", "1", "--epochs", "1", "--jobs", "1", "--out", str(out)]
-    status, stdout, stderr = run_cli(argv)
-    assert status == 0, stderr
-    assert "4 runs: digits" in stdout and "lr 0.001 / 0.01, depth 1 / 2" in stdout
+def test_compare_sweeps_the_product_and_names_what_varies(tmp_path):
+    out, console = tmp_path / "sweep", recording_console()
+    compare(norms=["ln"], lr=[1e-3, 1e-2], depth=[1, 2], hidden=[8], seeds=1, epochs=1, jobs=1,
+            out=out, console=console)  # fmt: skip
+    said = printed(console)
+    assert "4 runs: digits" in said and "lr 0.001 / 0.01, depth 1 / 2" in said
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["config"]["lr"], r["config"]["model_options"]["depth"]) for r in records) == [
         (0.001, 1),

@@ -14,9 +14,11 @@ import pytest
 import torch
 from torch import nn
 
+from console_capture import printed, recording_console
 from normlab.data import load_dataset
 from normlab.experiment import RunConfig, check_runs
 from normlab.experiment.train import build_run_model, train_run
+from normlab.lab import compare
 from normlab.layers import GroupNorm, LayerNorm
 from normlab.models import ModelFactoryError, NormFactory, build_model
 
@@ -171,31 +173,30 @@ def _tiny():
     return train_subset(load_dataset("digits"), 40)
 
 
-def test_compare_trains_a_factory_from_the_current_directory_and_resumes(user_module, run_cli):
+def test_compare_trains_a_factory_from_the_current_directory_and_resumes(user_module):
     out = user_module / "sweep"
-    argv = ["compare", "--model", "usernets:small_cnn", "--norms", "bn,gn", "--epochs", "1"]
-    argv += ["--seeds", "1", "--jobs", "1", "--train-subset", "60", "--out", str(out)]
-    sys.path.remove(str(user_module))  # the CLI itself must make the current directory importable
-    status, stdout, stderr = run_cli(argv)
-    assert status == 0, stderr
+    call = {"model": "usernets:small_cnn", "norms": ["bn", "gn"], "epochs": 1, "seeds": 1}
+    call |= {"jobs": 1, "train_subset": 60, "out": out, "report": False}
+    sys.path.remove(str(user_module))  # the lab itself must make the current directory importable
+    first = compare(**call, progress=False)
+    assert first.complete and first.failed == []
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["config"]["model"] for r in records} == {"usernets:small_cnn"}
     assert {r["config"]["norm"] for r in records} == {"bn", "gn"}
     assert all(r["data"]["train_size"] == 60 for r in records)
-    status, stdout, stderr = run_cli(argv)
-    assert status == 0, stderr
-    assert "2 runs already finished, skipped" in stdout.replace("\n", " ")
+    console = recording_console()
+    compare(**call, console=console)
+    assert "2 runs already finished, skipped" in printed(console)
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_compare_refuses_a_broken_factory_before_anything_trains(user_module, run_cli):
+def test_compare_refuses_a_broken_factory_before_anything_trains(user_module):
     out = user_module / "sweep"
-    argv = ["compare", "--model", "usernets:wrong_classes", "--norms", "bn", "--epochs", "1"]
-    status, stdout, stderr = run_cli([*argv, "--seeds", "1", "--jobs", "1", "--out", str(out)])
-    assert status == 2
-    assert "shape (8, 11) for a batch of 8 images" in stderr
-    assert "(8, 10) tensor of logits" in stderr
-    assert "Traceback" not in stdout + stderr
+    with pytest.raises(ValueError) as refused:
+        compare(model="usernets:wrong_classes", norms=["bn"], epochs=1, seeds=1, jobs=1,
+                out=out, progress=False)  # fmt: skip
+    assert "shape (8, 11) for a batch of 8 images" in str(refused.value)
+    assert "(8, 10) tensor of logits" in str(refused.value)
     assert not (out / "results.jsonl").exists()
 
 
@@ -268,12 +269,12 @@ def test_a_factory_module_that_exits_when_imported_is_refused(misbehaving, modul
 
 
 @pytest.mark.parametrize("module", sorted(EXITING_MODULES))
-def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, run_cli, module):
-    argv = ["compare", "--model", f"{module}:build", "--norms", "bn", "--epochs", "1"]
-    status, stdout, stderr = run_cli([*argv, "--out", str(misbehaving / "sweep")])
-    assert status == 2
-    assert f"importing '{module}' for model '{module}:build'" in stderr
-    assert "exited" in stderr and "Traceback" not in stdout + stderr
+def test_compare_refuses_a_factory_module_that_exits_and_says_why(misbehaving, module):
+    with pytest.raises(ModelFactoryError) as refused:
+        compare(model=f"{module}:build", norms=["bn"], epochs=1, out=misbehaving / "sweep",
+                progress=False)  # fmt: skip
+    assert f"importing '{module}' for model '{module}:build'" in str(refused.value)
+    assert "exited" in str(refused.value)
     assert not (misbehaving / "sweep" / "results.jsonl").exists()
 
 
@@ -329,11 +330,12 @@ def test_check_runs_refuses_a_factory_model_whose_first_forward_fails(misbehavin
 
 
 @pytest.mark.parametrize("factory", ["raises_runtime", "raises_key", "float64_model", "for_mnist"])
-def test_compare_refuses_a_failing_factory_without_a_traceback(misbehaving, run_cli, factory):
-    argv = ["compare", "--model", f"misbehaving:{factory}", "--norms", "bn", "--epochs", "1"]
-    status, stdout, stderr = run_cli([*argv, "--out", str(misbehaving / "sweep")])
-    assert status == 2, stderr
-    assert f"misbehaving:{factory}" in stderr and "Traceback" not in stdout + stderr
+def test_compare_refuses_a_failing_factory_as_a_usage_error(misbehaving, factory):
+    """Refused as a ModelFactoryError, a ValueError: the command prints it without a
+    traceback (as every ValueError of the library, tests/cli/test_compare_command.py)."""
+    with pytest.raises(ModelFactoryError, match=f"misbehaving:{factory}"):
+        compare(model=f"misbehaving:{factory}", norms=["bn"], epochs=1,
+                out=misbehaving / "sweep", progress=False)  # fmt: skip
     assert torch.get_default_dtype() == torch.float32
     assert not (misbehaving / "sweep" / "results.jsonl").exists()
 
@@ -394,14 +396,12 @@ def test_compare_does_not_import_the_users_json_or_html_in_place_of_the_librarys
         assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_compare_leaves_the_current_directory_off_sys_path_without_a_factory(
-    tmp_path, monkeypatch, run_cli
-):
+def test_compare_leaves_the_current_directory_off_sys_path_without_a_factory(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.chdir(tmp_path)
-    argv = ["compare", "--norms", "none", "--epochs", "1", "--train-subset", "60", "--seeds", "1"]
-    status, _, stderr = run_cli([*argv, "--jobs", "1", "--out", str(tmp_path / "out")])
-    assert status == 0, stderr
+    result = compare(norms=["none"], epochs=1, train_subset=60, seeds=1, jobs=1,
+                     out=tmp_path / "out", report=False, progress=False)  # fmt: skip
+    assert result.complete
     assert str(tmp_path) not in sys.path and "" not in sys.path
 
 

@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from console_capture import printed, recording_console
 from normlab import BatchNorm
 from normlab.data import load_dataset
 from normlab.experiment import RunConfig, check_runs, plan_runs
 from normlab.experiment.train import build_run_model
+from normlab.lab import compare
 from normlab.norm_spec import format_norm, parse_norm, split_specs
 from normlab.registry import make_norm
 from normlab.report import Sweep, render_report, summary_table
@@ -226,18 +228,16 @@ def test_the_report_labels_a_kind_with_options_as_its_spec(tmp_path):
 SMALL = ["--seeds", "1", "--epochs", "1", "--hidden", "16", "--jobs", "1"]
 
 
-def test_compare_trains_kinds_with_options_and_labels_them(tmp_path, run_cli):
-    out = tmp_path / "sweep"
-    status, stdout, stderr = run_cli(
-        ["compare", "--norms", "gn(groups=4),gn(groups=2)", *SMALL, "--out", str(out)]
-    )
-    assert status == 0, stderr
+def test_compare_trains_kinds_with_options_and_labels_them(tmp_path):
+    out, console = tmp_path / "sweep", recording_console()
+    compare(norms=["gn(groups=4)", "gn(groups=2)"], seeds=1, epochs=1, hidden=[16], jobs=1,
+            out=out, console=console)  # fmt: skip
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["config"]["norm"], r["config"].get("norm_options")) for r in records] == [
         ("gn", {"groups": 4}),
         ("gn", {"groups": 2}),
     ]
-    assert "gn(groups=4) b=32 seed=0" in stdout
+    assert "gn(groups=4) b=32 seed=0" in printed(console)
     assert ">gn(groups=4)<" in (out / "report.html").read_text()
 
 

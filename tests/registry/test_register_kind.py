@@ -22,6 +22,7 @@ from torch import nn
 import normlab as nl
 from normlab import bench, bench_targets, registry
 from normlab.experiment import plan_runs
+from normlab.lab import compare
 from normlab.models import build_model
 from spec import CANONICAL_KINDS
 
@@ -113,10 +114,9 @@ def test_norms_table_has_a_row_for_the_registered_kind(run_cli, throwaway_kind):
 
 def test_compare_and_report_take_the_registered_kind(run_cli, throwaway_kind, tmp_path):
     out = tmp_path / "sweep"
-    argv = ["compare", "--norms", f"onegroup-test,{THROWAWAY},bn", "--batch-sizes", "64"]
-    argv += ["--seeds", "1", "--epochs", "1", "--hidden", "8", "--jobs", "1", "--out", str(out)]
-    status, _, err = run_cli(argv)
-    assert status == 0, err
+    result = compare(norms=["onegroup-test", THROWAWAY, "bn"], batch_sizes=[64], seeds=1,
+                     epochs=1, hidden=[8], jobs=1, out=out, progress=False)  # fmt: skip
+    assert result.complete and result.failed == []
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["config"]["norm"] for r in records] == [THROWAWAY, "bn"]
     assert all(r["status"] == "finished" for r in records)

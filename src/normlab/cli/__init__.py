@@ -11,6 +11,7 @@ from normlab.cli.arguments import as_flags
 from normlab.cli.bench import add_bench
 from normlab.cli.compare import add_compare
 from normlab.cli.inspect import add_inspect
+from normlab.cli.models import add_models
 from normlab.cli.norms import add_norms
 from normlab.cli.report import add_report
 from normlab.cli.study import add_study
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_norms(commands)
+    add_models(commands)
     add_compare(commands)
     add_report(commands)
     add_inspect(commands)

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from normlab.norm_spec import parse_norm, split_specs
 
-FLAGS = {"data": "--dataset", "dataset": "--dataset"}
+FLAGS = {"data": "--dataset"}
 """Python arguments whose flag is not their name with dashes (``batch_sizes`` is
 ``--batch-sizes``)."""
 

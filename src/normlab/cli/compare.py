@@ -187,7 +187,8 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="runs trained at once, each in its own process (default: the number of cores; "
         "1 with --nproc, and 1 (this process) when the runs to train take fewer than "
-        f"{SMALL_SWEEP_STEPS} optimizer steps in all, too few to repay starting workers)",
+        f"{SMALL_SWEEP_STEPS} optimizer steps of the mlp in all (a model's steps weighted by "
+        "its cost, see `normlab models`), too few to repay starting workers)",
     )
     compare.add_argument(
         "--nproc",

@@ -287,7 +287,7 @@ def plan_runs(
         check_placement(place)
     bad = [b for b in axes["batch sizes"] if b < 1]
     if bad:
-        raise ValueError(f"batch sizes must be positive integers; got {bad}.")
+        raise ValueError(f"`batch_sizes` must be positive integers; got {bad}.")
     return [
         RunConfig(
             dataset=dataset,

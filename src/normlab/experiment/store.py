@@ -15,7 +15,10 @@ user's choice, never the reader's.
 One process writes to a directory at a time: ``ResultsStore.lock`` takes an
 exclusive ``flock`` on ``directory/.normlab.lock`` and writes who holds it
 there (pid, host, start time), so a second sweep on the same directory is
-refused before it trains anything.
+refused before it trains anything. A sweep takes it once, at its entry
+(normlab.lab's compare, the claims study, or run_sweep for its own callers),
+and the layers below run under it: asking again while it is held, on any
+store object, is refused like a second sweep.
 """
 
 from __future__ import annotations
@@ -217,7 +220,6 @@ class ResultsStore:
         self.path = self.directory / RESULTS_FILE
         self.lock_path = self.directory / LOCK_FILE
         self._lock_descriptor: int | None = None
-        self._lock_depth = 0
 
     def records(self) -> list[dict[str, Any]]:
         return read_results(self.directory)
@@ -225,25 +227,23 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return {record["run_id"] for record in self.records()}
 
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this store object holds the directory's lock now (see :meth:`lock`)."""
+        return self._lock_descriptor is not None
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the directory for writing: create it if needed and take an exclusive lock.
 
-        Re-entrant for this store object; another store object or process
-        asking for the same directory is refused. The lock file records who
+        Taken once per sweep: asking for it while it is held, by another process,
+        another store object or this one, is refused. The lock file records who
         holds it; the lock ends with the block (or the process).
 
         Raises:
             StoreBusyError: another writer holds the directory; the message says who.
             ResultsError: the directory cannot be created or written.
         """
-        if self._lock_descriptor is not None:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
         check_output_directory(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

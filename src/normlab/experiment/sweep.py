@@ -31,7 +31,14 @@ from normlab.models import ModelFactoryError, check_logits
 from normlab.models.factory import is_factory_spec, run_factory_model
 from normlab.models.registry import check_shippable
 
-__all__ = ["SweepListener", "SweepOutcome", "check_runs", "pending_runs", "run_sweep"]
+__all__ = [
+    "SweepListener",
+    "SweepOutcome",
+    "check_runs",
+    "pending_runs",
+    "run_sweep",
+    "run_sweep_locked",
+]
 
 
 def run_sweep(
@@ -70,7 +77,9 @@ def run_sweep(
 
     The store's directory is locked for the whole sweep (see ResultsStore.lock):
     a sweep on a directory that another sweep is writing to raises
-    normlab.experiment.store.StoreBusyError before training anything.
+    normlab.experiment.store.StoreBusyError before training anything. A caller
+    that holds the lock already, to do work of its own under it, calls
+    :func:`run_sweep_locked` instead.
 
     A run that fails, and a run whose worker process dies, is reported to the
     listener and in the outcome, and the sweep goes on. Ctrl-C stops the sweep:
@@ -88,22 +97,65 @@ def run_sweep(
     elif any(value is not None for value in options.values()):
         given = ", ".join(name for name, value in options.items() if value is not None)
         raise ValueError(f"{given}: give these to the executor's constructor, not to run_sweep.")
-    runs = list({run.run_id: run for run in runs}.values())  # a run given twice trains once
+    runs = _once(runs)
     executor.check(runs)
-    outcome = SweepOutcome()
-    sink = RunSink(store, listener or SweepListener(), outcome)
     # One writer per directory: a second sweep is refused, not doubled.
     with store.lock() if executor.locks_store else contextlib.nullcontext():
-        try:
-            todo = executor.pending(runs, store)
-            outcome.skipped = len(runs) - len(todo)
-            datasets = {run.dataset for run in todo}
-            if len(datasets) > 1:
-                raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
-            if todo:
-                executor.run(todo, sink, data)
-        except KeyboardInterrupt:
-            outcome.interrupted = True
+        return _sweep(runs, store, executor, listener, data)
+
+
+def run_sweep_locked(
+    runs: Sequence[RunConfig],
+    store: ResultsStore,
+    executor: Executor,
+    *,
+    listener: SweepListener | None = None,
+    data: Dataset | None = None,
+) -> SweepOutcome:
+    """:func:`run_sweep` with an Executor, for a caller that holds ``store.lock()`` already
+    (normlab.lab's compare takes it before the data loads, the claims study before it adds
+    the committed records): the lock has one owner per sweep, its entry.
+
+    Raises:
+        RuntimeError: ``executor`` writes under the lock (all but torchrun's, whose ranks
+            share the store) and this process does not hold it: a bug in the caller.
+        ValueError: runs the executor cannot train (before any training).
+    """
+    if executor.locks_store and not store.holds_lock:
+        raise RuntimeError(
+            f"run_sweep_locked trains into {store.directory} for a caller that holds "
+            "store.lock(); take it around the call, or call run_sweep, which takes it."
+        )
+    runs = _once(runs)
+    executor.check(runs)
+    return _sweep(runs, store, executor, listener, data)
+
+
+def _once(runs: Sequence[RunConfig]) -> list[RunConfig]:
+    """``runs`` with each run id once: a run given twice trains once."""
+    return list({run.run_id: run for run in runs}.values())
+
+
+def _sweep(
+    runs: list[RunConfig],
+    store: ResultsStore,
+    executor: Executor,
+    listener: SweepListener | None,
+    data: Dataset | None,
+) -> SweepOutcome:
+    """Train the runs ``store`` lacks, under the lock its caller took."""
+    outcome = SweepOutcome()
+    sink = RunSink(store, listener or SweepListener(), outcome)
+    try:
+        todo = executor.pending(runs, store)
+        outcome.skipped = len(runs) - len(todo)
+        datasets = {run.dataset for run in todo}
+        if len(datasets) > 1:
+            raise ValueError(f"a sweep runs on one dataset; got {sorted(datasets)}.")
+        if todo:
+            executor.run(todo, sink, data)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
     return outcome
 
 

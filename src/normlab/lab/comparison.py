@@ -236,7 +236,8 @@ def compare(
         diagnostics: record the probes of normlab.experiment.diagnostics.
         out: the results folder; default ``runs/<the time now>``.
         jobs: runs at once, each in a worker process (default: this machine's cores, or
-            this process for a sweep of fewer than 5000 steps).
+            this process for a sweep as long as fewer than 5000 steps of the mlp, each
+            model's steps weighted by its cost: normlab.models.ModelInfo.cost).
         nproc, sync_bn: train each run data-parallel over ``nproc`` processes.
         threads: torch threads per run (default: cores / jobs).
         executor: ``"processes"`` or ``"ray"`` (with ``address``).

@@ -1,7 +1,7 @@
 """The one path from planned runs to records, which ``compare`` and the claims study share:
 how many runs train at once and on how many threads, the results folder repaired and its
 records checked, a small sweep kept in this process, progress shown, every unfinished run
-trained (normlab.experiment.run_sweep).
+trained (normlab.experiment.sweep.run_sweep_locked).
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from typing import Any
 from rich.console import Console
 
 from normlab.data import Dataset
-from normlab.experiment import ResultsStore, run_sweep
+from normlab.experiment import ResultsStore
 from normlab.experiment.config import RunConfig
 from normlab.experiment.executors.choose import in_process_if_small
 from normlab.experiment.executors.contract import Executor, SweepOutcome, available_cores
 from normlab.experiment.progress import SweepProgress
 from normlab.experiment.stacked import seed_groups
+from normlab.experiment.sweep import run_sweep_locked
 from normlab.experiment.train import batch_slices, planned_steps
+from normlab.models import is_model, model_info
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ def planned_step_counts(runs: Sequence[RunConfig], data: Dataset) -> dict[str, i
     }
 
 
+def mlp_steps(runs: Sequence[RunConfig], steps: Mapping[str, int]) -> float:
+    """The time ``runs`` take, in optimizer steps of ``mlp``: each run's ``steps`` (by run
+    id) weighted by its model's cost (normlab.models.ModelInfo.cost). A ``MODULE:FACTORY``
+    model states no cost and counts as ``mlp``."""
+    return sum(
+        steps[run.run_id] * (model_info(run.model).cost if is_model(run.model) else 1.0)
+        for run in runs
+    )
+
+
 def train_runs(
     runs: Sequence[RunConfig],
     store: ResultsStore,
@@ -91,8 +103,9 @@ def train_runs(
         known: records finished elsewhere (e.g. committed beside a report): those of
             ``runs`` that ``store`` lacks are appended first and not trained again.
         keep_small_in_process: train in this process instead when the unfinished runs take
-            too few optimizer steps to repay the pool's worker processes
-            (normlab.experiment.executors.choose.in_process_if_small), ``threads`` threads.
+            too few optimizer steps to repay the pool's worker processes, each model's steps
+            weighted by its cost (:func:`mlp_steps`;
+            normlab.experiment.executors.choose.in_process_if_small), ``threads`` threads.
         describe: a line printed before training (the sweep's description).
     """
     from normlab.report.runs import check_records  # loads scipy
@@ -106,21 +119,24 @@ def train_runs(
                 f"(a write interrupted mid-line, {len(dropped)} characters); its run is redone"
             )
         check_records(store.directory)  # a record the report cannot read fails now
-        finished = store.finished_ids()
-        for record in known:
-            if record["run_id"] in steps and record["run_id"] not in finished:
-                store.append(dict(record))
-                finished.add(record["run_id"])
     finished = store.finished_ids()
+    for record in known if writes else ():
+        if record["run_id"] in steps and record["run_id"] not in finished:
+            store.append(dict(record))
+            finished.add(record["run_id"])
     already = sum(run.run_id in finished for run in runs)
-    todo_steps = sum(steps[run.run_id] for run in runs if run.run_id not in finished)
+    todo = [run for run in runs if run.run_id not in finished]
     if keep_small_in_process:
-        alone = in_process_if_small(executor, todo_steps, threads or available_cores())
+        weighted = mlp_steps(todo, steps)
+        alone = in_process_if_small(executor, round(weighted), threads or available_cores())
         if alone is not None:
             executor = alone
+            total = sum(steps[run.run_id] for run in todo)
             console.print(
-                f"{todo_steps} training steps in all: too few to repay starting worker "
-                "processes; training in this process (`jobs` of 2 or more starts workers anyway)"
+                f"{total} training steps in all"
+                + (f" (as long as about {weighted:.0f} of mlp's)" if weighted != total else "")
+                + ": too few to repay starting worker processes; training in this process "
+                "(`jobs` of 2 or more starts workers anyway)"
             )
     if describe:
         console.print(describe)
@@ -129,4 +145,4 @@ def train_runs(
         + (f" ({already} runs already finished, skipped)" if already else "")
     )
     with SweepProgress(console, total=len(runs), already_done=already) as progress:
-        return run_sweep(runs, store, executor=executor, listener=progress, data=data)
+        return run_sweep_locked(runs, store, executor, listener=progress, data=data)

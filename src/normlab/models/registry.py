@@ -152,6 +152,11 @@ class ModelInfo:
         return _unpickle_info, (cloudpickle.dumps(self.builder), *facts)
 
     @property
+    def source(self) -> str:
+        """Where its builder is defined, as ``module.qualified_name``."""
+        return _where(self.builder)
+
+    @property
     def passed_options(self) -> tuple[str, ...]:
         """The options its builder gets (on every call): those of BUILDER_OPTIONS it takes."""
         return tuple(option for option in BUILDER_OPTIONS if option in self.options)

@@ -75,15 +75,17 @@ def executor_for(
     )
 
 
-#: below this many optimizer steps in all, compare's default trains a sweep in its own process
+#: below this many optimizer steps of the mlp in all (a model's steps weighted by its cost),
+#: compare's default trains a sweep in its own process
 SMALL_SWEEP_STEPS = 5000
 
 
 def in_process_if_small(executor: Executor, steps: int, threads: int) -> Executor | None:
     """An InProcessExecutor (``threads`` torch threads, the pool's data and models places) in
     place of the pool ``executor`` when its runs take fewer than SMALL_SWEEP_STEPS optimizer
-    steps in all (``steps``): too few to repay starting worker processes (about 2.5 s of
-    imports each). The pool is closed. None: keep ``executor``."""
+    steps of the mlp in all (``steps``, each model's weighted by its cost: see
+    normlab.lab.runner.mlp_steps): too few to repay starting worker processes (about 2.5 s
+    of imports each). The pool is closed. None: keep ``executor``."""
     if not isinstance(executor, ProcessPoolExecutor) or steps >= SMALL_SWEEP_STEPS:
         return None
     executor.close()
