@@ -268,7 +268,7 @@ def batch_statistics(runs: Runs, b: Budget, section: Section) -> str:
 
 
 def cost(runs: Runs, b: Budget, section: Section) -> str:
-    """Each microbenchmark variant's median time per call over its rounds, in µs."""
+    """Each cost measurement's median over its rounds (seeds for the time to accuracy)."""
     samples = runs.measured.get("cost") or []
     if not samples:
         return "Not measured yet: `normlab study claims --cost --report DIR` on an idle machine."
@@ -279,21 +279,20 @@ def cost(runs: Runs, b: Budget, section: Section) -> str:
             label = f"training step of the tutorials' MLP with {c['norm']}"
         elif c["measure"] == "time-to-accuracy":
             label = f"training to the target accuracy with {c['norm']}"
-            if sample["seconds"] is None:
-                continue
         else:
             label = f"{c['stats']} ({c['implementation']}) at {tuple(c['shape'])}"
-        by_variant.setdefault(label, []).append(1e6 * sample["seconds"])
+        if sample["seconds"] is not None:
+            by_variant.setdefault(label, []).append(sample["seconds"])
     rows = [
-        [
-            label,
-            f"{statistics.median(times):.1f}",
-            f"{min(times):.1f} to {max(times):.1f}",
-            len(times),
-        ]
+        [label, _duration(statistics.median(times)), f"{_duration(min(times))} to "
+         f"{_duration(max(times))}", len(times)]
         for label, times in by_variant.items()
-    ]
-    return markdown_table(["variant", "median µs", "range over rounds", "rounds"], rows)
+    ]  # fmt: skip
+    return markdown_table(["measurement", "median", "range", "samples"], rows)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e6 * seconds:.1f} µs"
 
 
 TABLES: Mapping[str, Callable[[Runs, Budget, Section], str]] = {
