@@ -64,9 +64,11 @@ class ScalarBatchNormFunction(torch.autograd.Function):
 
     The statistics are the per-channel ones of torch's kernel (two-pass, parallel over
     channels) combined by the law of total variance; the output and the input gradient
-    are one pass each of the form ``x * a + b``. Backward, the per-channel sums of the
-    upstream gradient g and of g * x_hat come from torch's batch-norm backward kernel
-    (which forms x - mean before multiplying: stable for inputs with a large mean)::
+    are one vectorized pass each of the form ``x * a_c + b_c`` (:func:`_scale_shift`),
+    the input gradient then adding ``g * invstd * w_c`` in place. Backward, the
+    per-channel sums of the upstream gradient g and of g * x_hat come from torch's
+    batch-norm backward kernel (which forms x - mean before multiplying: stable for
+    inputs with a large mean)::
 
         dx = invstd * (g * w_c - mean(g * w) - x_hat * mean(g * w * x_hat))
 
@@ -82,28 +84,27 @@ class ScalarBatchNormFunction(torch.autograd.Function):
     def forward(input, weight, bias, eps):
         dtype = _compute_dtype(input)
         channel_mean, channel_var = channel_moments(input)
-        mean = channel_mean.mean()
-        var = channel_var.mean() + (channel_mean - mean).square().mean()
+        between, mean = torch.var_mean(channel_mean, correction=0)
+        var = channel_var.mean() + between
         invstd = torch.rsqrt(var + eps)
-        channels = input.shape[1]
-        scale = invstd.expand(channels) if weight is None else invstd * weight.to(dtype)
+        scale = invstd.expand(input.shape[1]) if weight is None else invstd * weight.to(dtype)
         shift = -mean * scale if bias is None else bias.to(dtype) - mean * scale
-        shape = _affine_shape(input)
-        output = torch.addcmul(shift.view(shape), input, scale.view(shape))
-        return output.to(input.dtype), mean, var, invstd
+        return _scale_shift(input, scale, shift), mean, var, invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, eps = inputs
+        input, weight, bias, _ = inputs
         _, mean, var, invstd = output
         ctx.save_for_backward(input, weight, mean, invstd)
-        ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var, invstd)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' gradients
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, _grad_mean, _grad_var, _grad_invstd):
+        if grad_output is None:  # the output unused: no gradient to anything
+            return None, None, None, None
         input, weight, mean, invstd = ctx.saved_tensors
         channels, count = input.shape[1], input.numel()
         sum_g_xhat, sum_g = _channel_sums(
@@ -113,12 +114,12 @@ class ScalarBatchNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dtype = mean.dtype
             w = invstd.new_ones(channels) if weight is None else weight.to(dtype)
-            mean_gw = (w * sum_g.to(dtype)).sum() / count
-            mean_gw_xhat = (w * sum_g_xhat.to(dtype)).sum() / count
+            mean_gw = torch.dot(w, sum_g.to(dtype)) / count
+            mean_gw_xhat = torch.dot(w, sum_g_xhat.to(dtype)) / count
             # invstd * (g w_c - mean_gw - (x - mean) invstd mean_gw_xhat) = x k + c + g a_c
             k = -invstd * invstd * mean_gw_xhat
             c = -mean * k - invstd * mean_gw
-            grad_input = torch.addcmul(c, input, k)
+            grad_input = _scale_shift(input, k.expand(channels), c.expand(channels), dtype)
             grad_input.addcmul_(grad_output, (invstd * w).view(_affine_shape(input)))
             grad_input = grad_input.to(input.dtype)
         if weight is not None and ctx.needs_input_grad[1]:
@@ -126,6 +127,33 @@ class ScalarBatchNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = sum_g.to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None
+
+
+def _scale_shift(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``input * scale_c + shift_c`` for (N, C, *) input and (C,) ``scale`` and ``shift``, in
+    one vectorized pass, in the input's memory format; in ``dtype`` when given (the
+    statistics' dtype, float32 for half-precision input), else in the input's dtype.
+
+    The coefficients are made contiguous: a loop over channels with a stride-0 operand
+    (an expanded 0-dim statistic) is not vectorized. Where the channels are not innermost
+    (contiguous input with positions), torch's eval-mode batch-norm kernel does the pass,
+    with zero means, unit variances and eps 0 (so its scale is ``scale`` and its shift
+    ``shift`` exactly): an ``addcmul`` there reads two broadcast operands along the
+    positions and falls back to an unvectorized loop.
+    """
+    scale, shift = scale.contiguous(), shift.contiguous()
+    if input.dtype == _compute_dtype(input) and input.ndim > 2 and input.is_contiguous():
+        channels = input.shape[1]
+        zeros, ones = input.new_zeros(channels), input.new_ones(channels)
+        return torch.batch_norm(input, scale, shift, zeros, ones, False, 0.0, 0.0, False)
+    shape = _affine_shape(input)
+    output = torch.addcmul(shift.view(shape), input, scale.view(shape))
+    return output if dtype is not None else output.to(input.dtype)
 
 
 def _save_switchable(ctx: Any, inputs: tuple[Any, ...], saved: tuple[torch.Tensor, ...]) -> None:

@@ -3,9 +3,11 @@
 Every function takes input of shape (N, C, *) with channels on dim 1, like
 ``torch.nn.functional``. Statistics are computed stably: batch norm goes
 through torch's native kernel (a two-pass reduction on CPU), and the rest use
-a two-pass mean and centered sum of squares, never E[x^2] - E[x]^2. The
-autograd Functions with hand-written backwards (scalar-statistics batch norm,
-switchable norm) live in the private module beside this one.
+a two-pass mean and centered sum of squares, never E[x^2] - E[x]^2.
+Scalar-statistics batch norm trains small batches through torch's batch-norm
+kernel on a one-channel view; the autograd Functions with hand-written
+backwards (scalar-statistics batch norm of larger batches, switchable norm)
+live in the private module beside this one.
 """
 
 from __future__ import annotations
@@ -90,26 +92,129 @@ def batch_norm(
         return _empty_batch(input, weight, bias, eps)
     if stats == "scalar":
         _check_parameter_dtype(input, weight if weight is not None else running_mean)
+        flat = _one_channel_view(input)
+        if flat is not None:
+            return _scalar_batch_norm_native(
+                input, flat, running_mean, running_var, weight, bias, momentum, eps, convention
+            )
         output, mean, var, _ = _autograd.ScalarBatchNormFunction.apply(input, weight, bias, eps)
         if running_mean is not None:
             _autograd.update_running_stats(
                 running_mean, running_var, mean, var, input.numel(), momentum, convention
             )
         return output
+    return _native_batch_norm_training(
+        input, running_mean, running_var, weight, bias, momentum, eps, convention
+    )
+
+
+def _native_batch_norm_training(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    convention: Convention,
+) -> torch.Tensor:
+    """torch's training-mode batch norm of (N, C, *) input, per channel, with the running
+    statistics updated in the convention's terms. (torch.batch_norm, not F.batch_norm:
+    the batch was checked, and on small batches each Python call is a visible share.)"""
+    cudnn = torch.backends.cudnn.enabled
     if running_mean is None or convention == "torch":
-        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
+        return torch.batch_norm(
+            input, weight, bias, running_mean, running_var, True, momentum, eps, cudnn
+        )
     # torch's kernel stores the unbiased variance, n / (n - 1) times Keras' biased one, with
     # weight 1 - m on the batch: let it update the stored variance in its terms, then convert.
     # (A copy, not running_var itself: autograd keeps the tensor it was given.)
     count = input.numel() // input.shape[1]
     unbiased_var = running_var * (count / (count - 1))
-    output = F.batch_norm(
-        input, running_mean, unbiased_var, weight, bias, True, 1.0 - momentum, eps
+    output = torch.batch_norm(
+        input, weight, bias, running_mean, unbiased_var, True, 1.0 - momentum, eps, cudnn
     )
     with torch.no_grad():
         # copy_, not out=: vmap has no rule for out= (normlab.experiment.batched_layers)
         running_var.copy_(unbiased_var * ((count - 1) / count))
     return output
+
+
+#: Largest batch (in elements) that scalar-statistics batch norm normalizes as one channel
+#: of torch's kernel; larger ones go through ScalarBatchNormFunction, whose reductions run
+#: in parallel (the one-channel kernel reduces on one thread).
+NATIVE_SCALAR_MAX_NUMEL = 1 << 16
+
+
+def _one_channel_view(input: torch.Tensor) -> torch.Tensor | None:
+    """(N, C, *) float32 or float64 input of at most NATIVE_SCALAR_MAX_NUMEL elements as
+    the one channel (1, 1, numel) of its memory, when its memory is dense in the
+    channels-first or channels-innermost order; else None."""
+    if input.dtype not in (torch.float32, torch.float64):
+        return None
+    if input.numel() > NATIVE_SCALAR_MAX_NUMEL:
+        return None
+    if input.is_contiguous():
+        return input.view(1, 1, -1)
+    inner = input.movedim(1, -1)
+    return inner.view(1, 1, -1) if inner.is_contiguous() else None
+
+
+def _scalar_batch_norm_native(
+    input: torch.Tensor,
+    flat: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    convention: Convention,
+) -> torch.Tensor:
+    """Training-mode scalar-statistics batch norm of small input by torch's kernels: batch
+    norm of ``flat`` (``input``'s memory as one channel: one mean and variance, two-pass,
+    and the running statistics updated in the kernel), then the per-channel affine as
+    eval-mode batch norm with zero means, unit variances and eps 0 (``x * w_c + b_c``
+    exactly), on the memory's own channels-first or channels-innermost (rows, C) view, so
+    that the output keeps the input's strides. Two fused kernels forward and backward with
+    their own autograd formulas: on small batches the cost is the count of dispatched ops."""
+    normalized = _native_batch_norm_training(
+        flat, running_mean, running_var, None, None, momentum, eps, convention
+    )
+    channels_first = input.is_contiguous()
+    channels = input.shape[1]
+    normalized = normalized.view(input.shape if channels_first else (-1, channels))
+    if weight is not None or bias is not None:
+        zeros, ones = _unit_statistics(channels, input.dtype, input.device)
+        cudnn = torch.backends.cudnn.enabled
+        normalized = torch.batch_norm(normalized, weight, bias, zeros, ones, False, 0.0, 0.0, cudnn)
+    if channels_first:
+        return normalized
+    return normalized.view(input.movedim(1, -1).shape).movedim(-1, 1)
+
+
+#: (zeros, ones) per (channels, dtype, device): the statistics that make eval-mode batch
+#: norm apply its affine alone. Read-only; made once, since on small batches two
+#: allocations per step are a visible share.
+_UNIT_STATISTICS: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+
+def _unit_statistics(
+    channels: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """(C,) zeros and ones of ``dtype`` on ``device`` (fresh ones while torch.compile
+    traces: a graph reads no module-level cache)."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(channels, dtype=dtype, device=device), torch.ones(
+            channels, dtype=dtype, device=device
+        )
+    key = (channels, dtype, device)
+    unit = _UNIT_STATISTICS.get(key)
+    if unit is None:
+        with torch.inference_mode(False):  # tensors that autograd may save, made anywhere
+            zeros = torch.zeros(channels, dtype=dtype, device=device)
+            unit = _UNIT_STATISTICS[key] = (zeros, torch.ones_like(zeros))
+    return unit
 
 
 def _empty_batch(
@@ -296,17 +401,12 @@ def _batch_norm_eval(
     """Batch norm with fixed (C,) or (1,) statistics: torch's kernel, a (1,) statistic
     repeated over the channels."""
     channels = input.shape[1]
-    return F.batch_norm(
-        input,
-        # contiguous: torch's CPU kernels misread stride-0 statistics in some paths
-        running_mean.expand(channels).contiguous(),
-        running_var.expand(channels).contiguous(),
-        weight,
-        bias,
-        False,
-        0.0,
-        eps,
-    )
+    if running_mean.numel() != channels:
+        # copies: torch's CPU backward misreads stride-0 statistics, and its fast forward
+        # kernels take contiguous ones only
+        running_mean = running_mean.expand(channels).contiguous()
+        running_var = running_var.expand(channels).contiguous()
+    return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
 
 
 def _check_parameter_dtype(input: torch.Tensor, parameter: torch.Tensor | None) -> None:
