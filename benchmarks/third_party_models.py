@@ -32,7 +32,7 @@ import normlab as nl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import thirdparty_standins as tp
-from model_parity import max_difference
+from model_parity import max_difference, sgd_step, swap_options
 from spec import CANONICAL_KINDS
 
 Model = tuple[nn.Module, torch.Tensor, str | None, dict, list[str]]
@@ -60,17 +60,12 @@ def _models() -> dict[str, Model]:
 
 
 def _trains(model: nn.Module, x: torch.Tensor, kind: str, pooled: list[str]) -> bool:
-    options: dict = {"groups": 2} if kind == "gn" else {}
-    if kind == "frozen-bn":
-        options["identity_statistics"] = True
+    options = swap_options(kind)
     if kind == "in" and pooled:
         options["exclude"] = pooled
     try:
         nl.replace_norms(model, kind, example_input=x, **options)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        loss = model.train()(x).square().mean()
-        loss.backward()
-        optimizer.step()
+        loss = sgd_step(model, x)
         return bool(torch.isfinite(loss) and torch.isfinite(model.eval()(x)).all())
     except ValueError as error:
         print(f"  {kind}: {str(error).splitlines()[0]}")

@@ -33,3 +33,23 @@ def max_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
             pairs.append((gx_a, gx_b))
         worst = max([worst, *((p - q).abs().max().item() for p, q in pairs)])
     return worst
+
+
+def swap_options(kind: str) -> dict:
+    """The options with which ``kind`` replaces every norm of the small test models: two
+    groups for gn (their widths), identity statistics for frozen-bn (most of their norms
+    keep none to fix)."""
+    options: dict = {"groups": 2} if kind == "gn" else {}
+    if kind == "frozen-bn":
+        options["identity_statistics"] = True
+    return options
+
+
+def sgd_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One SGD step (lr 0.01) of ``model`` in training mode on the loss mean(output^2);
+    the loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = model.train()(x).square().mean()
+    loss.backward()
+    optimizer.step()
+    return loss

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import normlab as nl
-from model_parity import max_difference
+from model_parity import max_difference, sgd_step, swap_options
 from spec import CANONICAL_KINDS
 
 transformers = pytest.importorskip("transformers")
@@ -51,16 +51,11 @@ def test_every_norm_is_recognized_and_the_matching_kind_is_exact(name):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_kind_replaces_the_norms_and_trains_one_step(name, kind):
     model, x = model_and_input(name)
-    options = {"groups": 2} if kind == "gn" else {}
-    if kind == "frozen-bn":
-        options["identity_statistics"] = True
+    options = swap_options(kind)
     if kind == "in" and name in IMAGE_MODELS - {"vit"}:
         options["exclude"] = "model.layernorm"  # on pooled (N, C): no positions to normalize
     nl.replace_norms(model, kind, example_input=x, **options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss = model.train()(x).square().mean()
-    loss.backward()
-    optimizer.step()
+    loss = sgd_step(model, x)
     assert torch.isfinite(loss) and torch.isfinite(model.eval()(x)).all()
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import normlab as nl
 import thirdparty_standins as tp
-from model_parity import max_difference
+from model_parity import max_difference, sgd_step, swap_options
 from spec import CANONICAL_KINDS
 
 
@@ -209,19 +209,13 @@ def test_every_kind_replaces_every_standin_class_and_trains_one_step(name, kind)
     build, _, _ = tp.MODELS[name]
     model = tp.randomized(build())
     x = _images()
-    options = {"groups": 2} if kind == "gn" else {}
-    if kind == "frozen-bn":
-        options["identity_statistics"] = True
-    replaced = nl.replace_norms(model, kind, example_input=x, **options)
+    replaced = nl.replace_norms(model, kind, example_input=x, **swap_options(kind))
     assert len(replaced.replacements) >= 2 and not replaced.skipped
     left = [
         m for m in model.modules() if type(m).__module__ == tp.__name__ and nl.swap.is_norm_layer(m)
     ]
     assert not left
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss = model.train()(x).square().mean()
-    loss.backward()
-    optimizer.step()
+    loss = sgd_step(model, x)
     assert torch.isfinite(loss)
     assert torch.isfinite(model(x)).all()
 
